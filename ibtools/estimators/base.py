@@ -1,0 +1,619 @@
+"""Shared machinery of every estimator: input checks, the result type, devices, chunking,
+intervals and the permutation null.
+
+An estimator subclasses :class:`Estimator`, declares its settings in ``defaults`` and
+implements ``_mi(x, y, x_discrete, y_discrete)`` and/or ``_entropy(x, discrete)`` on
+prepared tensors (2-D, on the working device, in the working dtype, transformed).  The
+public methods :meth:`Estimator.mutual_information` and :meth:`Estimator.entropy` do the
+rest, so every estimator validates, times, flags and builds intervals the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ibtools.estimators.transforms import TRANSFORMS, apply_transform
+
+LN2 = math.log(2.0)
+
+#: Interval kinds an estimator may offer.  "subsample" (m-out-of-n) and "seeds" suit kNN
+#: estimators, whose value a duplicated row would corrupt; "bootstrap" suits plug-in ones.
+INTERVAL_KINDS = ("subsample", "seeds", "bootstrap")
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+# --------------------------------------------------------------------------- result type
+
+
+@dataclass
+class EstimateResult:
+    """One estimate, in nats, with everything needed to judge it.
+
+    Attributes
+    ----------
+    value : float
+        The estimate in nats (natural log).  ``bits`` gives it in bits.
+    quantity : str
+        ``"mutual_information"`` or ``"entropy"``.
+    method : str
+        Estimator name (``"ksg"``, ``"kde"``, ...).
+    params : dict
+        The settings that produced it (plain Python values).
+    n : int
+        Number of samples (rows) used.
+    dims : tuple of int
+        Flattened dimension of each argument: ``(d_x, d_y)`` or ``(d_x,)``.
+    seconds : float
+        Wall time of the point estimate (intervals and null not included).
+    ci : tuple of float or None
+        ``(low, high)`` interval in nats when an interval was asked for.
+    ci_kind : str or None
+        How the interval was made (``"subsample"``, ``"seeds"``, ``"bootstrap"``, ...).
+    flags : list of str
+        Plain-language warnings the estimator raises about its own number.
+    details : dict
+        Estimator-specific numbers (bounds, clipped counts, ceilings, null distribution).
+    """
+
+    value: float
+    quantity: str
+    method: str
+    params: dict
+    n: int
+    dims: tuple
+    seconds: float
+    ci: tuple | None = None
+    ci_kind: str | None = None
+    confidence: float | None = None
+    flags: list = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+    unit: str = "nats"
+
+    @property
+    def bits(self) -> float:
+        """The value in bits."""
+        return self.value / LN2
+
+    @property
+    def ci_bits(self) -> tuple | None:
+        return None if self.ci is None else (self.ci[0] / LN2, self.ci[1] / LN2)
+
+    def to_dict(self) -> dict:
+        """Plain-Python form (JSON-serialisable)."""
+        out = asdict(self)
+        out["bits"] = self.bits
+        out["dims"] = list(self.dims)
+        out["ci"] = None if self.ci is None else list(self.ci)
+        return _jsonable(out)
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __repr__(self) -> str:
+        ci = "" if self.ci is None else f", ci=({self.ci[0]:.4f}, {self.ci[1]:.4f})"
+        flags = f", flags={len(self.flags)}" if self.flags else ""
+        return (f"EstimateResult({self.quantity}={self.value:.4f} nats ({self.bits:.4f} bits), "
+                f"method={self.method!r}, n={self.n}, dims={tuple(self.dims)}{ci}{flags})")
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if isinstance(obj, torch.dtype):
+        return str(obj).replace("torch.", "")
+    if isinstance(obj, torch.device):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def resolve_device(device, *arrays) -> torch.device:
+    """``None``: the device of the first torch input (CPU for numpy); ``"auto"``: CUDA if
+    available; anything else: ``torch.device(device)``."""
+    if device is None:
+        for a in arrays:
+            if isinstance(a, torch.Tensor):
+                return a.device
+        return torch.device("cpu")
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a device; use None (the inputs' device), "
+                         f"'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asks for CUDA, but torch sees no CUDA device; "
+                         f"use 'cpu' or 'auto'")
+    return dev
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"dtype={dtype!r} is not accepted; use 'float32' or 'float64'")
+
+
+def to_numpy_or_tensor(a, name: str):
+    """Accept numpy arrays, torch tensors, lists and pandas objects; return ndarray or Tensor."""
+    if isinstance(a, torch.Tensor):
+        return a.detach()
+    if hasattr(a, "to_numpy"):  # pandas
+        a = a.to_numpy()
+    if isinstance(a, np.ndarray):
+        return a
+    if isinstance(a, (list, tuple)):
+        try:
+            return np.asarray(a)
+        except ValueError as exc:
+            raise ValueError(f"{name}: could not make an array of the given sequence ({exc})") from exc
+    raise TypeError(f"{name} must be a numpy array, torch tensor or list of rows; "
+                    f"got {type(a).__name__}")
+
+
+def _is_integer_like(a) -> bool:
+    if isinstance(a, torch.Tensor):
+        return not (a.dtype.is_floating_point or a.dtype.is_complex)
+    return a.dtype.kind in "biu"
+
+
+def _rows(a) -> int:
+    return int(a.shape[0]) if a.ndim > 0 else 0
+
+
+def _describe_nonfinite(arr: np.ndarray, name: str) -> str | None:
+    bad = ~np.isfinite(arr)
+    count = int(bad.sum())
+    if count == 0:
+        return None
+    nan = int(np.isnan(arr).sum())
+    where = np.argwhere(bad)[0]
+    loc = f"row {where[0]}" + (f", column {where[1]}" if arr.ndim > 1 else "")
+    return (f"{name} has {count} non-finite value(s) ({nan} NaN, {count - nan} inf); "
+            f"the first at {loc}. Remove or impute them before estimating.")
+
+
+def encode_discrete(a, name: str, declared: bool) -> torch.Tensor:
+    """Turn class ids (ints, bools, strings, integral floats when ``declared``) into int64
+    codes 0..K-1 of shape (n,). Rows of several columns are treated as one joint symbol."""
+    if isinstance(a, torch.Tensor):
+        arr = a.cpu().numpy()
+    else:
+        arr = np.asarray(a)
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must have one row per sample; got a scalar")
+    if arr.dtype.kind in "fc":
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(_describe_nonfinite(arr.reshape(len(arr), -1), name))
+        if not np.all(arr == np.round(arr)):
+            sample = arr.reshape(-1)[~(arr.reshape(-1) == np.round(arr.reshape(-1)))][:3]
+            raise TypeError(f"{name} was declared discrete but holds non-integer values such "
+                            f"as {sample.tolist()}; discrete variables take integer class ids "
+                            f"(or strings/bools), or declare it continuous")
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind not in "biuUSO":
+        raise TypeError(f"{name}: dtype {arr.dtype} cannot be read as class ids")
+    rows = arr.reshape(len(arr), -1)
+    if rows.shape[1] == 1:
+        _, codes = np.unique(rows[:, 0], return_inverse=True)
+    else:
+        _, codes = np.unique(rows, axis=0, return_inverse=True)
+    return torch.as_tensor(codes.reshape(-1).astype(np.int64))
+
+
+def prepare(a, name: str, *, discrete, device: torch.device, dtype: torch.dtype):
+    """Validate one argument and return ``(tensor, is_discrete)``.
+
+    Continuous: float tensor (n, d) on ``device``.  Discrete: int64 codes (n,) on ``device``.
+    ``discrete=None`` decides from the dtype: integer, bool and string arrays of one column
+    are discrete, floats are continuous.
+    """
+    a = to_numpy_or_tensor(a, name)
+    if a.ndim == 0 or _rows(a) == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(a.shape)}); it needs one row per sample")
+    if discrete not in (None, True, False):
+        raise ValueError(f"discrete setting for {name} must be None (decide from dtype), True "
+                         f"or False; got {discrete!r}")
+    width = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
+    if width == 0:
+        raise ValueError(f"{name} has rows of size 0 (shape {tuple(a.shape)})")
+    if isinstance(a, np.ndarray) and a.dtype.kind in "USO":
+        if discrete is False:
+            raise TypeError(f"{name} holds {a.dtype} values, which cannot be continuous")
+        return encode_discrete(a, name, True).to(device), True
+    is_discrete = discrete if discrete is not None else (_is_integer_like(a) and width == 1)
+    if is_discrete:
+        return encode_discrete(a, name, discrete is True).to(device), True
+    t = torch.as_tensor(a) if isinstance(a, np.ndarray) else a
+    if t.dtype.is_complex:
+        raise TypeError(f"{name} is complex ({t.dtype}); estimators take real values")
+    t = t.reshape(t.shape[0], -1).to(device=device, dtype=dtype)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(_describe_nonfinite(t.cpu().double().numpy(), name))
+    return t, False
+
+
+# --------------------------------------------------------------------------- chunking
+
+_SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(budget, name: str = "memory_budget") -> int:
+    """``268435456``, ``"256MiB"``, ``"1GB"`` -> bytes."""
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool) and budget > 0:
+        return int(budget)
+    if isinstance(budget, str):
+        s = budget.strip().lower().replace(" ", "")
+        for unit in sorted(_SIZE_UNITS, key=len, reverse=True):
+            if s.endswith(unit):
+                try:
+                    val = float(s[: -len(unit)])
+                except ValueError:
+                    break
+                if val > 0:
+                    return int(val * _SIZE_UNITS[unit])
+    raise ValueError(f"{name}={budget!r} is not a size; give bytes (int > 0) or a string such "
+                     f"as '256MiB' or '2GB'")
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """256 MiB of scratch per pairwise block on CPU; a quarter of free memory on CUDA."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(max(256 * 2**20, free // 4))
+    return 256 * 2**20
+
+
+def chunk_rows(n_rows: int, bytes_per_row: int, budget: int, minimum: int = 1) -> int:
+    """Rows per block so that a block of ``bytes_per_row`` each fits in ``budget``."""
+    rows = max(minimum, int(budget // max(1, bytes_per_row)))
+    return int(min(n_rows, rows))
+
+
+# --------------------------------------------------------------------------- estimator base
+
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "device": None,
+    "dtype": "float32",
+    "memory_budget": None,
+    "ci": None,
+    "n_resamples": 20,
+    "confidence": 0.95,
+    "n_permutations": 0,
+}
+
+
+class Estimator:
+    """Base class.  ``__init__`` stores and checks settings and does no work.
+
+    Common settings (every estimator)
+    ---------------------------------
+    seed : int
+        Seeds every random choice (tie-breaking noise, resamples, permutations, training).
+    device : None, "auto", "cpu", "cuda[:N]"
+        Where to compute; ``None`` is the device of the inputs (CPU for numpy).
+    dtype : "float32" or "float64"
+        Working precision of continuous inputs.
+    memory_budget : int, str or None
+        Scratch memory a pairwise block may use (``"512MiB"``); default 256 MiB on CPU and
+        a quarter of free memory on CUDA.
+    ci : None or str
+        Interval kind: one of the estimator's ``interval_kinds`` (``"subsample"``,
+        ``"seeds"``, ``"bootstrap"``) or ``"auto"`` for its preferred kind.
+    n_resamples : int
+        Resamples (or seeds) behind the interval.
+    confidence : float
+        Interval coverage, in (0, 1).
+    n_permutations : int
+        If > 0, estimate the value under a permutation null (y rows shuffled) that many times
+        and report its mean, spread and a p-value in ``details["null"]``: the estimator's
+        bias at independence.
+    """
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict] = {}
+    #: Interval kinds this estimator offers; the first is its "auto" choice.
+    interval_kinds: ClassVar[tuple] = ("bootstrap",)
+    #: Whether the ``transform`` setting applies (kNN, KDE, Gaussian).
+    supports_transform: ClassVar[bool] = False
+    #: Which (x_discrete, y_discrete) combinations ``_mi`` handles after the base has moved a
+    #: discrete variable into the y slot.
+    handles_discrete_x: ClassVar[bool] = False
+    handles_entropy_of_discrete: ClassVar[bool] = False
+    #: Whether seeds change the value (so "seeds" intervals make sense).
+    stochastic: ClassVar[bool] = False
+
+    def __init__(self, **settings):
+        accepted = self.accepted_settings()
+        unknown = sorted(set(settings) - set(accepted))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown setting(s) {unknown}; accepted "
+                            f"settings are {sorted(accepted)}")
+        merged = dict(accepted)
+        merged.update(settings)
+        self.settings = merged
+        for key, value in merged.items():
+            setattr(self, key, value)
+        self._check_common()
+        self._check_settings()
+
+    # -- settings --------------------------------------------------------------------------
+
+    @classmethod
+    def accepted_settings(cls) -> dict:
+        out = dict(_COMMON_DEFAULTS)
+        if cls.supports_transform:
+            out["transform"] = None
+        for klass in reversed(cls.__mro__):
+            out.update(getattr(klass, "defaults", {}) if "defaults" in vars(klass) else {})
+        return out
+
+    def _check_common(self) -> None:
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
+            raise TypeError(f"seed must be an int; got {self.seed!r}")
+        resolve_dtype(self.dtype)
+        if self.device is not None:
+            resolve_device(self.device)
+        if self.memory_budget is not None:
+            parse_bytes(self.memory_budget)
+        if self.ci is not None and self.ci != "auto" and self.ci not in self.interval_kinds:
+            raise ValueError(f"ci={self.ci!r} is not offered by {type(self).__name__}; use None, "
+                             f"'auto' or one of {list(self.interval_kinds)}")
+        check_int(self.n_resamples, "n_resamples", minimum=2)
+        check_int(self.n_permutations, "n_permutations", minimum=0)
+        if not (isinstance(self.confidence, (float, int)) and 0 < self.confidence < 1):
+            raise ValueError(f"confidence={self.confidence!r} must be a number in (0, 1)")
+        if self.supports_transform and self.transform not in TRANSFORMS:
+            raise ValueError(f"transform={self.transform!r} is not accepted; use one of "
+                             f"{list(TRANSFORMS)}")
+
+    def _check_settings(self) -> None:
+        """Estimator-specific checks; raise ValueError/TypeError naming the setting."""
+
+    def get_params(self) -> dict:
+        return dict(self.settings)
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self.settings.items() if v != self.accepted_settings()[k]}
+        inner = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        return f"{type(self).__name__}({inner})"
+
+    # -- hooks for subclasses -------------------------------------------------------------
+
+    def _mi(self, x: torch.Tensor, y: torch.Tensor, x_discrete: bool, y_discrete: bool,
+            rng: torch.Generator):
+        """Return ``(value_nats, details: dict, flags: list[str])``."""
+        raise TypeError(f"{type(self).__name__} does not estimate mutual information")
+
+    def _entropy(self, x: torch.Tensor, discrete: bool, rng: torch.Generator):
+        """Return ``(value_nats, details: dict, flags: list[str])``."""
+        raise TypeError(f"{type(self).__name__} does not estimate entropy")
+
+    def _min_samples(self) -> int:
+        return 2
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @property
+    def working_device(self) -> torch.device | None:
+        return None if self.device is None else resolve_device(self.device)
+
+    def _budget(self, device: torch.device) -> int:
+        if self.memory_budget is None:
+            return default_memory_budget(device)
+        return parse_bytes(self.memory_budget)
+
+    def _generator(self, device: torch.device, offset: int = 0) -> torch.Generator:
+        g = torch.Generator(device=device)
+        g.manual_seed(int(self.seed) + 1_000_003 * offset)
+        return g
+
+    def _transform(self, t: torch.Tensor, discrete: bool) -> torch.Tensor:
+        if discrete or not self.supports_transform or self.transform is None:
+            return t
+        return apply_transform(t, self.transform)
+
+    def _check_n(self, n: int) -> None:
+        need = self._min_samples()
+        if n < need:
+            raise ValueError(f"n={n} samples is too few for {type(self).__name__} with these "
+                             f"settings; it needs at least {need}")
+
+    # -- public API ------------------------------------------------------------------------
+
+    def mutual_information(self, x, y, *, discrete_x=None, discrete_y=None) -> EstimateResult:
+        """Estimate I(X;Y) in nats.
+
+        Parameters
+        ----------
+        x, y : array-like or Tensor, shape (n, ...)
+            Paired samples, one row each; trailing dimensions are flattened.
+        discrete_x, discrete_y : bool or None
+            Whether the variable is discrete (class or token ids).  ``None`` decides from the
+            dtype: integer/bool/string columns are discrete, floats continuous.
+        """
+        x0 = to_numpy_or_tensor(x, "x")
+        y0 = to_numpy_or_tensor(y, "y")
+        device = self.working_device or resolve_device(None, x0, y0)
+        dtype = resolve_dtype(self.dtype)
+        xt, xd = prepare(x0, "x", discrete=discrete_x, device=device, dtype=dtype)
+        yt, yd = prepare(y0, "y", discrete=discrete_y, device=device, dtype=dtype)
+        if xt.shape[0] != yt.shape[0]:
+            raise ValueError(f"x and y must have the same number of rows (samples); got "
+                             f"x: {xt.shape[0]} and y: {yt.shape[0]}")
+        n = int(xt.shape[0])
+        self._check_n(n)
+        dims = (1 if xd else int(xt.shape[1]), 1 if yd else int(yt.shape[1]))
+        swapped = False
+        if xd and not yd:  # MI is symmetric: keep a discrete variable in the y slot
+            xt, yt, xd, yd, swapped = yt, xt, yd, xd, True
+        if xd and yd and not self.handles_discrete_x:
+            raise ValueError(f"method {self.name!r} needs at least one continuous variable; both "
+                             f"x and y are discrete here. Use method='binning' (plug-in), or pass "
+                             f"discrete_x=False / discrete_y=False if a variable is continuous")
+        xt = self._transform(xt, xd)
+        yt = self._transform(yt, yd)
+
+        def run(xs, ys, offset):
+            return self._mi(xs, ys, xd, yd, self._generator(device, offset))
+
+        return self._finish("mutual_information", run, (xt, yt), n, dims, device,
+                            extra={"swapped_arguments": swapped} if swapped else {})
+
+    def entropy(self, x, *, discrete=None) -> EstimateResult:
+        """Estimate the entropy H(X) (differential for continuous X) in nats."""
+        x0 = to_numpy_or_tensor(x, "x")
+        device = self.working_device or resolve_device(None, x0)
+        xt, xd = prepare(x0, "x", discrete=discrete, device=device, dtype=resolve_dtype(self.dtype))
+        if xd and not self.handles_entropy_of_discrete:
+            raise ValueError(f"method {self.name!r} estimates differential entropy of continuous "
+                             f"data; x is discrete (integer ids). Use method='binning', or pass "
+                             f"discrete=False")
+        n = int(xt.shape[0])
+        self._check_n(n)
+        xt = self._transform(xt, xd)
+
+        def run(xs, offset):
+            return self._entropy(xs, xd, self._generator(device, offset))
+
+        return self._finish("entropy", run, (xt,), n, (1 if xd else int(xt.shape[1]),), device)
+
+    def _finish(self, quantity, run, tensors, n, dims, device, extra=None) -> EstimateResult:
+        start = time.perf_counter()
+        value, details, flags = run(*tensors, 0)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        details = dict(details)
+        details.update(extra or {})
+        flags = list(flags)
+        value = float(value)
+        if not math.isfinite(value):
+            raise RuntimeError(f"{type(self).__name__} produced a non-finite value ({value}); "
+                               f"details: {details}")
+        result = EstimateResult(value=value, quantity=quantity, method=self.name,
+                                params=_jsonable(self.get_params()), n=n, dims=tuple(dims),
+                                seconds=seconds, flags=flags, details=details)
+        if self.ci is not None:
+            kind = self.interval_kinds[0] if self.ci == "auto" else self.ci
+            low, high, samples = self._interval(kind, run, tensors, n, value, device)
+            result.ci, result.ci_kind, result.confidence = (low, high), kind, float(self.confidence)
+            result.details["resample_values"] = samples
+        if self.n_permutations and quantity == "mutual_information":
+            result.details["null"] = self._permutation_null(run, tensors, value, device)
+            null = result.details["null"]
+            if null["p_value"] > 0.05 and value > 0:
+                result.flags.append(
+                    f"not distinguishable from independence: the value under shuffled pairs "
+                    f"averages {null['mean']:.4f} nats (sd {null['std']:.4f}); "
+                    f"permutation p = {null['p_value']:.3f}")
+        return result
+
+    # -- intervals and null ---------------------------------------------------------------
+
+    def _interval(self, kind, run, tensors, n, value, device):
+        alpha = 1.0 - float(self.confidence)
+        g = torch.Generator(device="cpu")
+        g.manual_seed(int(self.seed) + 7919)
+        samples = []
+        if kind == "seeds":
+            for b in range(1, self.n_resamples + 1):
+                samples.append(float(run(*tensors, b)[0]))
+            arr = np.asarray(samples)
+            lo, hi = np.quantile(arr, [alpha / 2, 1 - alpha / 2])
+            return float(lo), float(hi), samples
+        if kind == "bootstrap":
+            for b in range(1, self.n_resamples + 1):
+                idx = torch.randint(0, n, (n,), generator=g).to(device)
+                samples.append(float(run(*[t[idx] for t in tensors], b)[0]))
+            arr = np.asarray(samples)
+            # basic (reverse-percentile) bootstrap: corrects the plug-in's resample bias
+            lo, hi = np.quantile(arr, [alpha / 2, 1 - alpha / 2])
+            return float(2 * value - hi), float(2 * value - lo), samples
+        if kind == "subsample":
+            m = max(self._min_samples() + 1, n // 2)
+            if m >= n:
+                raise ValueError(f"n={n} is too small for a subsampling interval")
+            for b in range(1, self.n_resamples + 1):
+                idx = torch.randperm(n, generator=g)[:m].to(device)
+                samples.append(float(run(*[t[idx] for t in tensors], b)[0]))
+            arr = np.asarray(samples)
+            # m-out-of-n: the spread of sqrt(m)(theta_m - mean) scaled to n rows
+            dev = (arr - arr.mean()) * math.sqrt(m / n)
+            lo, hi = np.quantile(dev, [alpha / 2, 1 - alpha / 2])
+            return float(value + lo), float(value + hi), samples
+        raise ValueError(f"unknown interval kind {kind!r}")
+
+    def _permutation_null(self, run, tensors, value, device):
+        x, y = tensors
+        g = torch.Generator(device="cpu")
+        g.manual_seed(int(self.seed) + 104729)
+        vals = []
+        for b in range(1, self.n_permutations + 1):
+            perm = torch.randperm(y.shape[0], generator=g).to(device)
+            vals.append(float(run(x, y[perm], 10_000 + b)[0]))
+        arr = np.asarray(vals)
+        p = (1 + int((arr >= value).sum())) / (1 + len(arr))
+        return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+                "values": vals, "p_value": float(p)}
+
+
+# --------------------------------------------------------------------------- small checks
+
+
+def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer; got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}={value} is too small; it must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}={value} is too large; it must be <= {maximum}")
+    return int(value)
+
+
+def check_positive(value, name: str, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number; got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        kind = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}={value!r} must be a finite number {kind}")
+    return float(value)
+
+
+def check_choice(value, name: str, choices) -> Any:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not accepted; use one of {list(choices)}")
+    return value
+
+
+def entropy_from_counts(counts: torch.Tensor, miller_madow: bool = False) -> float:
+    """Plug-in entropy (nats) of a histogram; Miller-Madow adds (K-1)/(2n)."""
+    counts = counts[counts > 0].to(torch.float64)
+    n = counts.sum()
+    p = counts / n
+    h = float(-(p * torch.log(p)).sum())
+    if miller_madow:
+        h += (int(counts.numel()) - 1) / (2.0 * float(n))
+    return h
