@@ -15,5 +15,21 @@ from ibtools.estimators import (
 
 __version__ = "0.1.0"
 
-__all__ = ["METHODS", "EstimateResult", "entropy", "get_estimator", "mutual_information",
-           "__version__"]
+
+def analyze(*args, **kwargs):
+    """Checkpoints -> results table; see :func:`ibtools.analysis.analyze`."""
+    from ibtools.analysis import analyze as _analyze
+
+    return _analyze(*args, **kwargs)
+
+
+def __getattr__(name):
+    # subpackages load on first use so `import ibtools` stays light
+    import importlib
+
+    if name in ("estimators", "norms", "models", "probes", "reports", "analysis", "results"):
+        return importlib.import_module(f"ibtools.{name}")
+    raise AttributeError(f"module 'ibtools' has no attribute {name!r}")
+
+__all__ = ["METHODS", "EstimateResult", "analyze", "entropy", "get_estimator",
+           "mutual_information", "__version__"]

@@ -1,0 +1,297 @@
+"""Checkpoints + data + layers + estimators -> the tidy results table.
+
+>>> table = ibtools.analyze(["run/step_000100.pt", "run/step_000200.pt"], data="digits",
+...                         estimators=["binning:n_bins=30", "kde:noise_var=0.1"], betas=[0.1])
+
+Each checkpoint's activations are captured once and fed to every estimator setting.  For
+every layer T_l it estimates I(X;T_l), I(T_{l-1};T_l) (T_0 = X) and I(T_l;Y) and the IB
+values I(T;Y) - beta * I(X;T) (``reference="input"``, the classic IB) or
+I(T_l;Y) - beta * I(T_{l-1};T_l) (``reference="previous"``, IBNorm's layer-wise objective).
+With ``out_dir`` the table is written atomically after every (layer, estimator) step, and a
+rerun into the same directory skips what is already there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ibtools import results as results_io
+from ibtools.estimators.spec import EstimatorSpec, parse_estimator_specs
+
+DEFAULT_ESTIMATORS = ("binning:n_bins=30", "kde:noise_var=0.1", "ksg:k=3,transform='copula'")
+REFERENCES = ("input", "previous")
+
+#: Settings whose change makes old rows incomparable (a resume with others is refused).
+_RUN_KEYS = ("arch", "data", "layers", "estimators", "reference", "max_samples", "seed",
+             "pool", "ci", "split")
+
+
+def _as_list(value, name):
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a value or a list of values; got {value!r}") from None
+
+
+def _check_betas(betas):
+    betas = _as_list(betas, "betas") or [0.1]
+    out = []
+    for b in betas:
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b < 0:
+            raise ValueError(f"betas: {b!r} is not accepted; each beta must be a finite number >= 0")
+        out.append(float(b))
+    return out
+
+
+def _resolve_device(device):
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: torch sees no CUDA device; use 'cpu' or 'auto'")
+    return dev
+
+
+def _progress(iterable, desc, enabled, total=None, leave=False):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True)
+
+
+def _estimate(est, a, b, **kw):
+    """One estimate, or NaN with the reason when the estimator cannot handle the pair."""
+    try:
+        return est.mutual_information(a, b, **kw), None
+    except (ValueError, TypeError, RuntimeError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _value(result):
+    return float("nan") if result is None else result.value
+
+
+def _ci(result):
+    if result is None or result.ci is None:
+        return (float("nan"), float("nan"))
+    return result.ci
+
+
+def _flags(label, result, error):
+    if error is not None:
+        return [f"{label} not computed ({error})"]
+    return [f"{label}: {f}" for f in result.flags] if result is not None else []
+
+
+def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None, betas=(0.1,),
+            reference="input", max_samples=2000, device="auto", seed=0, pool=None, ci=None,
+            split="test", out_dir=None, overwrite=False, progress=None, arch_kwargs=None):
+    """Estimate information quantities of chosen layers of one or more checkpoints.
+
+    Parameters
+    ----------
+    checkpoints : path, model, or list of them
+        Checkpoint files (any format :func:`ibtools.probes.load_model` reads) or
+        ``nn.Module`` objects already in memory.
+    arch : str, optional
+        Architecture for plain state_dicts (``"ibtools:mlp"``, ``"package.module:factory"``,
+        ``"hf:DIR"``); ibtools checkpoints carry their own.
+    data : str
+        Data source (``"digits"``, ``"text:PATH"``, ``"npz:PATH"``, ``"package.module:fn"``).
+    layers : str, list or None
+        Layer names, globs or module types (see :func:`ibtools.probes.capture_activations`);
+        ``None`` picks every normalization layer, or every block output if there are none.
+    estimators : list of spec
+        Estimator specs (``"kde:noise_var=0.1"``, dicts, or ``EstimatorSpec``); a sweep is
+        several specs.  Default: binning (30 bins), KDE (noise_var 0.1), KSG (k 3, copula).
+    betas : float or list of float
+        Trade-off weights; one row per beta.
+    reference : "input" or "previous"
+        What IB values compress against: I(X;T) (classic IB) or I(T_{l-1};T_l).
+    max_samples : int
+        Rows per layer (a seeded sample over the whole data; tokens for language models).
+    device : "auto", "cpu", "cuda[:N]"
+        Where the model runs and the estimators compute.
+    seed : int
+        Seeds sampling and every estimator.
+    pool : None, "mean" or "last"
+        Pool token rows of sequence models into one row per sequence.
+    ci : None or "auto"
+        Ask each estimator for its interval (kNN: subsampling, plug-in: bootstrap).
+    out_dir : path, optional
+        Write results.csv/json and config.json there after every step; resume from them.
+    overwrite : bool
+        Replace results of different settings found in ``out_dir`` instead of refusing.
+    progress : bool or None
+        Progress bars; ``None`` shows them only on a terminal.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The results table (``ibtools.results.COLUMNS`` plus model metrics from the checkpoint
+        metadata), in nats.
+    """
+    from ibtools.probes import capture_activations, load_dataset, load_model
+
+    ckpts = _as_list(checkpoints, "checkpoints")
+    if not ckpts:
+        raise ValueError("checkpoints is empty; give at least one checkpoint path or model")
+    specs = parse_estimator_specs(list(estimators) if estimators is not None
+                                  else list(DEFAULT_ESTIMATORS))
+    if not specs:
+        raise ValueError("estimators is empty; give at least one estimator spec")
+    betas = _check_betas(betas)
+    if reference not in REFERENCES:
+        raise ValueError(f"reference={reference!r} is not accepted; use one of {list(REFERENCES)}")
+    if pool not in (None, "mean", "last"):
+        raise ValueError(f"pool={pool!r} is not accepted; use None, 'mean' or 'last'")
+    if ci not in (None, "auto"):
+        raise ValueError(f"ci={ci!r} is not accepted; use None or 'auto'")
+    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 10:
+        raise ValueError(f"max_samples={max_samples!r} must be an integer >= 10")
+    dev = _resolve_device(device)
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+
+    settings = {"arch": arch, "data": str(data), "layers": layers,
+                "estimators": [s.label for s in specs], "reference": reference,
+                "max_samples": max_samples, "seed": seed, "pool": pool, "ci": ci, "split": split}
+    existing = _open_run_dir(out_dir, settings, overwrite) if out_dir is not None else None
+    rows = [] if existing is None else existing.to_dict("records")
+    done = {(str(r["checkpoint"]), str(r["layer"]), str(r["setting"]), float(r["beta"]))
+            for r in rows}
+    if out_dir is not None:
+        results_io.save_config(_config(settings, ckpts, betas, dev), out_dir)
+
+    for ckpt in _progress(ckpts, "checkpoints", show and len(ckpts) > 1, leave=True):
+        label = type(ckpt).__name__ if isinstance(ckpt, torch.nn.Module) else str(ckpt)
+        if isinstance(ckpt, torch.nn.Module):
+            model, info = ckpt, {"arch": type(ckpt).__name__, "meta": {}}
+        else:
+            model, info = load_model(ckpt, arch=arch, **(arch_kwargs or {}))
+        model = model.to(dev).eval()
+        meta = dict(info.get("meta") or {})
+        norm, lam = meta.get("norm"), meta.get("lam")
+        if norm is None:
+            from ibtools.norms import describe_norms
+
+            desc = describe_norms(model)
+            norm, lam = desc["norm"], desc["lam"] if lam is None else lam
+        dataset = load_dataset(data, model=model, split=split, seed=seed)
+        acts = capture_activations(model, dataset, layers=layers, max_rows=max_samples,
+                                   pool=pool, seed=seed, device=dev)
+        x, y = acts.x, acts.y
+        names = list(acts.layers)
+        base = {"checkpoint": label, "model": info.get("arch"), "norm": norm,
+                "lam": float(lam) if lam is not None else float("nan"),
+                "seed": meta.get("seed", seed), "step": meta.get("step", meta.get("epoch")),
+                "reference": reference,
+                "ib_kind": "classic" if reference == "input" else "layerwise", "unit": "nats"}
+        for key in ("test_accuracy", "val_loss", "train_loss", "epoch"):
+            if key in meta:
+                base[key] = meta[key]
+        for index, name in enumerate(_progress(names, "layers", show)):
+            todo = [s for s in specs
+                    if any((label, name, s.label, b) not in done for b in betas)]
+            if not todo:
+                continue
+            t = acts[name]
+            t_prev = x if index == 0 else acts[names[index - 1]]
+            for spec in _progress(todo, name, show):
+                new = _layer_rows(spec, x, y, t, t_prev, index, betas, seed, dev, ci,
+                                  reference)
+                for r in new:
+                    r.update(base, layer=name, layer_index=index)
+                    key = (label, name, r["setting"], r["beta"])
+                    if key not in done:
+                        rows.append(r)
+                        done.add(key)
+                if out_dir is not None:
+                    results_io.save_results(pd.DataFrame(rows), out_dir)
+        del acts, model  # free before the next checkpoint is loaded
+    table = results_io.order_columns(pd.DataFrame(rows)) if rows else pd.DataFrame(
+        columns=results_io.COLUMNS)
+    if out_dir is not None:
+        results_io.save_results(table, out_dir)
+    return table
+
+
+def _layer_rows(spec: EstimatorSpec, x, y, t, t_prev, index, betas, seed, device, ci,
+                reference):
+    est = spec.build(seed=seed, device=device, ci=ci)
+    start = time.perf_counter()
+    r_ty, e_ty = _estimate(est, t, y, discrete_y=True)
+    r_xt, e_xt = _estimate(est, x, t)
+    if index == 0:
+        r_prev, e_prev = r_xt, e_xt
+    else:
+        r_prev, e_prev = _estimate(est, t_prev, t)
+    seconds = time.perf_counter() - start
+    flags = _flags("I(T;Y)", r_ty, e_ty) + _flags("I(X;T)", r_xt, e_xt)
+    if index > 0:
+        flags += _flags("I(T_prev;T)", r_prev, e_prev)
+    i_ty, i_xt, i_prev = _value(r_ty), _value(r_xt), _value(r_prev)
+    (ty_lo, ty_hi), (xt_lo, xt_hi), (pv_lo, pv_hi) = _ci(r_ty), _ci(r_xt), _ci(r_prev)
+    # the compression term the IB value charges for, and its interval
+    comp, c_lo, c_hi = (i_xt, xt_lo, xt_hi) if reference == "input" else (i_prev, pv_lo, pv_hi)
+    rows = []
+    for beta in betas:
+        rows.append({
+            "estimator": spec.method, "setting": spec.label, "params": spec.params_json,
+            "i_xt": i_xt, "i_ty": i_ty, "i_prev_t": i_prev, "beta": beta,
+            "ib_value": i_ty - beta * comp,
+            # conservative: the worst combination of the two component intervals
+            "ci_low": ty_lo - beta * c_hi, "ci_high": ty_hi - beta * c_lo,
+            "ci_low_xt": xt_lo, "ci_high_xt": xt_hi, "ci_low_ty": ty_lo, "ci_high_ty": ty_hi,
+            "ci_low_prev_t": pv_lo, "ci_high_prev_t": pv_hi,
+            "n_samples": int(t.shape[0]), "dim": int(t[0].numel()), "seconds": seconds,
+            "flags": json.dumps(flags),
+        })
+    return rows
+
+
+def _config(settings, ckpts, betas, device):
+    import ibtools
+
+    return {"ibtools_version": ibtools.__version__, "torch_version": torch.__version__,
+            "device": str(device),
+            "checkpoints": [c if isinstance(c, str) else str(c) for c in ckpts],
+            "betas": betas, "settings": settings}
+
+
+def _open_run_dir(out_dir, settings, overwrite):
+    """Return the rows to resume from (or None), refusing a directory of other settings."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir={str(out)!r} exists and is not a directory")
+    old = results_io.load_config(out)
+    has_rows = (out / results_io.RESULTS_CSV).exists()
+    if old is None and not has_rows:
+        return None
+    if overwrite:
+        for name in (results_io.RESULTS_CSV, results_io.RESULTS_JSON, results_io.RESULTS_PARQUET):
+            (out / name).unlink(missing_ok=True)
+        return None
+    old_settings = (old or {}).get("settings", {})
+    differ = {k: (old_settings.get(k), settings.get(k)) for k in _RUN_KEYS
+              if _norm(old_settings.get(k)) != _norm(settings.get(k))}
+    if differ:
+        detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+        raise ValueError(f"out_dir={str(out)!r} holds results of different settings ({detail}); "
+                         f"use another directory or overwrite=True (--overwrite)")
+    return results_io.load_results(out) if has_rows else None
+
+
+def _norm(value):
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,314 @@
+"""The ``ibtools`` command line: analyze, report, estimate, demo.  Thin over the Python API.
+
+Exit codes: 0 success, 2 a problem with what the user gave (paths, names, settings),
+1 a failure while running.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+import ibtools
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+
+def _user_errors(fn):
+    """Turn the API's input errors into one clear line and exit code 2; anything else is a
+    failure (exit 1) with its message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, KeyError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise UserError(str(message)) from exc
+        except KeyboardInterrupt:
+            click.echo("interrupted; results written so far are kept (rerun to resume)", err=True)
+            sys.exit(130)
+        except Exception as exc:  # a failure, not a user error
+            click.echo(f"Error: ibtools failed: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _read_config(path: str) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"--config {path}: no such file")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib
+            except ImportError as exc:
+                raise UserError("--config: reading TOML on Python 3.10 needs `pip install tomli`; "
+                                "or give a JSON file") from exc
+        try:
+            data = tomllib.loads(text)
+        except Exception as exc:
+            raise UserError(f"--config {path}: not valid TOML ({exc})") from exc
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--config {path}: not valid JSON ({exc}); use .json or .toml") from exc
+    if "settings" in data and isinstance(data["settings"], dict):  # a run's own config.json
+        merged = dict(data["settings"])
+        merged.setdefault("checkpoints", data.get("checkpoints"))
+        merged.setdefault("betas", data.get("betas"))
+        data = merged
+    return data
+
+
+def _print_summary(table, limit: int = 40) -> None:
+    if table is None or len(table) == 0:
+        click.echo("no rows")
+        return
+    cols = [c for c in ("checkpoint", "norm", "lam", "layer", "setting", "i_xt", "i_prev_t",
+                        "i_ty", "beta", "ib_value") if c in table.columns]
+    view = table[cols].copy()
+    view["checkpoint"] = view["checkpoint"].map(lambda s: Path(str(s)).name)
+    with_pd = view.head(limit).to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    click.echo(with_pd)
+    if len(view) > limit:
+        click.echo(f"... {len(view) - limit} more rows in results.csv")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(ibtools.__version__, prog_name="ibtools")
+def main():
+    """ibtools: information-bottleneck analysis of PyTorch models.
+
+    \b
+    Quick start:
+      ibtools demo                      train tiny models, analyze them, write a report
+      ibtools analyze CKPT... --out DIR  IB numbers per layer for checkpoints
+      ibtools report DIR                 HTML and PDF report of a results directory
+      ibtools estimate A.npy B.npy       mutual information of two arrays
+    """
+
+
+@main.command()
+@click.argument("checkpoints", nargs=-1)
+@click.option("--arch", help="Architecture for plain state_dicts: ibtools:mlp, hf:DIR, "
+              "package.module:factory (ibtools checkpoints carry their own).")
+@click.option("--data", default="digits", show_default=True,
+              help="digits | text:PATH | npz:PATH | package.module:function")
+@click.option("--layers", "layers", multiple=True,
+              help="Layer name, glob (blocks.*.ln_1) or module type; repeatable. Default: "
+              "every normalization layer.")
+@click.option("--estimator", "estimators", multiple=True,
+              help="METHOD[:SETTING=VALUE,...], e.g. kde:noise_var=0.1; repeatable (a sweep).")
+@click.option("--beta", "betas", multiple=True, type=float, help="IB trade-off; repeatable.")
+@click.option("--reference", type=click.Choice(["input", "previous"]), default="input",
+              show_default=True, help="Compress against I(X;T) or I(T_prev;T).")
+@click.option("--max-samples", type=int, default=2000, show_default=True,
+              help="Rows per layer (tokens for language models).")
+@click.option("--pool", type=click.Choice(["mean", "last"]), default=None,
+              help="Pool token rows into one per sequence.")
+@click.option("--ci/--no-ci", default=False, help="Intervals from each estimator.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", default="ibtools-results", show_default=True,
+              type=click.Path(file_okay=False), help="Run directory (resumable).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="JSON/TOML file with the same settings; command-line options win.")
+@click.option("--overwrite", is_flag=True, help="Replace results of other settings in --out.")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write report.html and report.pdf next to the results.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars (default: only on a terminal).")
+@click.pass_context
+@_user_errors
+def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, max_samples,
+            pool, ci, device, seed, out_dir, config_file, overwrite, report, progress):
+    """Estimate I(X;T), I(T_prev;T), I(T;Y) and IB values per layer of CHECKPOINTS.
+
+    Writes results.csv, results.json and config.json into --out after every step; rerunning
+    into the same directory resumes.  A Hugging Face directory is both the checkpoint and
+    --arch hf:DIR.
+    """
+    opts = {"checkpoints": list(checkpoints), "arch": arch, "data": data,
+            "layers": list(layers) or None, "estimators": list(estimators) or None,
+            "betas": list(betas) or None, "reference": reference, "max_samples": max_samples,
+            "pool": pool, "ci": "auto" if ci else None, "device": device, "seed": seed}
+    if config_file:
+        conf = _read_config(config_file)
+        unknown = sorted(set(conf) - set(opts))
+        if unknown:
+            raise UserError(f"--config {config_file}: unknown key(s) {unknown}; accepted: "
+                            f"{sorted(opts)}")
+        source = {"checkpoints": "checkpoints", "layers": "layers", "estimators": "estimators",
+                  "betas": "betas", "ci": "ci"}
+        for key, value in conf.items():
+            param = source.get(key, key)
+            given = opts[key] not in (None, []) if key in source else (
+                ctx.get_parameter_source(param) != click.core.ParameterSource.DEFAULT)
+            if not given:
+                opts[key] = value
+    if not opts["checkpoints"]:
+        raise UserError("no checkpoints given: ibtools analyze CKPT [CKPT...] (or 'checkpoints' "
+                        "in --config)")
+    for c in opts["checkpoints"]:
+        if not Path(c).exists():
+            raise UserError(f"checkpoint {c!r} does not exist")
+    table = ibtools.analyze(opts.pop("checkpoints"), betas=opts.pop("betas") or [0.1],
+                            out_dir=out_dir, overwrite=overwrite, progress=progress, **opts)
+    _print_summary(table)
+    click.echo(f"results: {Path(out_dir) / 'results.csv'}")
+    if report:
+        _write_report(out_dir)
+
+
+def _write_report(out_dir, **kwargs):
+    from ibtools.reports import write_report
+
+    paths = write_report(out_dir, **kwargs)
+    for kind, path in paths.items():
+        click.echo(f"{kind}: {path}")
+    return paths
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True))
+@click.option("--html", default="report.html", show_default=True,
+              help="HTML file name (inside RUN_DIR unless a path).")
+@click.option("--pdf", default="report.pdf", show_default=True, help="PDF file name.")
+@click.option("--no-pdf", is_flag=True, help="Skip the PDF.")
+@click.option("--bits", is_flag=True, help="Show values in bits instead of nats.")
+@_user_errors
+def report(run_dir, html, pdf, no_pdf, bits):
+    """Write an HTML and a PDF report of the results in RUN_DIR (or a results CSV/JSON)."""
+    _write_report(run_dir, html=html, pdf=None if no_pdf else pdf,
+                  units="bits" if bits else "nats")
+
+
+def _load_array(spec: str):
+    """Read FILE (.npy, .npz[:KEY], .csv, .txt, .pt) as an array."""
+    import numpy as np
+
+    path, _, key = spec.partition("::") if "::" in spec else (spec, "", "")
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"array file {path!r} does not exist")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(p, allow_pickle=False)
+        if suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                names = list(z.files)
+                if key:
+                    if key not in names:
+                        raise UserError(f"{path}: no array {key!r}; it holds {names}")
+                    return z[key]
+                if len(names) != 1:
+                    raise UserError(f"{path} holds {names}; pick one as {path}::NAME")
+                return z[names[0]]
+        if suffix in (".csv", ".txt", ".tsv"):
+            import pandas as pd
+
+            sep = "\t" if suffix == ".tsv" else None
+            frame = pd.read_csv(p, sep=sep, engine="python")
+            if all(str(c).replace(".", "").replace("-", "").isdigit() for c in frame.columns):
+                frame = pd.read_csv(p, sep=sep, engine="python", header=None)
+            return frame.to_numpy()
+        if suffix in (".pt", ".pth"):
+            import torch
+
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+            if not isinstance(obj, torch.Tensor):
+                raise UserError(f"{path} holds a {type(obj).__name__}, not a tensor")
+            return obj
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"could not read {path}: {exc}") from exc
+    raise UserError(f"{path}: suffix {suffix!r} is not one of .npy .npz .csv .txt .tsv .pt")
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b", required=False)
+@click.option("--method", default="ksg", show_default=True,
+              help=f"One of {', '.join(ibtools.METHODS)}.")
+@click.option("--set", "settings", multiple=True, metavar="SETTING=VALUE",
+              help="Estimator setting, repeatable (k=5, noise_var=0.1, transform=copula).")
+@click.option("--discrete-b", is_flag=True, help="Treat B as class ids.")
+@click.option("--bits", is_flag=True, help="Print bits instead of nats.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full results as JSON.")
+@_user_errors
+def estimate(a, b, method, settings, discrete_b, bits, as_json):
+    """Mutual information I(A;B) and the entropies of arrays A and B (files: .npy, .npz,
+    .csv, .pt; pick an array of an .npz as FILE::NAME).  With only A, its entropy."""
+    from ibtools.estimators.spec import parse_estimator_spec
+
+    spec = parse_estimator_spec(f"{method}:{','.join(settings)}" if settings else method)
+    est = spec.build()
+    xa = _load_array(a)
+    out = {}
+    if b is not None:
+        xb = _load_array(b)
+        out["I(A;B)"] = est.mutual_information(xa, xb, discrete_y=True if discrete_b else None)
+    for name, arr, disc in (("H(A)", xa, None), ("H(B)", None if b is None else xb,
+                                                  True if discrete_b else None)):
+        if arr is None:
+            continue
+        try:
+            out[name] = est.entropy(arr, discrete=disc)
+        except (ValueError, TypeError) as exc:
+            out[name] = str(exc)
+    if as_json:
+        click.echo(json.dumps({k: (v.to_dict() if hasattr(v, "to_dict") else {"error": v})
+                               for k, v in out.items()}, indent=2))
+        return
+    unit = "bits" if bits else "nats"
+    for name, r in out.items():
+        if isinstance(r, str):
+            click.echo(f"{name:7s} not available with {method}: {r}")
+            continue
+        val = r.bits if bits else r.value
+        click.echo(f"{name:7s} = {val:.4f} {unit}  ({r.method}, n={r.n}, dims={list(r.dims)}, "
+                   f"{r.seconds:.2f} s)")
+        for flag in r.flags:
+            click.echo(f"        note: {flag}")
+
+
+@main.command()
+@click.option("--out", "out_dir", default="ibtools-demo", show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--quick", is_flag=True, help="Smaller models and fewer settings (about 30 s).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--report/--no-report", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=None)
+@_user_errors
+def demo(out_dir, quick, device, seed, report, progress):
+    """Train tiny MLPs on scikit-learn digits (LayerNorm baseline and IBNorm-S/L/T at several
+    lambda), analyze their checkpoints with several estimators, and write the report."""
+    from ibtools.demo import run_demo
+
+    table = run_demo(out_dir, quick=quick, device=device, seed=seed, progress=progress,
+                     echo=click.echo)
+    _print_summary(table[table["layer_index"] == table["layer_index"].max()], limit=30)
+    click.echo(f"results: {Path(out_dir) / 'results.csv'}")
+    if report:
+        _write_report(out_dir)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
