@@ -188,6 +188,8 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
 
             desc = describe_norms(model)
             norm, lam = desc["norm"], desc["lam"] if lam is None else lam
+        if lam is None and norm in ("layer", "rms", "batch"):
+            lam = 0.0  # a plain norm is IBNorm's lam = 0 limit
         dataset = load_dataset(data, model=model, split=split, seed=seed)
         acts = capture_activations(model, dataset, layers=layers, max_rows=max_samples,
                                    pool=pool, seed=seed, device=dev)

@@ -81,7 +81,8 @@ def _print_summary(table, limit: int = 40) -> None:
     cols = [c for c in ("checkpoint", "norm", "lam", "layer", "setting", "i_xt", "i_prev_t",
                         "i_ty", "beta", "ib_value") if c in table.columns]
     view = table[cols].copy()
-    view["checkpoint"] = view["checkpoint"].map(lambda s: Path(str(s)).name)
+    # parent folder + file: runs often share file names (step_000100.pt)
+    view["checkpoint"] = view["checkpoint"].map(lambda s: "/".join(Path(str(s)).parts[-2:]))
     with_pd = view.head(limit).to_string(index=False, float_format=lambda v: f"{v:.3f}")
     click.echo(with_pd)
     if len(view) > limit:

@@ -163,6 +163,8 @@ def to_numpy_or_tensor(a, name: str):
         a = a.to_numpy()
     if isinstance(a, np.ndarray):
         return a
+    if isinstance(a, (np.generic, int, float)):
+        return np.asarray(a)
     if isinstance(a, (list, tuple)):
         try:
             return np.asarray(a)
