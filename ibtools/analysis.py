@@ -165,7 +165,7 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
     show = sys.stderr.isatty() if progress is None else bool(progress)
 
     settings = {"arch": arch, "data": str(data), "layers": layers,
-                "estimators": [s.label for s in specs], "reference": reference,
+                "estimators": [s.spec_string for s in specs], "reference": reference,
                 "max_samples": max_samples, "seed": seed, "pool": pool, "ci": ci, "split": split}
     existing = _open_run_dir(out_dir, settings, overwrite) if out_dir is not None else None
     rows = [] if existing is None else existing.to_dict("records")
@@ -191,8 +191,8 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         if lam is None and norm in ("layer", "rms", "batch"):
             lam = 0.0  # a plain norm is IBNorm's lam = 0 limit
         dataset = load_dataset(data, model=model, split=split, seed=seed)
-        acts = capture_activations(model, dataset, layers=layers, max_rows=max_samples,
-                                   pool=pool, seed=seed, device=dev)
+        acts = _capture(capture_activations, model, dataset, data, layers=layers,
+                        max_rows=max_samples, pool=pool, seed=seed, device=dev)
         x, y = acts.x, acts.y
         names = list(acts.layers)
         base = {"checkpoint": label, "model": info.get("arch"), "norm": norm,
@@ -227,6 +227,19 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
     if out_dir is not None:
         results_io.save_results(table, out_dir)
     return table
+
+
+def _capture(capture_activations, model, dataset, data, **kwargs):
+    """Capture, turning a forward pass that fails on the data into a user error with shapes."""
+    try:
+        return capture_activations(model, dataset, **kwargs)
+    except RuntimeError as exc:
+        inputs = getattr(dataset, "inputs", None)
+        shape = "" if inputs is None else f" of shape {tuple(inputs.shape)} ({inputs.dtype})"
+        raise ValueError(f"data {data!r} gives inputs{shape} that the model "
+                         f"({type(model).__name__}) cannot take: {exc}. Use data that matches "
+                         f"the architecture (digits for vision models, text:PATH for language "
+                         f"models)") from exc
 
 
 def _layer_rows(spec: EstimatorSpec, x, y, t, t_prev, index, betas, seed, device, ci,

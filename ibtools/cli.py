@@ -122,6 +122,8 @@ def main():
 @click.option("--pool", type=click.Choice(["mean", "last"]), default=None,
               help="Pool token rows into one per sequence.")
 @click.option("--ci/--no-ci", default=False, help="Intervals from each estimator.")
+@click.option("--split", default="test", show_default=True,
+              help="Which split of the data source to analyze (test | train).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", default="ibtools-results", show_default=True,
@@ -136,7 +138,7 @@ def main():
 @click.pass_context
 @_user_errors
 def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, max_samples,
-            pool, ci, device, seed, out_dir, config_file, overwrite, report, progress):
+            pool, ci, split, device, seed, out_dir, config_file, overwrite, report, progress):
     """Estimate I(X;T), I(T_prev;T), I(T;Y) and IB values per layer of CHECKPOINTS.
 
     Writes results.csv, results.json and config.json into --out after every step; rerunning
@@ -146,7 +148,8 @@ def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, 
     opts = {"checkpoints": list(checkpoints), "arch": arch, "data": data,
             "layers": list(layers) or None, "estimators": list(estimators) or None,
             "betas": list(betas) or None, "reference": reference, "max_samples": max_samples,
-            "pool": pool, "ci": "auto" if ci else None, "device": device, "seed": seed}
+            "pool": pool, "ci": "auto" if ci else None, "split": split, "device": device,
+            "seed": seed}
     if config_file:
         conf = _read_config(config_file)
         unknown = sorted(set(conf) - set(opts))

@@ -32,6 +32,14 @@ class EstimatorSpec:
         return f"{self.method}({inner})"
 
     @property
+    def spec_string(self) -> str:
+        """The spec in the form :func:`parse_estimator_spec` reads back."""
+        if not self.settings:
+            return self.method
+        inner = ",".join(f"{k}={v!r}" for k, v in sorted(self.settings.items()))
+        return f"{self.method}:{inner}"
+
+    @property
     def params_json(self) -> str:
         return json.dumps(self.settings, sort_keys=True, default=str)
 
