@@ -251,7 +251,9 @@ def prepare(a, name: str, *, discrete, device: torch.device, dtype: torch.dtype)
     if t.dtype.is_complex:
         raise TypeError(f"{name} is complex ({t.dtype}); estimators take real values")
     t = t.reshape(t.shape[0], -1).to(device=device, dtype=dtype)
-    if not bool(torch.isfinite(t).all()):
+    # aminmax propagates NaN and inf and is several times cheaper than isfinite().all()
+    lo, hi = torch.aminmax(t)
+    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
         raise ValueError(_describe_nonfinite(t.cpu().double().numpy(), name))
     return t, False
 
