@@ -23,13 +23,21 @@ def analyze(*args, **kwargs):
     return _analyze(*args, **kwargs)
 
 
+_LAZY = {"capture_activations": "ibtools.probes", "Activations": "ibtools.probes",
+         "load_model": "ibtools.probes", "load_dataset": "ibtools.probes",
+         "swap_norms": "ibtools.norms", "build_model": "ibtools.models",
+         "write_report": "ibtools.reports", "load_results": "ibtools.results"}
+
+
 def __getattr__(name):
     # subpackages load on first use so `import ibtools` stays light
     import importlib
 
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     if name in ("estimators", "norms", "models", "probes", "reports", "analysis", "results"):
         return importlib.import_module(f"ibtools.{name}")
     raise AttributeError(f"module 'ibtools' has no attribute {name!r}")
 
 __all__ = ["METHODS", "EstimateResult", "analyze", "entropy", "get_estimator",
-           "mutual_information", "__version__"]
+           "mutual_information", "__version__", *_LAZY]

@@ -97,7 +97,8 @@ def _flags(label, result, error):
 
 def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None, betas=(0.1,),
             reference="input", max_samples=2000, device="auto", seed=0, pool=None, ci=None,
-            split="test", out_dir=None, overwrite=False, progress=None, arch_kwargs=None):
+            split="test", out_dir=None, overwrite=False, progress=None, arch_kwargs=None,
+            trust_pickle=False):
     """Estimate information quantities of chosen layers of one or more checkpoints.
 
     Parameters
@@ -136,6 +137,11 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         Replace results of different settings found in ``out_dir`` instead of refusing.
     progress : bool or None
         Progress bars; ``None`` shows them only on a terminal.
+    arch_kwargs : dict, optional
+        Keyword arguments for the architecture factory.
+    trust_pickle : bool
+        Allow checkpoints that are whole pickled modules (this runs code from the file;
+        only for files you trust).
 
     Returns
     -------
@@ -179,7 +185,8 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         if isinstance(ckpt, torch.nn.Module):
             model, info = ckpt, {"arch": type(ckpt).__name__, "meta": {}}
         else:
-            model, info = load_model(ckpt, arch=arch, **(arch_kwargs or {}))
+            model, info = load_model(ckpt, arch=arch, trust_pickle=trust_pickle,
+                                     **(arch_kwargs or {}))
         model = model.to(dev).eval()
         meta = dict(info.get("meta") or {})
         norm, lam = meta.get("norm"), meta.get("lam")

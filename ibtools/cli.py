@@ -131,6 +131,8 @@ def main():
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="JSON/TOML file with the same settings; command-line options win.")
 @click.option("--overwrite", is_flag=True, help="Replace results of other settings in --out.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow checkpoints that are pickled modules (runs code from the file).")
 @click.option("--report/--no-report", default=True, show_default=True,
               help="Write report.html and report.pdf next to the results.")
 @click.option("--progress/--no-progress", default=None,
@@ -138,7 +140,8 @@ def main():
 @click.pass_context
 @_user_errors
 def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, max_samples,
-            pool, ci, split, device, seed, out_dir, config_file, overwrite, report, progress):
+            pool, ci, split, device, seed, out_dir, config_file, overwrite, trust_pickle, report,
+            progress):
     """Estimate I(X;T), I(T_prev;T), I(T;Y) and IB values per layer of CHECKPOINTS.
 
     Writes results.csv, results.json and config.json into --out after every step; rerunning
@@ -171,7 +174,8 @@ def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, 
         if not Path(c).exists():
             raise UserError(f"checkpoint {c!r} does not exist")
     table = ibtools.analyze(opts.pop("checkpoints"), betas=opts.pop("betas") or [0.1],
-                            out_dir=out_dir, overwrite=overwrite, progress=progress, **opts)
+                            out_dir=out_dir, overwrite=overwrite, progress=progress,
+                            trust_pickle=trust_pickle, **opts)
     _print_summary(table)
     click.echo(f"results: {Path(out_dir) / 'results.csv'}")
     if report:
