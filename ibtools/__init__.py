@@ -25,7 +25,8 @@ def analyze(*args, **kwargs):
 
 _LAZY = {"capture_activations": "ibtools.probes", "Activations": "ibtools.probes",
          "load_model": "ibtools.probes", "load_dataset": "ibtools.probes",
-         "swap_norms": "ibtools.norms", "build_model": "ibtools.models",
+         "swap_norms": "ibtools.norms", "describe_norms": "ibtools.norms",
+         "IBNorm": "ibtools.norms", "build_model": "ibtools.models", "train": "ibtools.models",
          "write_report": "ibtools.reports", "load_results": "ibtools.results"}
 
 

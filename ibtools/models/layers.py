@@ -1,0 +1,165 @@
+"""Pieces every reference model shares: the ``norm=`` factory and the model base class.
+
+``norm`` is one of :data:`NORM_CHOICES` or a normalization class.  ``"ib-S"``, ``"ib-L"``
+and ``"ib-T"`` build the IBNorm flavour of the model's own baseline family (IBNorm for a
+LayerNorm model, IBRMSNorm for the LLaMA-style model, IBBatchNorm for the CNN); pass a
+class such as :class:`ibtools.norms.IBBatchNorm1d` to choose another flavour.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+from ibtools.norms import IBBatchNorm1d, IBBatchNorm2d, IBNorm, IBNormMixin, IBRMSNorm
+from ibtools.norms import functional as IBF
+from ibtools.norms.state import adapt_norm_state_dict
+
+__all__ = ["NORM_CHOICES", "LAYOUTS", "MovedDimNorm", "ReferenceModel", "make_norm", "norm_config",
+           "resolve_lam"]
+
+NORM_CHOICES = ("layer", "rms", "batch", "none", "ib-S", "ib-L", "ib-T")
+LAYOUTS = ("vector", "sequence", "image")  # (N, C), (B, T, C), (N, C, H, W)
+
+# Classes named in a saved config are imported only from these packages, so loading a
+# checkpoint never imports arbitrary code.
+_IMPORTABLE_PREFIXES = ("torch.nn.", "ibtools.norms.")
+
+
+class MovedDimNorm(nn.Module):
+    """Apply ``norm`` with dimension ``source`` moved to ``destination`` and back.
+
+    Lets a per-feature norm (LayerNorm) act on the channels of an image ``(N, C, H, W)``
+    (``source=1, destination=-1``) and a per-channel norm (BatchNorm1d) act on the features
+    of a sequence ``(B, T, C)`` (``source=-1, destination=1``).  The wrapped module is
+    ``.norm``, so :func:`ibtools.norms.swap_norms` and hooks see it as usual.
+    """
+
+    def __init__(self, norm: nn.Module, source: int, destination: int) -> None:
+        super().__init__()
+        self.norm = norm
+        self.source, self.destination = source, destination
+
+    def forward(self, x):
+        return self.norm(x.movedim(self.source, self.destination)).movedim(self.destination, self.source)
+
+    def extra_repr(self) -> str:
+        return f"source={self.source}, destination={self.destination}"
+
+
+def _import_norm_class(path: str) -> type:
+    if not path.startswith(_IMPORTABLE_PREFIXES):
+        raise ValueError(f"norm class {path!r} cannot be rebuilt from a config: only classes from "
+                         f"{_IMPORTABLE_PREFIXES} are imported; pass the class itself instead")
+    module_name, _, attr = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"norm class {path!r} not found: {err}") from None
+    return cls
+
+
+def _resolve(norm) -> str | type:
+    if isinstance(norm, type) and issubclass(norm, nn.Module):
+        return norm
+    if isinstance(norm, str):
+        if norm in NORM_CHOICES:
+            return norm
+        if "." in norm:
+            return _import_norm_class(norm)
+    raise ValueError(f"norm must be one of {NORM_CHOICES} or a normalization class "
+                     f"(e.g. ibtools.norms.IBBatchNorm1d), got {norm!r}")
+
+
+def _is_ib(norm: str | type) -> bool:
+    return (norm.startswith("ib-") if isinstance(norm, str) else issubclass(norm, IBNormMixin))
+
+
+def norm_config(norm) -> str:
+    """The JSON-able form of a ``norm`` argument: the string itself or ``module.Class``."""
+    norm = _resolve(norm)
+    return norm if isinstance(norm, str) else f"{norm.__module__}.{norm.__qualname__}"
+
+
+def resolve_lam(norm, lam) -> float:
+    """``lam`` for a model: default 1.0 with an IBNorm, 0.0 otherwise; >0 needs an IBNorm."""
+    norm = _resolve(norm)
+    if lam is None:
+        return 1.0 if _is_ib(norm) else 0.0
+    lam = IBF.check_lam(lam)
+    if lam > 0 and not _is_ib(norm):
+        raise ValueError(f"lam={lam:g} only applies to IBNorm norms ('ib-S', 'ib-L', 'ib-T' or an "
+                         f"IBNorm class), got norm={norm_config(norm)!r}; use lam=0 or None")
+    return lam
+
+
+def make_norm(norm, num_features: int, *, family: str, layout: str, lam: float = 0.0,
+              order: str = "compress_first") -> nn.Module:
+    """Build the normalization layer for ``num_features`` features or channels.
+
+    Parameters
+    ----------
+    norm : str or type
+        One of :data:`NORM_CHOICES`, an importable ``"module.Class"`` string from
+        ``torch.nn``/``ibtools.norms``, or a class taking ``num_features`` first.
+    family : {"layer", "rms", "batch"}
+        The model's baseline family, used by ``"ib-*"``.
+    layout : {"vector", "sequence", "image"}
+        Shape of the activations: ``(N, C)``, ``(B, T, C)`` or ``(N, C, H, W)``.
+    lam, order
+        IBNorm settings (ignored by baselines).
+
+    Returns
+    -------
+    torch.nn.Module
+        The norm, wrapped in :class:`MovedDimNorm` when its statistics axis is not where the
+        layout has its features.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    norm = _resolve(norm)
+    if norm == "none":
+        return nn.Identity()
+    ib = {"lam": lam, "order": order}
+    if isinstance(norm, str):
+        kind = family if norm.startswith("ib-") else norm
+        if norm.startswith("ib-"):
+            ib["variant"] = norm[3:]
+        if kind == "layer":
+            module = IBNorm(num_features, **ib) if _is_ib(norm) else nn.LayerNorm(num_features)
+        elif kind == "rms":
+            module = IBRMSNorm(num_features, **ib) if _is_ib(norm) else nn.RMSNorm(num_features)
+        else:
+            classes = (IBBatchNorm2d, nn.BatchNorm2d) if layout == "image" else (IBBatchNorm1d, nn.BatchNorm1d)
+            module = classes[0](num_features, **ib) if _is_ib(norm) else classes[1](num_features)
+    else:
+        module = norm(num_features, **ib) if _is_ib(norm) else norm(num_features)
+    per_channel = isinstance(module, nn.modules.batchnorm._BatchNorm)
+    if layout == "image" and not per_channel:
+        return MovedDimNorm(module, 1, -1)
+    if layout == "sequence" and per_channel:
+        return MovedDimNorm(module, -1, 1)
+    return module
+
+
+class ReferenceModel(nn.Module):
+    """Base of the reference models: a ``config`` dict and cross-norm state-dict loading.
+
+    Subclasses set ``name`` (the key in ``REFERENCE_MODELS``) and ``input_kind``
+    (``"vector"``: digits ``(n, 64)``; ``"image"``: ``(n, 1, 8, 8)``; ``"tokens"``: byte
+    ids ``(B, T)``) and store the keyword arguments that rebuild them in ``self.config``.
+    A state dict saved with IBNorm layers loads into the same model built with baseline
+    norms (the IBNorm-only entries are dropped) and vice versa.
+    """
+
+    name: str = ""
+    input_kind: str = ""
+    config: dict
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        # state_dict is load_state_dict's private copy, and children read from it after this.
+        adapt_norm_state_dict(self, state_dict, prefix=prefix, inplace=True)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
