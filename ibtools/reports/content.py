@@ -1,0 +1,160 @@
+"""What a report says, built once and rendered twice (HTML and PDF), so both carry the
+same summary, figures, caveats, settings and table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ibtools.reports.plots import (
+    plot_estimator_agreement,
+    plot_ib_across_lam,
+    plot_ib_across_layers,
+    plot_information_plane,
+)
+from ibtools.reports.summary import collect_caveats, describe_run, summarize
+from ibtools.reports.table import aggregate_seeds, check_units, prepare_table, select_step
+
+DEFAULT_TITLE = "Information-bottleneck analysis"
+
+#: Columns of the PDF's optional full-table pages (a page cannot hold all of them; the
+#: HTML does).
+PDF_TABLE_COLUMNS = ("variant", "seed", "step", "layer", "setting_label", "i_xt", "i_ty",
+                     "i_prev_t", "ib_value", "ci_low", "ci_high", "n_flags")
+
+
+@dataclass
+class ReportFigure:
+    """One figure of a report with the words that go with it."""
+
+    key: str
+    title: str
+    caption: str
+    figure: Figure
+
+
+@dataclass
+class ReportContent:
+    """Everything a report shows; renderers only lay it out."""
+
+    title: str
+    units: str
+    summary: dict
+    caveats: list
+    run: list
+    config: dict
+    figures: list = field(default_factory=list)
+    table: pd.DataFrame | None = None
+    columns: list = field(default_factory=list)
+    final: pd.DataFrame | None = None
+
+    @property
+    def config_text(self) -> str:
+        """The configuration as sorted, indented JSON (empty when none was given)."""
+        if not self.config:
+            return ""
+        return json.dumps(self.config, indent=2, sort_keys=True, default=str)
+
+
+def _check_mapping(value, name: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a dict (or None); got {type(value).__name__}")
+    return value
+
+
+def build_report_content(table, *, config=None, environment=None, units: str = "nats",
+                         title: str | None = None, step="last") -> ReportContent:
+    """Validate the table and build the summary, figures, caveats and run description.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Results table (DESIGN.md contract).
+    config : dict, optional
+        The run's configuration, shown verbatim and searched for the environment.
+    environment : dict, optional
+        Versions, device, date... that produced the table.
+    units : {"nats", "bits"}
+        Unit of every number shown.
+    title : str, optional
+        Report title; default ``config["title"]`` or "Information-bottleneck analysis".
+    step : "last" or number
+        Checkpoint that the summary and the per-layer figures compare.
+
+    Returns
+    -------
+    ReportContent
+    """
+    units = check_units(units)
+    config = _check_mapping(config, "config")
+    environment = _check_mapping(environment, "environment")
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a string; got {type(title).__name__}")
+    prepared = prepare_table(table, units)
+    prepared["n_flags"] = prepared["flag_list"].map(len)
+    figures = [
+        ReportFigure("information-plane", "Information plane",
+                     "One panel per model variant and estimator setting; markers tell the "
+                     "layers apart, colour gives the training step. The dashed line is ln n, "
+                     "the most I(X;T) a sample of n points can show: points on it measure the "
+                     "estimator's resolution, not compression.",
+                     plot_information_plane(prepared, units=units)),
+        ReportFigure("ib-across-layers", "IB value across layers",
+                     "One line per model variant (norm kind and λ), one panel per estimator "
+                     "setting; lines are means over seeds, bands span the seeds' intervals.",
+                     plot_ib_across_layers(prepared, units=units, step=step)),
+    ]
+    lams = prepared["lam"].fillna(0.0).unique()
+    if len(lams) > 1:
+        figures.append(ReportFigure(
+            "ib-across-lam", "IB value across λ",
+            "One line per layer; hollow markers and dotted level lines mark the baseline "
+            "(λ = 0 or a plain norm), so a gain from compression reads as a line above its "
+            "dotted level.",
+            plot_ib_across_lam(prepared, units=units, step=step)))
+    figures.append(ReportFigure(
+        "estimator-agreement", "Estimator agreement",
+        "The IB value of each variant under each estimator setting, one panel per layer; "
+        "crossing lines mean the ranking of the variants depends on the estimator. Each "
+        "panel's title gives the verdict.",
+        plot_estimator_agreement(prepared, units=units, step=step)))
+    for fig in figures:
+        # Lay out once and freeze: constrained layout costs about as much as a draw, and
+        # each figure is saved twice (SVG and PDF) with the same geometry.
+        fig.figure.draw_without_rendering()
+        fig.figure.set_layout_engine("none")
+    title = title or str(config.get("title") or DEFAULT_TITLE)
+    columns = [c for c in table.columns]
+    return ReportContent(title=title, units=units, summary=summarize(prepared, step),
+                         caveats=collect_caveats(prepared),
+                         run=describe_run(prepared, config, environment), config=config,
+                         figures=figures, table=prepared, columns=columns,
+                         final=seed_means(prepared, step))
+
+
+def seed_means(prepared: pd.DataFrame, step="last") -> pd.DataFrame:
+    """The compared checkpoint as one row per (variant, layer, setting): seed means of
+    I(X;T) (or I(T_prev;T)), I(T;Y) and the IB value, with the IB band and seed count.
+
+    This is the table both reports print in full; the per-seed, per-step rows stay in the
+    HTML's results table and in results.csv.
+    """
+    final = select_step(prepared, step).copy()
+    final["x_value"] = final["i_xt"].where(final["x_quantity"] == "i_xt", final["i_prev_t"])
+    keys = ["variant_order", "variant", "layer_index", "layer", "setting_label"]
+    out = aggregate_seeds(final, keys)
+    for column in ("x_value", "i_ty"):
+        means = final.groupby(keys, sort=False, dropna=False)[column].mean().reset_index()
+        out = out.merge(means, on=keys, how="left")
+    out = out.sort_values(["layer_index", "setting_label", "variant_order"], kind="mergesort")
+    out = out.rename(columns={"setting_label": "setting", "x_value": "I(X;T)",
+                              "i_ty": "I(T;Y)", "ib_value": "IB value",
+                              "band_low": "IB low", "band_high": "IB high",
+                              "n_seeds": "seeds"})
+    return out[["layer", "setting", "variant", "seeds", "I(X;T)", "I(T;Y)", "IB value",
+                "IB low", "IB high"]].reset_index(drop=True)

@@ -1,0 +1,243 @@
+"""The written part of a report: who wins per layer and under which estimator, the
+caveats raised by the results' own flags, and the settings and environment behind them."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import metadata
+
+import numpy as np
+import pandas as pd
+
+from ibtools.reports.ranking import rank_variants
+from ibtools.reports.table import LN2, aggregate_seeds, select_step, shorten_flag
+
+#: What every user of an estimator should keep in mind, whatever its flags say.  Short and
+#: factual; the per-row flags add what happened in this run.
+KNOWN_LIMITATIONS = {
+    "binning": "Plug-in entropies of binned activations: the value depends on the bin grid; "
+               "with fine bins and distinct inputs I(X;T) = H(T) approaches ln n.",
+    "kde": "Pairwise-distance bounds on T + N(0, noise_var I): the value depends on noise_var "
+           "and saturates at ln n when noise_var is small next to the spread of T.",
+    "ksg": "k-nearest-neighbour estimate (Kraskov et al. 2004): biased low in high dimension "
+           "and for strongly dependent variables.",
+    "infonce": "Contrastive lower bound: can never exceed ln(batch size).",
+    "mine": "Donsker-Varadhan lower bound with a trained critic: high variance, depends on "
+            "critic training.",
+    "nwj": "Variational lower bound with a trained critic: high variance at large MI.",
+    "smile": "Clipped Donsker-Varadhan bound: the clip trades bias for variance.",
+    "renyi": "Matrix-based Renyi entropy: depends on alpha and the kernel width rule.",
+    "gaussian": "Closed form under a Gaussian assumption: a lower bound under the Gaussian "
+                "copula, blind to non-linear dependence.",
+}
+
+
+def _unit_scale(units: str) -> float:
+    return 1.0 if units == "nats" else 1.0 / LN2
+
+
+def _join(items: list[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def summarize(prepared: pd.DataFrame, step="last") -> dict:
+    """Which variant has the highest IB value per layer, and whether every estimator agrees.
+
+    Parameters
+    ----------
+    prepared : pandas.DataFrame
+        Output of :func:`ibtools.reports.table.prepare_table`.
+    step : "last" or number
+        Checkpoint compared (default each variant's latest).
+
+    Returns
+    -------
+    dict
+        ``headline`` (one sentence), ``sentences`` (one per layer), ``winners`` (a
+        DataFrame: layer, setting, best variant, its IB value, runner-up, margin, whether
+        the intervals separate them) and ``layers`` (per layer: winner per setting and the
+        agreement verdict).
+    """
+    final = select_step(prepared, step)
+    units = str(prepared["unit"].iloc[0])
+    agg = aggregate_seeds(final, ["layer_index", "layer", "setting_label", "variant"])
+    n_settings = agg["setting_label"].nunique()
+    records, layers, sentences = [], [], []
+    for (_, layer), panel in agg.groupby(["layer_index", "layer"], sort=True):
+        verdict = rank_variants(panel)
+        if not verdict["order"]:
+            continue
+        for setting, order in verdict["order"].items():
+            values = panel[panel["setting_label"] == setting].set_index("variant")["ib_value"]
+            records.append({
+                "layer": layer, "setting": setting, "best": order[0],
+                "ib_value": float(values[order[0]]), "runner_up": order[1],
+                "margin": float(values[order[0]] - values[order[1]]),
+                "separated": verdict["separated"][setting],
+            })
+        winners = verdict["winner"]
+        layers.append({"layer": layer, "winners": winners, "same_winner": verdict["same_winner"],
+                       "same_order": verdict["same_order"], "verdict": verdict["verdict"]})
+        if verdict["same_winner"]:
+            best = next(iter(winners.values()))
+            n_sep = sum(verdict["separated"].values())
+            if len(winners) == 1:
+                scope = f"under {next(iter(winners))}, the only setting with several variants"
+            elif len(winners) == n_settings:
+                scope = f"under all {n_settings} estimator settings"
+            else:
+                scope = f"under all {len(winners)} settings that rank several variants"
+            sentences.append(
+                f"At {layer}, {best} has the highest IB value {scope}; its interval clears "
+                f"the runner-up's under {n_sep} of {len(winners)}.")
+        else:
+            by_variant: dict[str, list[str]] = {}
+            for setting, variant in winners.items():
+                by_variant.setdefault(variant, []).append(setting)
+            parts = [f"{v} under {_join(s)}" for v, s in by_variant.items()]
+            sentences.append(f"At {layer}, the highest IB value goes to {_join(parts)}: "
+                             f"the ranking depends on the estimator.")
+    winners_df = pd.DataFrame(records, columns=["layer", "setting", "best", "ib_value",
+                                                "runner_up", "margin", "separated"])
+    agree = [entry for entry in layers if entry["same_winner"]]
+    if not layers:
+        headline = "There is only one model variant, so there is no ranking to report."
+    elif len(agree) == len(layers) and len({next(iter(e["winners"].values())) for e in agree}) == 1:
+        best = next(iter(agree[0]["winners"].values()))
+        headline = (f"{best} has the highest IB value at every layer ({len(layers)}) under "
+                    f"every estimator setting ({n_settings}).")
+    else:
+        counts: dict[str, int] = {}
+        for entry in agree:
+            counts[next(iter(entry["winners"].values()))] = \
+                counts.get(next(iter(entry["winners"].values())), 0) + 1
+        parts = [f"{v} at {c} of {len(layers)} layers" for v, c in
+                 sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        disagree = len(layers) - len(agree)
+        lead = (f"Under every estimator setting, the highest IB value goes to {_join(parts)}"
+                if parts else "No layer has the same winner under every estimator setting")
+        tail = (f"; at {disagree} layer(s) the winner depends on the estimator."
+                if disagree else ".")
+        headline = lead + tail
+    return {"headline": headline, "sentences": sentences, "winners": winners_df,
+            "layers": layers, "units": units, "n_settings": n_settings}
+
+
+def collect_caveats(prepared: pd.DataFrame) -> list[dict]:
+    """The caveats of each estimator used, drawn from the rows' own flags.
+
+    Flags that differ only in their numbers are grouped; each group keeps one example,
+    the number of rows that raised it and the settings they came from.  A check of the
+    values themselves is added: rows whose I(X;T) lies within 2% of ln n (the most a sample
+    of n distinct points can show) are counted even where no flag says so.
+
+    Returns
+    -------
+    list of dict
+        One entry per estimator (in table order): ``estimator``, ``limitation`` (the known
+        limitation, may be empty), ``flags`` (list of {"example", "rows", "settings"}),
+        ``near_ln_n`` (rows at the ln n ceiling) and ``rows``.
+    """
+    scale = _unit_scale(str(prepared["unit"].iloc[0]))
+    out = []
+    for estimator, rows in prepared.groupby("estimator", sort=False):
+        groups: dict[str, dict] = {}
+        for setting, flags in zip(rows["setting_label"], rows["flag_list"]):
+            for flag in flags:
+                entry = groups.setdefault(shorten_flag(flag), {"example": flag, "rows": 0,
+                                                                "settings": []})
+                entry["rows"] += 1
+                if setting not in entry["settings"]:
+                    entry["settings"].append(setting)
+        ceiling = np.log(rows["n_samples"].to_numpy(dtype=float)) * scale
+        x = np.where(rows["x_quantity"] == "i_prev_t", rows["i_prev_t"], rows["i_xt"])
+        near = int(np.sum(np.isfinite(x) & (x >= 0.98 * ceiling)))
+        out.append({"estimator": estimator,
+                    "limitation": KNOWN_LIMITATIONS.get(estimator.lower(), ""),
+                    "flags": sorted(groups.values(), key=lambda g: (-g["rows"], g["example"])),
+                    "near_ln_n": near, "rows": len(rows)})
+    return out
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _plain(value) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def describe_run(prepared: pd.DataFrame, config: dict | None = None,
+                 environment: dict | None = None) -> list[tuple[str, str]]:
+    """Settings and environment that produced the table, as (name, value) pairs.
+
+    Parameters
+    ----------
+    prepared : pandas.DataFrame
+        Output of :func:`ibtools.reports.table.prepare_table`.
+    config : dict, optional
+        The run's configuration (``config.json`` of a results directory).
+    environment : dict, optional
+        Recorded environment (``ibtools``/``torch`` versions, ``device``, ``date``...).
+        Entries given here win over the ones found in ``config["environment"]``.
+
+    Notes
+    -----
+    No clock is read: the date appears only if the config or environment records it, so
+    the same input renders to the same bytes.  Versions missing from both are read from
+    the installed packages and marked "(rendering machine)".
+    """
+    config = config or {}
+    env = dict(config.get("environment", {}) if isinstance(config.get("environment"), dict) else {})
+    env.update(environment or {})
+    pairs = []
+    for key, package in (("ibtools", "ibtools"), ("torch", "torch")):
+        value = env.get(key) or env.get(f"{key}_version")
+        pairs.append((f"{key} version", str(value) if value else
+                      f"{_version(package)} (rendering machine)"))
+    pairs.append(("device", str(env.get("device") or config.get("device") or "not recorded")))
+    pairs.append(("date", str(env.get("date") or config.get("date") or "not recorded")))
+    seeds = sorted({int(s) for s in prepared["seed"].dropna()})
+    pairs.append(("seeds", ", ".join(map(str, seeds)) or "not recorded"))
+    n = sorted({int(v) for v in prepared["n_samples"].dropna()})
+    pairs.append(("samples per estimate (n)", ", ".join(map(str, n))))
+    pairs.append(("estimator settings", "; ".join(dict.fromkeys(prepared["setting_label"]))))
+    betas = sorted(prepared["beta"].dropna().unique().tolist())
+    pairs.append(("beta", ", ".join(f"{b:g}" for b in betas) or "not recorded"))
+    kinds = list(dict.fromkeys("classic" if pd.isna(k) else str(k) for k in prepared["ib_kind"]))
+    pairs.append(("IB kind", ", ".join(kinds)))
+    pairs.append(("model variants", "; ".join(dict.fromkeys(prepared["variant"]))))
+    pairs.append(("layers", ", ".join(dict.fromkeys(prepared["layer"]))))
+    steps = sorted(prepared["progress"].dropna().unique().tolist())
+    pairs.append(("steps", ", ".join(f"{s:g}" for s in steps)))
+    pairs.append(("units", f"{prepared['unit'].iloc[0]} (1 bit = ln 2 = 0.6931 nats)"))
+    pairs.append(("rows", str(len(prepared))))
+    for key in sorted(env):
+        if key not in ("ibtools", "ibtools_version", "torch", "torch_version", "device", "date"):
+            pairs.append((key, _plain(env[key])))
+    return pairs
+
+
+def format_number(value, digits: int = 4) -> str:
+    """Numbers as short text for tables (``""`` for missing)."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return ""
+        if float(value).is_integer() and abs(value) < 1e9:
+            return str(int(value))
+        return f"{value:.{digits}g}"
+    return str(value)
