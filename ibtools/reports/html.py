@@ -161,7 +161,8 @@ def _winners_table(content: ReportContent) -> str:
         return ""
     rows = []
     for r in winners.itertuples(index=False):
-        sep = "yes" if r.separated else '<span class="no">no (intervals overlap)</span>'
+        sep = ("unknown (no interval)" if r.separated is None else "yes" if r.separated
+               else '<span class="no">no (intervals overlap)</span>')
         rows.append(f"<tr><td>{html.escape(r.layer)}</td><td>{html.escape(r.setting)}</td>"
                     f"<td>{html.escape(r.best)}</td><td class=\"num\">{format_number(r.ib_value)}"
                     f"</td><td>{html.escape(r.runner_up)}</td><td class=\"num\">"

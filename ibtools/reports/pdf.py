@@ -179,7 +179,8 @@ def pdf_bytes(content: ReportContent, full_table: bool = False) -> bytes:
     summary = content.summary
     units = content.units
     winner_rows = [[r.layer, r.setting, r.best, format_number(r.ib_value), r.runner_up,
-                    format_number(r.margin), "yes" if r.separated else "no (intervals overlap)"]
+                    format_number(r.margin), ("unknown (no interval)" if r.separated is None else "yes" if r.separated
+                     else "no (intervals overlap)")]
                    for r in summary["winners"].itertuples(index=False)]
     final = content.final
     final_header = [c if c in ("layer", "setting", "variant", "seeds") else f"{c} [{units}]"

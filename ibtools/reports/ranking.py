@@ -26,7 +26,7 @@ def rank_variants(panel: pd.DataFrame, value: str = "ib_value") -> dict:
     dict
         ``order`` (setting -> variants, best first), ``winner`` (setting -> best variant),
         ``separated`` (setting -> True when the winner's band lies wholly above the
-        runner-up's), ``same_winner``, ``same_order`` and ``verdict`` (a short phrase).
+        runner-up's, None when either band is a bare point: one seed and no interval), ``same_winner``, ``same_order`` and ``verdict`` (a short phrase).
 
     Notes
     -----
@@ -42,7 +42,11 @@ def rank_variants(panel: pd.DataFrame, value: str = "ib_value") -> dict:
         order[setting] = rows["variant"].tolist()
         winner[setting] = order[setting][0]
         best, second = rows.iloc[0], rows.iloc[1]
-        separated[setting] = bool(best["band_low"] > second["band_high"])
+        # a band that collapsed to its point (one seed, no interval) cannot tell a real margin
+        # from noise: say "unknown" rather than "separated"
+        degenerate = (best["band_low"] >= best["band_high"]
+                      or second["band_low"] >= second["band_high"])
+        separated[setting] = None if degenerate else bool(best["band_low"] > second["band_high"])
     same_winner = len(set(winner.values())) <= 1
     same_order = len({tuple(o) for o in order.values()}) <= 1
     if not order:

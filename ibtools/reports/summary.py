@@ -83,16 +83,19 @@ def summarize(prepared: pd.DataFrame, step="last") -> dict:
                        "same_order": verdict["same_order"], "verdict": verdict["verdict"]})
         if verdict["same_winner"]:
             best = next(iter(winners.values()))
-            n_sep = sum(verdict["separated"].values())
+            n_sep = sum(1 for v in verdict["separated"].values() if v)
+            n_known = sum(1 for v in verdict["separated"].values() if v is not None)
             if len(winners) == 1:
                 scope = f"under {next(iter(winners))}, the only setting with several variants"
             elif len(winners) == n_settings:
                 scope = f"under all {n_settings} estimator settings"
             else:
                 scope = f"under all {len(winners)} settings that rank several variants"
-            sentences.append(
-                f"At {layer}, {best} has the highest IB value {scope}; its interval clears "
-                f"the runner-up's under {n_sep} of {len(winners)}.")
+            if n_known:
+                tail = f"its interval clears the runner-up's under {n_sep} of {n_known}"
+            else:
+                tail = "with one seed and no intervals, the margin's size cannot be judged"
+            sentences.append(f"At {layer}, {best} has the highest IB value {scope}; {tail}.")
         else:
             by_variant: dict[str, list[str]] = {}
             for setting, variant in winners.items():
