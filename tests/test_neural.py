@@ -1,0 +1,230 @@
+"""Neural MI bounds (MINE, NWJ, InfoNCE, SMILE) against closed-form ground truth.
+
+Small, fast cases: a few hundred steps of small critics on a few thousand rows.  The full
+sizes (20-d Gaussian staircase up to 10 nats, n = 20 000) are in benchmarks/neural.py.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ibtools
+from ibtools.estimators import neural_critics
+from ibtools.estimators.neural import MINE, SMILE, InfoNCE
+
+# Small critics: a few hundred steps are enough for these sizes.
+FAST = {"hidden": 64, "embed_dim": 32, "batch_size": 128, "steps": 400}
+# The 2-nat 20-d Gaussian needs more rows and steps: with fewer the critic overfits or is
+# still rising, and the held-out value sits 10-20% low.
+GAUSS = {**FAST, "steps": 600}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny networks gain nothing from intra-op threads, and on a busy machine two spinning
+    # threads per process are several times slower than one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def correlated_gaussian(n, d, mi, seed):
+    """x, y in R^d with per-coordinate correlation rho; I = -d/2 ln(1 - rho^2) = mi."""
+    rho = math.sqrt(1.0 - math.exp(-2.0 * mi / d))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = rho * x + math.sqrt(1.0 - rho**2) * torch.randn(n, d, generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize("method", ["mine", "smile"])
+def test_gaussian_2_nats_within_15_percent(method):
+    x, y = correlated_gaussian(6000, 10, 2.0, seed=1)
+    r = ibtools.mutual_information(x, y, method=method, ci="auto", **GAUSS)
+    assert r.value == pytest.approx(2.0, rel=0.15)
+    # the number is the held-out value, and the result says what it is
+    assert r.details["n_heldout"] == 1200 and r.details["n_train"] == 4800
+    assert r.details["lower_bound"] is (method == "mine")
+    assert 1 <= r.details["best_step"] <= r.details["steps_run"] <= GAUSS["steps"]
+    assert r.details["heldout_summary"]["best"] == pytest.approx(r.value)
+    assert r.ci_kind == "heldout" and r.ci[0] < r.value < r.ci[1]
+    assert 0.0 < r.ci[1] - r.ci[0] < 1.0
+
+
+def test_invariance_under_invertible_maps():
+    x, y = correlated_gaussian(6000, 10, 2.0, seed=1)
+    g = torch.Generator().manual_seed(3)
+    rotation, _ = torch.linalg.qr(torch.randn(10, 10, generator=g))
+    fx = torch.asinh(2.0 * x) + 0.1 * x**3  # strictly increasing in each coordinate
+    # A dense random mix of y (A = randn + 3 I) is invertible too, but correlated inputs
+    # slow the critic's training: at this budget MINE then reads ~1.5 nats.  A rotation,
+    # scale and shift keeps the test about invariance, not about conditioning.
+    gy = 3.0 * y @ rotation + 5.0
+    r = ibtools.mutual_information(fx, gy, method="mine", **GAUSS)
+    assert r.value == pytest.approx(2.0, rel=0.15)
+
+
+def test_independence_near_zero():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2000, 5, generator=g)
+    y = torch.randn(2000, 5, generator=g)
+    r = ibtools.mutual_information(x, y, method="nwj", **{**FAST, "steps": 200})
+    # lower bound at independence: a small negative or small positive number; choosing the
+    # best held-out evaluation biases it up by about one standard error
+    assert -0.1 < r.value < 0.05
+
+
+def test_infonce_capped_by_log_batch_size_and_flagged():
+    x, y = correlated_gaussian(3000, 10, 5.0, seed=5)
+    r = ibtools.mutual_information(x, y, method="infonce", **{**FAST, "batch_size": 16})
+    ceiling = math.log(16)
+    assert r.details["ceiling"] == pytest.approx(ceiling)
+    assert r.value <= ceiling + 1e-5  # exact: each row term is at most ln B
+    assert r.value > ceiling - 1.0  # a trained critic gets close to the cap
+    assert any("InfoNCE ceiling" in f for f in r.flags)
+
+
+def _mixture(n, seed, means):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, len(means), (n,), generator=g)
+    x = means[labels] + torch.randn(n, means.shape[1], generator=g, dtype=means.dtype)
+    return x, labels
+
+
+def _mixture_mi_monte_carlo(means, n=200_000, seed=99):
+    """I(X;Y) = E[ln p(x|y) - ln sum_k p(k) p(x|k)], by Monte Carlo of the exact densities."""
+    x, labels = _mixture(n, seed, means)
+    # unit-covariance Gaussians: ln p(x|k) = -|x - mu_k|^2 / 2 + const (const cancels)
+    log_lik = -0.5 * torch.cdist(x, means) ** 2  # (n, K)
+    log_mix = torch.logsumexp(log_lik, 1) - math.log(len(means))
+    return float((log_lik[torch.arange(n), labels] - log_mix).mean())
+
+
+@pytest.mark.parametrize("method,critic", [("mine", "separable"), ("nwj", "joint")])
+def test_discrete_labels_mixture(method, critic):
+    g = torch.Generator().manual_seed(6)
+    means = 1.5 * torch.randn(4, 5, generator=g, dtype=torch.float64)
+    truth = _mixture_mi_monte_carlo(means)
+    assert 0.5 < truth < math.log(4)  # a case neither trivial nor saturated
+    x, labels = _mixture(3000, 7, means)
+    settings = {**FAST, "critic": critic}
+    if critic == "joint":  # B^2 network passes per step: a smaller batch keeps it fast
+        settings["batch_size"] = 64
+    r = ibtools.mutual_information(x.float(), labels, method=method, **settings)
+    assert r.dims == (5, 1)
+    assert r.value == pytest.approx(truth, rel=0.15)
+
+
+def test_seeds_reproducible():
+    x, y = correlated_gaussian(1000, 4, 1.0, seed=8)
+    settings = {**FAST, "steps": 60}
+    a = ibtools.mutual_information(x, y, method="smile", seed=11, **settings)
+    b = ibtools.mutual_information(x, y, method="smile", seed=11, **settings)
+    c = ibtools.mutual_information(x, y, method="smile", seed=12, **settings)
+    assert a.value == b.value
+    assert a.details["heldout_curve"] == b.details["heldout_curve"]
+    assert c.value != a.value
+    # the caller's global RNG is untouched by the critic's initialisation
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    ibtools.mutual_information(x, y, method="smile", seed=11, **settings)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_seeds_interval_retrains():
+    x, y = correlated_gaussian(800, 4, 1.0, seed=9)
+    r = ibtools.mutual_information(x, y, method="infonce", ci="seeds", n_resamples=3,
+                                   **{**FAST, "steps": 60})
+    assert r.ci_kind == "seeds" and len(r.details["resample_values"]) == 3
+    assert len(set(r.details["resample_values"])) == 3  # each seed a new split and critic
+    assert r.ci[0] <= r.ci[1]
+
+
+def test_divergence_restarts_with_smaller_lr(monkeypatch):
+    x, y = correlated_gaussian(600, 3, 0.5, seed=10)
+    real = neural_critics.training_loss
+    calls = {"n": 0}
+
+    def nan_on_first_run(bound, scores, state):
+        calls["n"] += 1
+        loss = real(bound, scores, state)
+        return loss * float("nan") if calls["n"] == 1 else loss
+
+    monkeypatch.setattr(neural_critics, "training_loss", nan_on_first_run)
+    r = MINE(**{**FAST, "steps": 40, "lr": 1e-3}).mutual_information(x, y)
+    assert math.isfinite(r.value)
+    assert r.details["restarts"] == 1
+    assert r.details["lr_used"] == pytest.approx(1e-4)
+    assert any("diverged" in f for f in r.flags)
+
+    monkeypatch.setattr(neural_critics, "training_loss", lambda b, s, st: real(b, s, st) * float("nan"))
+    with pytest.raises(RuntimeError, match="diverged"):
+        MINE(**{**FAST, "steps": 20}).mutual_information(x, y)
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal():
+    assert SMILE(progress="auto")._progress_bar(10) is None  # pytest captures stderr
+    assert SMILE(progress=False)._progress_bar(10) is None
+    bar = SMILE(progress=True)._progress_bar(10)
+    assert bar.total == 10
+    bar.close()
+
+
+@pytest.mark.parametrize("settings,match", [
+    ({"critic": "bilinear"}, "critic='bilinear'"),
+    ({"hidden": 0}, "hidden=0"),
+    ({"hidden": (64, -1)}, "hidden="),
+    ({"batch_size": 1}, "batch_size=1"),
+    ({"steps": 0}, "steps=0"),
+    ({"lr": -1e-3}, "lr=-0.001"),
+    ({"val_fraction": 1.0}, "val_fraction=1.0"),
+    ({"progress": "yes"}, "progress='yes'"),
+    ({"ci": "bootstrap"}, "ci='bootstrap'"),
+])
+def test_bad_settings_rejected(settings, match):
+    with pytest.raises(ValueError, match=match):
+        InfoNCE(**settings)
+
+
+def test_bound_specific_settings():
+    with pytest.raises(ValueError, match="tau=0"):
+        SMILE(tau=0)
+    with pytest.raises(ValueError, match=r"ema=1\.0"):
+        MINE(ema=1.0)
+    with pytest.raises(TypeError, match="unknown setting"):
+        InfoNCE(tau=5.0)  # tau belongs to SMILE only
+
+
+def test_bad_inputs_rejected():
+    x, y = correlated_gaussian(100, 2, 0.5, seed=0)
+    with pytest.raises(ValueError, match="same number of rows"):
+        ibtools.mutual_information(x, y[:50], method="mine", **FAST)
+    x_bad = x.clone()
+    x_bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        ibtools.mutual_information(x_bad, y, method="mine", **FAST)
+    labels = torch.arange(100) % 3
+    with pytest.raises(ValueError, match="both"):
+        ibtools.mutual_information(labels, labels, method="infonce", **FAST)
+    with pytest.raises(ValueError, match="too few"):
+        ibtools.mutual_information(x[:5], y[:5], method="nwj", **FAST)
+    with pytest.raises(ValueError, match="2 held-out batches"):
+        ibtools.mutual_information(x, y, method="mine", ci="heldout", **FAST)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_cuda():
+    x, y = correlated_gaussian(3000, 10, 2.0, seed=1)
+    r = ibtools.mutual_information(x.cuda(), y.cuda(), method="mine", **FAST)
+    assert r.details["device"].startswith("cuda")
+    assert r.value == pytest.approx(2.0, rel=0.15)
+    # numpy input with device="cuda" trains there too
+    r2 = ibtools.mutual_information(np.asarray(x), np.asarray(y), method="smile",
+                                    device="cuda", **FAST)
+    assert r2.details["device"].startswith("cuda")
+    assert r2.value == pytest.approx(2.0, rel=0.15)
