@@ -11,7 +11,6 @@ import math
 import statistics
 import time
 
-import numpy as np
 import torch
 
 import ibtools

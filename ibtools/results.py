@@ -30,24 +30,32 @@ RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 RESULTS_PARQUET = "results.parquet"
 CONFIG_JSON = "config.json"
+#: Files looked for in a run directory, in order of preference.
+RESULT_FILES = (RESULTS_CSV, RESULTS_JSON, RESULTS_PARQUET)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file and one rename."""
+def write_atomic(path, data) -> Path:
+    """Write ``data`` (bytes, or str as UTF-8) to ``path`` through a temporary file in the
+    same folder and one ``os.replace``, so a reader never sees a half-written file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"path={str(path)!r} is a directory; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # mkstemp makes the file private (0600); results and reports are meant to be shared
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
 
 
 def order_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -78,18 +86,26 @@ def save_results(df: pd.DataFrame, out_dir) -> dict:
 
 
 def load_results(path) -> pd.DataFrame:
-    """Read a results table from a run directory, a CSV, a JSON or a Parquet file."""
+    """Read a results table from a run directory or a CSV/JSON/Parquet file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A directory holding ``results.csv`` (or ``results.json`` / ``results.parquet``),
+        or one such file.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or path; got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
-        if (path / RESULTS_CSV).exists():
-            path = path / RESULTS_CSV
-        elif (path / RESULTS_JSON).exists():
-            path = path / RESULTS_JSON
-        else:
-            raise FileNotFoundError(f"{path} holds no {RESULTS_CSV} or {RESULTS_JSON}; run "
-                                    f"`ibtools analyze ... --out {path}` first")
-    if not path.exists():
-        raise FileNotFoundError(f"results file {path} does not exist")
+        found = [path / name for name in RESULT_FILES if (path / name).is_file()]
+        if not found:
+            raise ValueError(f"results directory {str(path)!r} holds none of "
+                             f"{list(RESULT_FILES)}; run `ibtools analyze ... --out {path}` first")
+        path = found[0]
+    elif not path.is_file():
+        raise ValueError(f"path={str(path)!r} does not exist; give a results directory or a "
+                         f"results file ({', '.join(RESULT_FILES)})")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return pd.read_csv(path)
@@ -97,7 +113,7 @@ def load_results(path) -> pd.DataFrame:
         return pd.read_json(path, orient="records")
     if suffix == ".parquet":
         return pd.read_parquet(path)
-    raise ValueError(f"results file {path}: suffix {suffix!r} is not one of .csv, .json, .parquet")
+    raise ValueError(f"path={str(path)!r} has suffix {suffix!r}; accepted: .csv, .json, .parquet")
 
 
 def save_config(config: dict, out_dir) -> Path:
@@ -107,7 +123,14 @@ def save_config(config: dict, out_dir) -> Path:
 
 
 def load_config(out_dir) -> dict | None:
+    """The ``config.json`` of a run directory as a dict, or None when there is none."""
     path = Path(out_dir) / CONFIG_JSON
-    if not path.exists():
+    if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object; got {type(config).__name__}")
+    return config

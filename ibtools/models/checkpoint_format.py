@@ -8,9 +8,9 @@ Only plain Python values and tensors, so ``torch.load(path, weights_only=True)``
 
 from __future__ import annotations
 
-import math
+import io
 import os
-import tempfile
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ibtools.norms import describe_norms
+from ibtools.results import write_atomic
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "checkpoint_dict", "save_checkpoint",
            "load_checkpoint_dict"]
@@ -100,18 +101,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, name: str | No
         The written path.
     """
     obj = checkpoint_dict(model, name=name, meta=meta)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    buffer = io.BytesIO()  # reference models are small; serialise first, then one rename
+    torch.save(obj, buffer)
+    return write_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint_dict(obj: Mapping, *, strict: bool = True) -> nn.Module:
