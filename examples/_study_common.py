@@ -1,0 +1,345 @@
+"""Shared steps of the IBNorm study scripts: training runs, seed summaries, figures, report.
+
+The two scripts (``ibnorm_mlp_digits.py``, ``ibnorm_tiny_lm.py``) differ in models, data and
+estimator settings; everything after "a results table exists" is the same and lives here.
+Only the public ibtools API is used: ``ibtools.models.train``, ``ibtools.analyze`` and
+``ibtools.reports``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+#: Columns of summary.csv that name one group of seeds.
+GROUP_KEYS = ["model", "norm", "lam", "variant", "layer", "layer_index", "setting"]
+#: Quantities summarized over seeds (mean, sd, min, max).
+QUANTITIES = ["ib_value", "i_ty", "i_prev_t", "i_xt"]
+
+
+def say(message: str) -> None:
+    """Print a progress line at once (the scripts run for minutes, often piped to a log)."""
+    print(message, flush=True)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model variant of the study: a reference model, its norm and lambda."""
+
+    model: str
+    norm: str
+    lam: float
+
+    @property
+    def tag(self) -> str:
+        return f"{self.model}_{self.norm}_lam{self.lam:g}"
+
+    @property
+    def is_baseline(self) -> bool:
+        return not self.norm.startswith("ib-")
+
+
+def study_arguments(description: str, default_out: str, default_seeds: int,
+                    extra=()) -> argparse.Namespace:
+    """The command line both scripts share; ``extra`` adds ``(flag, add_argument kwargs)``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", default=default_out,
+                        help=f"run folder (default {default_out}); a rerun resumes there")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke-test size (fewer variants, short training, < 1 min)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help=f"model seeds per variant (default {default_seeds}; quick: 2)")
+    parser.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'auto'")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: these models and n are small, "
+                             "and more threads only add synchronisation, badly so on a busy "
+                             "machine)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip report.html/report.pdf (tables, figures and study.md are "
+                             "still written)")
+    for flag, kwargs in extra:
+        parser.add_argument(flag, **kwargs)
+    args = parser.parse_args()
+    if args.seeds is None:
+        args.seeds = 2 if args.quick else default_seeds
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def train_all(variants, seeds, out: Path, train_kwargs: dict, device: str, log=say) -> dict:
+    """Train every (variant, seed) into ``out/checkpoints/<tag>/seed<k>``; skip finished runs.
+
+    A run counts as finished when its ``history.json`` exists: ``train`` writes it last, so
+    an interrupted run is trained again from scratch rather than resumed half-way.
+
+    Returns
+    -------
+    dict
+        ``{(variant tag, seed): [checkpoint paths in step order]}``.
+    """
+    from ibtools.models import train
+
+    model_config = dict(train_kwargs.get("model_config", {}))
+    kwargs = {k: v for k, v in train_kwargs.items() if k != "model_config"}
+    runs = {}
+    for variant in variants:
+        for seed in seeds:
+            run_dir = out / "checkpoints" / variant.tag / f"seed{seed}"
+            if not (run_dir / "history.json").exists():
+                start = time.perf_counter()
+                config = {"norm": variant.norm, **model_config}
+                if not variant.is_baseline:
+                    config["lam"] = variant.lam
+                history = train(variant.model, model_config=config, seed=seed, out_dir=run_dir,
+                                device=None if device == "auto" else device, **kwargs)
+                last = history[-1]
+                metric = ", ".join(f"{k} {last[k]:.3f}" for k in ("test_accuracy", "val_loss")
+                                   if k in last)
+                log(f"[train] {variant.tag} seed {seed}: {time.perf_counter() - start:.1f} s, "
+                    f"{metric}")
+            runs[(variant.tag, seed)] = sorted(run_dir.glob("step_*.pt"))
+    return runs
+
+
+def analyze_all(runs: dict, out: Path, **analyze_kwargs) -> pd.DataFrame:
+    """``ibtools.analyze`` each run into ``out/analysis/<tag>/seed<k>`` and join the tables.
+
+    One results directory per run keeps every resumable save small (analyze rewrites its
+    whole table after each step) and lets an interrupted study resume run by run.  The
+    joined table is saved as ``out/results.csv`` (and ``.json``).
+    """
+    import ibtools
+    from ibtools import results as results_io
+
+    tables = []
+    for (tag, seed), checkpoints in runs.items():
+        run_out = out / "analysis" / tag / f"seed{seed}"
+        tables.append(ibtools.analyze([str(c) for c in checkpoints], out_dir=run_out,
+                                      progress=False, **analyze_kwargs))
+    table = results_io.order_columns(pd.concat(tables, ignore_index=True))
+    results_io.save_results(table, out)
+    return table
+
+
+def last_step(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each run's final checkpoint (largest step per model, norm, lam, seed)."""
+    keys = ["model", "norm", "lam", "seed"]
+    latest = table.groupby(keys, dropna=False)["step"].transform("max")
+    return table[table["step"] == latest]
+
+
+def _variant_labels(table: pd.DataFrame) -> list[str]:
+    with_model = table["model"].nunique() > 1
+    out = []
+    for m, n, lam in zip(table["model"], table["norm"], table["lam"]):
+        label = f"{n}, λ={float(lam):g}"
+        out.append(f"{m} {label}" if with_model else label)
+    return out
+
+
+def seed_summary(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean, sd, min and max over model seeds of every quantity at the final checkpoint.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The results table of ``ibtools.analyze`` (one beta).
+    metric : str
+        The model metric to carry beside the information (``test_accuracy``, ``val_loss``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (model, norm, lam, layer, estimator setting): ``n_seeds`` and
+        ``<quantity>_{mean,sd,min,max}`` for the IB value, I(T;Y), I(T_prev;T), I(X;T) and
+        the metric.  sd is the sample standard deviation (ddof 1; NaN with one seed).
+    """
+    final = last_step(table).copy()
+    final["variant"] = _variant_labels(final)
+    columns = QUANTITIES + [metric]
+    grouped = final.groupby(GROUP_KEYS, sort=False, dropna=False)
+    parts = {"n_seeds": grouped["seed"].nunique()}
+    for column in columns:
+        values = grouped[column]
+        parts[f"{column}_mean"] = values.mean()
+        parts[f"{column}_sd"] = values.std(ddof=1)
+        parts[f"{column}_min"] = values.min()
+        parts[f"{column}_max"] = values.max()
+    summary = pd.DataFrame(parts).reset_index()
+    return summary.sort_values(["setting", "layer_index", "model", "norm", "lam"]).reset_index(drop=True)
+
+
+def compare_to_baselines(summary: pd.DataFrame, baselines: dict) -> pd.DataFrame:
+    """IBNorm against its baseline norm, per layer and estimator setting.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        Output of :func:`seed_summary`.
+    baselines : dict
+        ``{model: baseline norm}``, e.g. ``{"mlp": "layer"}``; IBNorm of a model is compared
+        with that model's baseline.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (model, IBNorm variant, layer, setting): the difference of seed means
+        ``diff = ib_mean - baseline_mean`` and ``verdict``: ``"higher"``/``"lower"`` when
+        every seed of one lies above every seed of the other (the seed ranges do not
+        overlap), ``"overlap"`` otherwise, ``"not computed"`` when a value is missing.
+    """
+    rows = []
+    for model, base_norm in baselines.items():
+        mine = summary[summary["model"] == model]
+        base = mine[mine["norm"] == base_norm].set_index(["layer", "setting"])
+        for _, r in mine[mine["norm"].str.startswith("ib-")].iterrows():
+            key = (r["layer"], r["setting"])
+            if key not in base.index:
+                continue
+            b = base.loc[key]
+            if pd.isna(r["ib_value_mean"]) or pd.isna(b["ib_value_mean"]):
+                verdict = "not computed"  # an estimator refused (the flags in results.csv say why)
+            elif r["ib_value_min"] > b["ib_value_max"]:
+                verdict = "higher"
+            elif r["ib_value_max"] < b["ib_value_min"]:
+                verdict = "lower"
+            else:
+                verdict = "overlap"
+            rows.append({"model": model, "baseline": base_norm, "norm": r["norm"], "lam": r["lam"],
+                         "layer": r["layer"], "layer_index": r["layer_index"], "setting": r["setting"],
+                         "ib_mean": r["ib_value_mean"], "ib_sd": r["ib_value_sd"],
+                         "baseline_mean": b["ib_value_mean"], "baseline_sd": b["ib_value_sd"],
+                         "diff": r["ib_value_mean"] - b["ib_value_mean"], "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def verdict_counts(comparison: pd.DataFrame) -> pd.DataFrame:
+    """How many (IBNorm variant, layer) cells are higher/overlap/lower, per estimator setting."""
+    if comparison.empty:
+        return pd.DataFrame(columns=["setting", "higher", "overlap", "lower", "not computed",
+                                     "cells"])
+    counts = (comparison.groupby(["model", "setting", "verdict"]).size()
+              .unstack(fill_value=0)
+              .reindex(columns=["higher", "overlap", "lower", "not computed"], fill_value=0))
+    counts["cells"] = counts.sum(axis=1)
+    return counts.reset_index()
+
+
+def survives_all_settings(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, IBNorm variant, layer): the verdict under every setting, and whether one
+    verdict holds under all of them (``"higher everywhere"``, ``"lower everywhere"``,
+    ``"mixed"``)."""
+    rows = []
+    for key, group in comparison.groupby(["model", "norm", "lam", "layer", "layer_index"], sort=False):
+        group = group[group["verdict"] != "not computed"]
+        verdicts = set(group["verdict"])
+        signs = set(np.sign(group["diff"].to_numpy()).astype(int).tolist())
+        if verdicts == {"higher"}:
+            overall = "higher everywhere"
+        elif verdicts == {"lower"}:
+            overall = "lower everywhere"
+        elif signs == {1}:
+            overall = "mean higher everywhere, seeds overlap"
+        elif signs == {-1}:
+            overall = "mean lower everywhere, seeds overlap"
+        else:
+            overall = "mixed"
+        rows.append(dict(zip(["model", "norm", "lam", "layer", "layer_index"], key),
+                         n_settings=len(group), n_higher=int((group["verdict"] == "higher").sum()),
+                         n_lower=int((group["verdict"] == "lower").sum()), overall=overall))
+    return pd.DataFrame(rows)
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """A pipe table without the optional ``tabulate`` dependency."""
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return "" if math.isnan(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, rule] + body)
+
+
+def save_figures(table: pd.DataFrame, out: Path, plane_setting: int, plane_variants,
+                 log=say) -> list:
+    """PNG figures from the ibtools.reports plot functions; returns the paths written.
+
+    ``plane_setting`` is the position, in the table's order, of the estimator setting the
+    information plane shows (one setting keeps the figure readable); ``plane_variants``
+    restricts its panels (``None``: all variants).
+    """
+    from ibtools.reports import (plot_estimator_agreement, plot_ib_across_lam,
+                                 plot_ib_across_layers, plot_information_plane)
+
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    jobs = {
+        "information_plane.png": lambda: plot_information_plane(
+            table, settings=list(table["setting"].unique())[plane_setting],
+            variants=plane_variants),
+        "ib_across_layers.png": lambda: plot_ib_across_layers(table),
+        "ib_across_lam.png": lambda: plot_ib_across_lam(table),
+        "estimator_agreement.png": lambda: plot_estimator_agreement(table),
+    }
+    written = []
+    for name, make in jobs.items():
+        try:
+            fig = make()
+        except (ValueError, KeyError, IndexError) as exc:
+            # A figure that does not apply to this table (one lam only) is skipped, not fatal.
+            log(f"[figures] {name} skipped: {exc}")
+            continue
+        fig.savefig(figures / name, dpi=80)
+        written.append(figures / name)
+    return written
+
+
+def write_outputs(table: pd.DataFrame, out: Path, *, title: str, metric: str, baselines: dict,
+                  plane_setting, plane_variants, notes: list[str], report: bool, log=say) -> dict:
+    """summary.csv, comparison.csv, robustness.csv, figures, study.md and the HTML/PDF report."""
+    # Checkpoints name their architecture "ibtools:<model>"; the study keys on the model.
+    table = table.assign(model=table["model"].astype(str).str.split(":").str[-1])
+    summary = seed_summary(table, metric)
+    comparison = compare_to_baselines(summary, baselines)
+    robust = survives_all_settings(comparison) if not comparison.empty else pd.DataFrame()
+    counts = verdict_counts(comparison)
+    summary.to_csv(out / "summary.csv", index=False)
+    comparison.to_csv(out / "comparison.csv", index=False)
+    robust.to_csv(out / "robustness.csv", index=False)
+    figures = save_figures(table, out, plane_setting, plane_variants, log=log)
+
+    show = summary[["variant", "layer", "setting", "n_seeds", "ib_value_mean", "ib_value_sd",
+                    "i_ty_mean", "i_prev_t_mean", f"{metric}_mean", f"{metric}_sd"]]
+    lines = [f"# {title}", "", *[part for note in notes for part in (note, "")],
+             "All information in nats; IB value = I(T;Y) - beta * I(T_prev;T) (layer-wise, "
+             f"beta = {table['beta'].iloc[0]:g}); mean and sd over model seeds at the final "
+             "checkpoint.", "",
+             "## Verdict counts (IBNorm vs baseline, seed ranges overlapping or not)", "",
+             markdown_table(counts), "",
+             "## Does the verdict hold under every estimator setting?", "",
+             markdown_table(robust) if not robust.empty else "(no IBNorm/baseline pairs)", "",
+             "## Seed summary", "", markdown_table(show), "",
+             "## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in figures]
+    (out / "study.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    written = {"summary": out / "summary.csv", "comparison": out / "comparison.csv",
+               "robustness": out / "robustness.csv", "study": out / "study.md"}
+    if report:
+        from ibtools.reports import write_report
+
+        written.update(write_report(out, title=title))
+    return written

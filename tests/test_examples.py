@@ -1,0 +1,86 @@
+"""Smoke tests of the IBNorm study scripts at their --quick size.
+
+Each script trains, analyzes and reports end to end; the tests check that the results
+table, the seed summary, the comparison table, the figures and the reports exist with the
+rows the quick configuration implies, and that the numbers respect the ceilings a finite
+sample imposes (plug-in estimates of I(T;Y) cannot exceed the label entropy).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _run(script: str, out: Path, *extra: str) -> str:
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick", "--out", str(out),
+                           *extra], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _check_common(out: Path, n_variants: int, n_layers: int, n_settings: int, n_seeds: int):
+    results = pd.read_csv(out / "results.csv")
+    # quick runs keep two checkpoints (step 0 and the last) per training run
+    assert len(results) == n_variants * n_seeds * 2 * n_layers * n_settings
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == n_variants * n_layers * n_settings
+    assert (summary["n_seeds"] == n_seeds).all()
+    assert (summary["ib_value_sd"] >= 0).all()
+    assert (summary["ib_value_min"] <= summary["ib_value_mean"] + 1e-12).all()
+    assert (summary["ib_value_mean"] <= summary["ib_value_max"] + 1e-12).all()
+    comparison = pd.read_csv(out / "comparison.csv")
+    # one IBNorm variant per model against its baseline, every layer and setting
+    assert len(comparison) == (n_variants // 2) * n_layers * n_settings
+    assert set(comparison["verdict"]) <= {"higher", "lower", "overlap"}
+    assert comparison["diff"].to_numpy() == pytest.approx(
+        (comparison["ib_mean"] - comparison["baseline_mean"]).to_numpy(), abs=1e-12)
+    robust = pd.read_csv(out / "robustness.csv")
+    assert len(robust) == (n_variants // 2) * n_layers
+    study = (out / "study.md").read_text(encoding="utf-8")
+    for heading in ("## Verdict counts", "## Seed summary", "## Figures"):
+        assert heading in study
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert "ib_across_layers.png" in figures and "information_plane.png" in figures
+    for name in ("report.html", "report.pdf"):
+        assert (out / name).stat().st_size > 1000
+    return results, summary
+
+
+def test_mlp_digits_quick(tmp_path):
+    out = tmp_path / "mlp"
+    stdout = _run("ibnorm_mlp_digits.py", out)
+    assert "[study] html:" in stdout
+    results, summary = _check_common(out, n_variants=2, n_layers=4, n_settings=2, n_seeds=2)
+    # 450 test digits, 10 balanced classes: I(T;Y) <= H(Y) <= ln 10 for a plug-in estimate
+    binned = results[results["estimator"] == "binning"]
+    assert binned["i_ty"].max() <= math.log(10) + 1e-6
+    assert binned["i_prev_t"].max() <= math.log(450) + 1e-6
+    # three epochs already learn digits well above chance (0.1)
+    assert summary["test_accuracy_mean"].min() > 0.5
+    assert set(summary["variant"]) == {"layer, λ=0", "ib-T, λ=2"}
+
+    # a rerun resumes: no training run and no analysis row is repeated
+    again = _run("ibnorm_mlp_digits.py", out, "--no-report")
+    assert "[train]" not in again
+    assert len(pd.read_csv(out / "results.csv")) == len(results)
+
+
+def test_tiny_lm_quick(tmp_path):
+    out = tmp_path / "lm"
+    _run("ibnorm_tiny_lm.py", out)
+    results, summary = _check_common(out, n_variants=2, n_layers=4, n_settings=2, n_seeds=2)
+    assert set(results["layer"]) == {"wte", "blocks.0", "blocks.1", "ln_f"}
+    # Y is the next byte: a plug-in I(T;Y) cannot exceed ln of the 300 sampled tokens
+    binned = results[results["estimator"] == "binning"]
+    assert binned["i_ty"].max() <= math.log(300) + 1e-6
+    # 20 steps from a uniform start (ln 256 = 5.55 nats/byte) must lower the loss
+    assert summary["val_loss_mean"].max() < math.log(256)
+    assert summary["val_loss_mean"].min() > 1.0
