@@ -112,8 +112,9 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
     data : str
         Data source (``"digits"``, ``"text:PATH"``, ``"npz:PATH"``, ``"package.module:fn"``).
     layers : str, list or None
-        Layer names, globs or module types (see :func:`ibtools.probes.capture_activations`);
-        ``None`` picks every normalization layer, or every block output if there are none.
+        Layer names, dotted globs (``"blocks.*.ln_1"``), module types or the groups
+        ``"norms"`` / ``"blocks"`` (see :mod:`ibtools.probes.layers`); ``None`` picks every
+        block output (the items of the model's ``nn.ModuleList``).
     estimators : list of spec
         Estimator specs (``"kde:noise_var=0.1"``, dicts, or ``EstimatorSpec``); a sweep is
         several specs.  Default: binning (30 bins), KDE (noise_var 0.1), KSG (k 3, copula).

@@ -110,8 +110,8 @@ def main():
 @click.option("--data", default="digits", show_default=True,
               help="digits | text:PATH | npz:PATH | package.module:function")
 @click.option("--layers", "layers", multiple=True,
-              help="Layer name, glob (blocks.*.ln_1) or module type; repeatable. Default: "
-              "every normalization layer.")
+              help="Layer name, dotted glob (blocks.*.ln_1; ** crosses dots), module type, "
+              "or the group 'norms'/'blocks'; repeatable. Default: every block output.")
 @click.option("--estimator", "estimators", multiple=True,
               help="METHOD[:SETTING=VALUE,...], e.g. kde:noise_var=0.1; repeatable (a sweep).")
 @click.option("--beta", "betas", multiple=True, type=float, help="IB trade-off; repeatable.")

@@ -80,7 +80,10 @@ def test_select_layers_by_glob_type_group_and_list():
     assert select_layers(m, "nn.LayerNorm") == select_layers(m, "norms")
     assert select_layers(m, "blocks") == ["blocks.0", "blocks.1", "blocks.2"]
     assert select_layers(m, None) == ["blocks.0", "blocks.1", "blocks.2"]
-    assert len(select_layers(m, "blocks.*")) == 12  # '*' crosses dots: every descendant
+    # dotted-path globbing: '*' stays within one name, '**' crosses dots
+    assert select_layers(m, "blocks.*") == ["blocks.0", "blocks.1", "blocks.2"]
+    assert len(select_layers(m, "blocks.**")) == 12  # every module inside the blocks
+    assert select_layers(m, "blocks.[02]") == ["blocks.0", "blocks.2"]
     # a list merges without duplicates and keeps model order
     assert select_layers(m, ["head", "blocks.1", "blocks.?"]) == [
         "blocks.0", "blocks.1", "blocks.2", "head"]

@@ -2,8 +2,9 @@
 
 A layer specification is one of
 
-- a glob over module names (``"blocks.*.ln_1"``, ``"encoder.layers.?"``); ``*`` also crosses
-  dots, as in :func:`fnmatch.fnmatchcase`;
+- a glob over module names, read like a path with dots as separators: ``*`` matches within one
+  name (``"blocks.*"`` is each block, ``"blocks.*.ln_1"`` each block's ``ln_1``), ``**`` crosses
+  dots (``"blocks.**"`` is every module inside the blocks), ``?`` and ``[...]`` as in fnmatch;
 - an exact module name (``"blocks.3"``); naming an ``nn.ModuleList``/``nn.ModuleDict``, which
   is never called itself, selects its items;
 - a module class (``nn.LayerNorm``, ``ibtools.norms.IBNorm``) or a tuple of classes, or a class
@@ -19,7 +20,7 @@ A specification that matches nothing is an error that lists the available names.
 
 from __future__ import annotations
 
-import fnmatch
+import re
 
 import torch
 from torch import nn
@@ -86,9 +87,35 @@ def _match_one(model: nn.Module, spec, named: dict[str, nn.Module]) -> list[str]
             return [f"{spec}.{child}" for child, _ in named[spec].named_children()]
         return [spec]
     if any(c in spec for c in "*?["):
-        return [n for n in named if fnmatch.fnmatchcase(n, spec)]
+        pattern = _glob_regex(spec)
+        return [n for n in named if pattern.fullmatch(n)]
     # A bare class name such as "IBNorm" or "nn.LayerNorm": select by type.
     return [n for n, m in named.items() if _class_matches(m, spec)]
+
+
+def _glob_regex(spec: str) -> re.Pattern:
+    """Dotted-path glob: ``**`` crosses dots; ``*`` and ``?`` stay within one name."""
+    out, i = [], 0
+    while i < len(spec):
+        if spec.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif spec[i] == "*":
+            out.append("[^.]*")
+            i += 1
+        elif spec[i] == "?":
+            out.append("[^.]")
+            i += 1
+        elif spec[i] == "[" and "]" in spec[i + 2:]:
+            end = spec.index("]", i + 2)
+            body = spec[i + 1:end]
+            out.append("[^" + re.escape(body[1:]) + "]" if body.startswith("!")
+                       else "[" + re.escape(body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(spec[i]))
+            i += 1
+    return re.compile("".join(out))
 
 
 def select_layers(model: nn.Module, layers=None) -> list[str]:
