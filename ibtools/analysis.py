@@ -7,8 +7,9 @@ Each checkpoint's activations are captured once and fed to every estimator setti
 every layer T_l it estimates I(X;T_l), I(T_{l-1};T_l) (T_0 = X) and I(T_l;Y) and the IB
 values I(T;Y) - beta * I(X;T) (``reference="input"``, the classic IB) or
 I(T_l;Y) - beta * I(T_{l-1};T_l) (``reference="previous"``, IBNorm's layer-wise objective).
-With ``out_dir`` the table is written atomically after every (layer, estimator) step, and a
-rerun into the same directory skips what is already there.
+With ``out_dir`` every finished (layer, estimator) step is appended to a journal and the table
+is rewritten atomically after every checkpoint, so an interruption loses at most the step in
+progress, and a rerun into the same directory skips what is already there.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
                 "estimators": [s.spec_string for s in specs], "reference": reference,
                 "max_samples": max_samples, "seed": seed, "pool": pool, "ci": ci, "split": split}
     existing = _open_run_dir(out_dir, settings, overwrite) if out_dir is not None else None
-    rows = [] if existing is None else existing.to_dict("records")
+    rows = [] if existing is None or existing.empty else existing.to_dict("records")
     done = {(str(r["checkpoint"]), str(r["layer"]), str(r["setting"]), float(r["beta"]))
             for r in rows}
     if out_dir is not None:
@@ -227,13 +228,17 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
                     if key not in done:
                         rows.append(r)
                         done.add(key)
-                if out_dir is not None:
-                    results_io.save_results(pd.DataFrame(rows), out_dir)
+                if out_dir is not None:  # a journal line per step; Ctrl-C loses one step
+                    results_io.append_journal(new, out_dir)
         del acts, model  # free before the next checkpoint is loaded
+        if out_dir is not None:
+            results_io.save_results(pd.DataFrame(rows), out_dir)
+            results_io.clear_journal(out_dir)
     table = results_io.order_columns(pd.DataFrame(rows)) if rows else pd.DataFrame(
         columns=results_io.COLUMNS)
     if out_dir is not None:
         results_io.save_results(table, out_dir)
+        results_io.clear_journal(out_dir)
     return table
 
 
@@ -300,10 +305,12 @@ def _open_run_dir(out_dir, settings, overwrite):
         raise ValueError(f"out_dir={str(out)!r} exists and is not a directory")
     old = results_io.load_config(out)
     has_rows = (out / results_io.RESULTS_CSV).exists()
-    if old is None and not has_rows:
+    journal = results_io.read_journal(out)
+    if old is None and not has_rows and not journal:
         return None
     if overwrite:
-        for name in (results_io.RESULTS_CSV, results_io.RESULTS_JSON, results_io.RESULTS_PARQUET):
+        for name in (results_io.RESULTS_CSV, results_io.RESULTS_JSON, results_io.RESULTS_PARQUET,
+                     results_io.RESULTS_JOURNAL):
             (out / name).unlink(missing_ok=True)
         return None
     old_settings = (old or {}).get("settings", {})
@@ -313,7 +320,8 @@ def _open_run_dir(out_dir, settings, overwrite):
         detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
         raise ValueError(f"out_dir={str(out)!r} holds results of different settings ({detail}); "
                          f"use another directory or overwrite=True (--overwrite)")
-    return results_io.load_results(out) if has_rows else None
+    saved = results_io.load_results(out) if has_rows else pd.DataFrame()
+    return pd.concat([saved, pd.DataFrame(journal)], ignore_index=True) if journal else saved
 
 
 def _norm(value):

@@ -30,6 +30,9 @@ RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 RESULTS_PARQUET = "results.parquet"
 CONFIG_JSON = "config.json"
+#: Rows of the checkpoint in progress, one JSON object per line, appended after every step;
+#: folded into the table (and removed) when the checkpoint is finished.
+RESULTS_JOURNAL = "results.partial.jsonl"
 #: Files looked for in a run directory, in order of preference.
 RESULT_FILES = (RESULTS_CSV, RESULTS_JSON, RESULTS_PARQUET)
 
@@ -114,6 +117,35 @@ def load_results(path) -> pd.DataFrame:
     if suffix == ".parquet":
         return pd.read_parquet(path)
     raise ValueError(f"path={str(path)!r} has suffix {suffix!r}; accepted: .csv, .json, .parquet")
+
+
+def append_journal(rows: list[dict], out_dir) -> None:
+    """Append finished rows to the run's journal (cheap: no rewrite of the whole table)."""
+    path = Path(out_dir) / RESULTS_JOURNAL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_journal(out_dir) -> list[dict]:
+    """Rows in the run's journal; a last line cut short by an interruption is skipped."""
+    path = Path(out_dir) / RESULTS_JOURNAL
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def clear_journal(out_dir) -> None:
+    (Path(out_dir) / RESULTS_JOURNAL).unlink(missing_ok=True)
 
 
 def save_config(config: dict, out_dir) -> Path:

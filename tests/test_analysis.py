@@ -99,8 +99,13 @@ def test_resume_after_interruption_gives_the_same_table(checkpoints, tmp_path, m
     monkeypatch.setattr(analysis, "_layer_rows", flaky)
     with pytest.raises(KeyboardInterrupt):
         _analyze(checkpoints, out_dir=tmp_path / "resumed")
-    partial = pd.read_csv(tmp_path / "resumed" / "results.csv")
+    from ibtools.results import read_journal
+
+    saved = tmp_path / "resumed" / "results.csv"
+    partial = pd.concat([pd.read_csv(saved) if saved.exists() else pd.DataFrame(),
+                         pd.DataFrame(read_journal(tmp_path / "resumed"))])
     assert 0 < len(partial) < len(full)  # the completed steps were kept
+    assert len(partial) == 4  # all four steps (one beta each) before the interruption
     monkeypatch.setattr(analysis, "_layer_rows", real)
     calls["n"] = 0
     counted = []
@@ -109,6 +114,7 @@ def test_resume_after_interruption_gives_the_same_table(checkpoints, tmp_path, m
     resumed = _analyze(checkpoints, out_dir=tmp_path / "resumed")
     assert len(counted) == (len(full) - len(partial)) // 1  # only the missing steps ran
     on_disk = pd.read_csv(tmp_path / "resumed" / "results.csv")
+    assert read_journal(tmp_path / "resumed") == []  # folded into the table
     pd.testing.assert_frame_equal(_stable(resumed), _stable(pd.read_csv(tmp_path / "full" / "results.csv")),
                                   check_dtype=False)
     assert len(on_disk) == len(full)
