@@ -131,6 +131,8 @@ def main():
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="JSON/TOML file with the same settings; command-line options win.")
 @click.option("--overwrite", is_flag=True, help="Replace results of other settings in --out.")
+@click.option("--threads", default="auto", show_default=True,
+              help="torch CPU threads during the analysis: auto (1 for small problems) or N.")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow checkpoints that are pickled modules (runs code from the file).")
 @click.option("--report/--no-report", default=True, show_default=True,
@@ -140,8 +142,8 @@ def main():
 @click.pass_context
 @_user_errors
 def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, max_samples,
-            pool, ci, split, device, seed, out_dir, config_file, overwrite, trust_pickle, report,
-            progress):
+            pool, ci, split, device, seed, out_dir, config_file, overwrite, threads, trust_pickle,
+            report, progress):
     """Estimate I(X;T), I(T_prev;T), I(T;Y) and IB values per layer of CHECKPOINTS.
 
     Writes results.csv, results.json and config.json into --out after every step; rerunning
@@ -175,11 +177,20 @@ def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, 
             raise UserError(f"checkpoint {c!r} does not exist")
     table = ibtools.analyze(opts.pop("checkpoints"), betas=opts.pop("betas") or [0.1],
                             out_dir=out_dir, overwrite=overwrite, progress=progress,
-                            trust_pickle=trust_pickle, **opts)
+                            trust_pickle=trust_pickle, threads=_threads(threads), **opts)
     _print_summary(table)
     click.echo(f"results: {Path(out_dir) / 'results.csv'}")
     if report:
         _write_report(out_dir)
+
+
+def _threads(value: str):
+    if value == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"--threads {value!r} is not accepted; use auto or a positive integer") from None
 
 
 def _write_report(out_dir, **kwargs):

@@ -222,3 +222,24 @@ def test_demo_reduced(tmp_path):
     assert set(table["setting"]) == {"binning(n_bins=30)", "kde(noise_var=0.1)"}
     assert (tmp_path / "demo" / "results.csv").exists()
     assert len(list((tmp_path / "demo" / "checkpoints").rglob("*.pt"))) >= 4
+
+
+def test_threads_setting_is_restored(checkpoints):
+    before = torch.get_num_threads()
+    seen = []
+    real = analysis._layer_rows
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    analysis._layer_rows, saved = spy, analysis._layer_rows
+    try:
+        _analyze(checkpoints[:1], estimators=["gaussian"])  # "auto": small problem, 1 thread
+    finally:
+        analysis._layer_rows = saved
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads=0 is not accepted"):
+        _analyze(checkpoints[:1], threads=0)
+    assert torch.get_num_threads() == before
