@@ -8,9 +8,12 @@ relative error and time per estimator and level.  InfoNCE's ln(batch) ceiling an
 SMILE's clipping bias are expected to show as downward errors at high MI; they are part
 of the result, not hidden.
 
-Both libraries train for exactly ``--steps`` steps (no early stopping: ibtools keeps its
-best held-out evaluation, torch-mist its final critic) on the same 80 % of the rows and
-report on the other 20 %, so time per step compares like with like.
+Both libraries train for exactly ``--steps`` steps (no early stopping: ibtools keeps the
+critic with the best trailing mean of its held-out evaluations, torch-mist its final
+critic) on the same 80 % of the rows and report on the other 20 %, so time per step
+compares like with like.  ibtools uses its defaults otherwise (cosine learning-rate decay,
+encoders with a linear shortcut, MINE without the moving-average correction); torch-mist
+uses its own defaults with the same critic widths, batch size, steps and learning rate.
 
 torch-mist (PyPI ``torch-mist``) pins numpy < 2, so it lives in its own virtualenv and
 runs in a subprocess; see benchmarks/requirements-torch-mist.txt for the setup:
@@ -25,6 +28,7 @@ Usage::
 
     python benchmarks/neural.py                      # full size (slow on a CPU)
     python benchmarks/neural.py --levels 2 4 6 --steps 1000 --hidden 128 --out out/neural.md
+    python benchmarks/neural.py --device cuda --levels 2 4 6 8 10   # on a GPU
 """
 
 from __future__ import annotations
@@ -133,12 +137,12 @@ def main(argv=None) -> int:
     p.add_argument("--levels", type=float, nargs="+", default=[2, 4, 6, 8, 10])
     p.add_argument("--dim", type=int, default=20)
     p.add_argument("--n", type=int, default=20_000)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--critic", choices=["separable", "joint"], default="separable")
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="None: CPU; 'cuda' for the GPU")

@@ -49,9 +49,81 @@ def test_gaussian_2_nats_within_15_percent(method):
     assert r.details["n_heldout"] == 1200 and r.details["n_train"] == 4800
     assert r.details["lower_bound"] is (method == "mine")
     assert 1 <= r.details["best_step"] <= r.details["steps_run"] <= GAUSS["steps"]
-    assert r.details["heldout_summary"]["best"] == pytest.approx(r.value)
+    summary = r.details["heldout_summary"]
+    assert summary["selected"] == r.value and summary["first"] <= summary["best"]
+    # the critic is chosen by the trailing mean of three held-out evaluations of the
+    # training objective (SMILE: Jensen-Shannon), not by the largest reported value
+    curve = r.details["heldout_curve"]
+    trailing = [np.mean(curve["selection"][max(0, i - 2):i + 1])
+                for i in range(len(curve["selection"]))]
+    chosen = int(np.argmax(trailing))
+    assert curve["step"][chosen] == r.details["best_step"]
+    assert curve["value"][chosen] == r.value
+    assert r.details["selection"].startswith(
+        "held-out Jensen-Shannon" if method == "smile" else "held-out bound")
     assert r.ci_kind == "heldout" and r.ci[0] < r.value < r.ci[1]
     assert 0.0 < r.ci[1] - r.ci[0] < 1.0
+
+
+class ExactGaussianCritic(torch.nn.Module):
+    """The optimal critic of :func:`correlated_gaussian`: f = ln p(x, y) / (p(x) p(y))."""
+
+    def __init__(self, d, rho):
+        super().__init__()
+        self.d, self.rho = d, rho
+
+    def forward(self, x, y):
+        r2 = self.rho**2
+        quad = (r2 * (x**2).sum(1)[:, None] - 2 * self.rho * x @ y.T
+                + r2 * (y**2).sum(1)[None, :]) / (2 * (1 - r2))
+        return -0.5 * self.d * math.log(1 - r2) - quad  # (rows of x, rows of y)
+
+
+def test_heldout_evaluation_of_the_exact_critic():
+    # 6 nats over 20 dims: the regime where the log-partition term is noisy and where
+    # SMILE's clip shows.  The critic is exact, so any error is the evaluation's.
+    x, y = correlated_gaussian(3840, 20, 6.0, seed=13)
+    critic = ExactGaussianCritic(20, math.sqrt(1.0 - math.exp(-2.0 * 6.0 / 20)))
+    batches = torch.arange(3840).view(15, 256)
+    mine = MINE(batch_size=256)
+    groups = mine._groups(batches)
+    assert [g.numel() for g in groups] == [2048, 1792]  # ~2000 negatives per row, not 255
+    value, select, per_batch = mine._evaluate(critic, x, y, groups, 256, None)
+    assert value == pytest.approx(6.0, abs=0.25) and select == value and len(per_batch) == 15
+    # SMILE (tau = 5) overestimates at 6 nats even with the exact critic: the clip drops
+    # the large ratios of the partition term (about +0.7 nats here; see SMILE's Notes)
+    smile, _, _ = SMILE(batch_size=256)._evaluate(critic, x, y, groups, 256, 5.0)
+    assert 6.4 < smile < 7.0
+    # InfoNCE reads each row against its own batch of 256: below its ln 256 ceiling
+    nce, _, _ = InfoNCE(batch_size=256)._evaluate(critic, x, y, groups, 256, None)
+    assert 4.4 < nce < math.log(256)
+
+
+def test_heldout_pooling_matches_direct_formulas():
+    # two 3-row blocks of a 6 x 6 score matrix, pooled, against the formulas on the whole
+    g = torch.Generator().manual_seed(12)
+    scores = 2.0 * torch.randn(6, 6, generator=g, dtype=torch.float64)
+    blocks = [neural_critics.score_stats(scores[r:r + 3], 1.0, offset=r, batch=3)
+              for r in (0, 3)]
+    pooled = neural_critics.pool_stats(blocks)
+    diag = scores.diagonal()
+    off = scores[~torch.eye(6, dtype=torch.bool)]
+    expected = {
+        "dv": diag.mean() - (torch.logsumexp(off, 0) - math.log(30)),
+        "nwj": diag.mean() - torch.exp(off - 1.0).mean(),
+        "smile": diag.mean() - (torch.logsumexp(off.clamp(-1.0, 1.0), 0) - math.log(30)),
+        # each row against its own 3-row batch only
+        "infonce": torch.cat([diag[r:r + 3] - torch.logsumexp(scores[r:r + 3, r:r + 3], 1)
+                              for r in (0, 3)]).mean() + math.log(3),
+    }
+    for bound, value in expected.items():
+        torch.testing.assert_close(neural_critics.bound_value(bound, pooled), value)
+    js = -(torch.nn.functional.softplus(-diag).mean()
+           + torch.nn.functional.softplus(off).mean())
+    torch.testing.assert_close(neural_critics.selection_value("smile", pooled), js)
+    # a joint critic (one pass per pair) keeps batch-sized groups
+    assert [g.numel() for g in MINE(critic="joint")._groups(torch.arange(640).view(10, 64))] \
+        == [64] * 10
 
 
 def test_invariance_under_invertible_maps():
@@ -161,7 +233,8 @@ def test_divergence_restarts_with_smaller_lr(monkeypatch):
     assert r.details["lr_used"] == pytest.approx(1e-4)
     assert any("diverged" in f for f in r.flags)
 
-    monkeypatch.setattr(neural_critics, "training_loss", lambda b, s, st: real(b, s, st) * float("nan"))
+    monkeypatch.setattr(neural_critics, "training_loss",
+                        lambda b, s, st: real(b, s, st) * float("nan"))
     with pytest.raises(RuntimeError, match="diverged"):
         MINE(**{**FAST, "steps": 20}).mutual_information(x, y)
 
@@ -219,12 +292,14 @@ def test_bad_inputs_rejected():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_runs_on_cuda():
-    x, y = correlated_gaussian(3000, 10, 2.0, seed=1)
-    r = ibtools.mutual_information(x.cuda(), y.cuda(), method="mine", **FAST)
+    # the same data, settings and tolerance as the CPU test; on CPU this configuration
+    # read within 13% of 2 nats for each of five data/initialisation seeds
+    x, y = correlated_gaussian(6000, 10, 2.0, seed=1)
+    r = ibtools.mutual_information(x.cuda(), y.cuda(), method="mine", **GAUSS)
     assert r.details["device"].startswith("cuda")
     assert r.value == pytest.approx(2.0, rel=0.15)
     # numpy input with device="cuda" trains there too
     r2 = ibtools.mutual_information(np.asarray(x), np.asarray(y), method="smile",
-                                    device="cuda", **FAST)
+                                    device="cuda", **GAUSS)
     assert r2.details["device"].startswith("cuda")
     assert r2.value == pytest.approx(2.0, rel=0.15)
