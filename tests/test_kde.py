@@ -226,3 +226,22 @@ def test_cuda_matches_cpu():
     gpu = KDE(noise_var=0.5, memory_budget="8MiB").mutual_information(t.cuda(), y.cuda())
     assert gpu.details["mi_upper"] == pytest.approx(cpu.details["mi_upper"], abs=1e-4)
     assert gpu.details["h_lower"] == pytest.approx(cpu.details["h_lower"], abs=1e-4)
+
+
+def test_whole_sample_bounds_are_reused_and_invalidated_by_inplace_change():
+    gen = torch.Generator().manual_seed(11)
+    t = torch.randn(1500, 4, generator=gen)
+    x = torch.randn(1500, 4, generator=gen)
+    labels = torch.randint(0, 3, (1500,), generator=gen)
+    est = KDE(noise_var=0.2)
+    calls = []
+    real = est._compute_bounds
+    est._compute_bounds = lambda a: calls.append(a.shape[0]) or real(a)
+    first = est.mutual_information(t, labels).details["h_upper"]
+    est.mutual_information(x, t)  # same T: its H(T) bounds are not recomputed
+    assert calls.count(1500) == 1
+    t.mul_(2.0)  # an in-place change must not be served from the cache
+    second = est.mutual_information(t, labels).details["h_upper"]
+    assert calls.count(1500) == 2
+    # scaling T by 2 raises H(T + Z) (wider mixture, same noise)
+    assert second > first
