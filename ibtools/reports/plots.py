@@ -175,6 +175,13 @@ def plot_information_plane(table, *, units: str = "nats", settings=None, variant
     return fig
 
 
+def _variant_legend(fig: Figure, ax) -> None:
+    """One legend of the model variants below the panels (they share colours)."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5),
+               title="model variant", fontsize=8, title_fontsize=8)
+
+
 def plot_ib_across_layers(table, *, units: str = "nats", step="last", settings=None,
                           variants=None) -> Figure:
     """IB value per layer, one line per model variant (norm kind and lambda), one panel per
@@ -223,9 +230,7 @@ def plot_ib_across_layers(table, *, units: str = "nats", step="last", settings=N
         ax.set_ylabel(quantity_label("ib_value", units))
         ax.set_title(setting, fontsize=9)
         ax.grid(True, linewidth=0.4, alpha=0.5)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5),
-               title="model variant", fontsize=8, title_fontsize=8)
+    _variant_legend(fig, axes[0])
     when = "last checkpoint" if step == "last" else f"step {step:g}"
     fig.suptitle(f"IB value across layers ({when}, {_beta_text(frame)}, {_seed_text(frame)}, "
                  f"bands: seed intervals; units: {units})", fontsize=10)
@@ -365,9 +370,7 @@ def plot_estimator_agreement(table, *, units: str = "nats", quantity: str = "ib_
         ax.set_xlim(-0.5, len(settings) - 0.5)
         ax.set_ylabel(quantity_label(quantity, units))
         ax.grid(True, axis="y", linewidth=0.4, alpha=0.5)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5),
-               title="model variant", fontsize=8, title_fontsize=8)
+    _variant_legend(fig, axes[0])
     when = "last checkpoint" if step == "last" else f"step {step:g}"
     fig.suptitle(f"Estimator agreement: {quantity_label(quantity, units)} per estimator setting "
                  f"({when}, {_seed_text(frame)})", fontsize=10)
