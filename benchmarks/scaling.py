@@ -9,12 +9,15 @@ that take at least 20 ms (below that, fixed costs dominate).  Memory: the peak t
 to the resident set (see benchmarks/common.py); a pairwise estimator that is chunked to its
 memory budget (256 MiB on CPU) keeps this flat in n up to O(n) vectors.
 
-Kernel rates.  KDE: each block is one matmul of (rows, d + 2) by (d + 2, n), 2 n^2 (d + 2)
-flops, then clamp, exp, two squarings and two row sums, about 6 n^2 elementwise operations;
-the rate reported is the matmul flops per second of the whole estimator call, as a fraction
-of a float32 (4096 x 1024) @ (1024 x 4096) product timed in the same run.  With small d the
-elementwise part dominates (exp costs far more than 2 (d + 2) flops), so the fraction is low
-by construction; it rises toward the matmul's when d is in the hundreds.
+Kernel rates.  KDE: the kernel matrix is symmetric and only its upper triangle is computed,
+one matmul of (rows, d + 2) by (d + 2, n - i0) per block of rows: n (n + 1) / 2 pairs at
+2 (d + 2) flops each, the flops actually executed (half a full n x n product), then clamp,
+exp2, two squarings, two row sums and two column sums, about 8 elementwise operations per
+pair; the rate reported is those matmul flops per second of the whole estimator call, as a
+fraction of a float32 (4096 x 1024) @ (1024 x 4096) product timed in the same run.  With
+small d the elementwise part dominates (an exponential costs far more than 2 (d + 2)
+flops), so the fraction is low by construction; it rises toward the matmul's when d is in
+the hundreds.
 Brute-force KSG: the max-norm has no matrix-multiply form; every pair and coordinate costs a
 subtraction, an absolute value and a maximum (in float64, the precision KSG's strict
 comparisons need), against one fused multiply-add in a matmul.  So its rate is given as
@@ -103,7 +106,7 @@ def section(ctx):
         peak, kind = (mm64, "fp64") if wide else (mm32, "fp32")
 
         def rate(_size, seconds):
-            gf = 2.0 * n * n * (d + 2) / seconds / 1e9
+            gf = n * (n + 1) * (d + 2) / seconds / 1e9  # executed: the upper triangle
             return f"{gf:.1f} GFLOP/s {kind} matmul = {100 * gf / peak:.0f}% of {kind} peak"
         return rate
 
@@ -169,12 +172,11 @@ def section(ctx):
     m = measure(kde_call(n_t, d_t), repeats=ctx.repeats, budget_s=10, device=dev)
     wide = _kde_matmul_dtype(n_t, d_t, seed, dev) == torch.float64
     kind = "fp64" if wide else "fp32"
-    frac = 2.0 * n_t * n_t * (d_t + 2) / m.seconds / 1e9 / (mm64 if wide else mm32)
 
     # the fractions above used the first measurement; report against the better of both
     late = machine_rates()
     mm32, mm64, stream64 = (max(a, b) for a, b in zip((mm32, mm64, stream64), late))
-    frac = 2.0 * n_t * n_t * (d_t + 2) / m.seconds / 1e9 / (mm64 if wide else mm32)
+    frac = n_t * (n_t + 1) * (d_t + 2) / m.seconds / 1e9 / (mm64 if wide else mm32)
 
     sec = Section("Scaling", intro=[
         f"Measured in this run: float32 matmul {mm32:.0f} GFLOP/s ((4096 x 1024) @ "

@@ -25,13 +25,25 @@ def gaussian_noise_entropy(dim: int, noise_var: float) -> float:
     return 0.5 * dim * math.log(2.0 * math.pi * math.e * noise_var)
 
 
-#: Exponents are clamped here before ``exp``: exp(-80) ~ 2e-35 is nothing next to the row's
-#: own term exp(0) = 1, and arguments below about -87 underflow to float32 denormals, which
-#: make the vectorised exp an order of magnitude slower.
-_MIN_EXPONENT = -80.0
-
+#: Exponents (base 2) are clamped here before ``exp2``: 2^-115 ~ 2e-35 is nothing next to the
+#: row's own term 2^0 = 1, and arguments below about -126 give float32 denormals, which make
+#: the vectorised exponential an order of magnitude slower.
+_MIN_EXPONENT = -115.0
 #: Error (nats) the float32 distance matmul may add before float64 is used.
 _MATMUL_TOLERANCE = 1e-4
+#: On CPU, one block of the kernel matrix is sized to stay in cache (about this many bytes):
+#: the matmul, exp2, squarings and sums then each read it from cache, not from memory.
+#: Measured (n = 20 000, d = 20, one thread): 1.32 s with 16-row blocks, 2.37 s with blocks
+#: sized to the 512 MiB budget.
+_CPU_BLOCK_BYTES = 2 << 20
+_CPU_MIN_ROWS = 16
+
+
+def _block_rows(n: int, per_row: int, budget: int, device: torch.device) -> int:
+    rows = chunk_rows(n, per_row, budget)
+    if device.type == "cpu":
+        rows = min(rows, max(_CPU_MIN_ROWS, _CPU_BLOCK_BYTES // max(1, per_row)))
+    return max(1, min(n, rows))
 
 
 def pairwise_log_means(t: torch.Tensor, noise_var: float, budget: int):
@@ -56,20 +68,29 @@ def pairwise_log_means(t: torch.Tensor, noise_var: float, budget: int):
 
     Notes
     -----
-    One matmul per block of rows gives ``-||t_i - t_j||^2 / (8 s2)`` directly, from the
-    augmented rows ``[2u_i, -|u_i|^2, -1] . [u_j, 1, |u_j|^2]`` with ``u = t / sqrt(8 s2)``
-    after centring (smaller norms, less cancellation); it is clamped to
-    ``[_MIN_EXPONENT, 0]`` and the diagonal set to exactly 0.  The KL kernel is the fourth
-    power of the Bhattacharyya one (two in-place squarings instead of a second exp).  Every
-    row sum then holds ``exp(0) = 1`` and lies in ``[1, n]``: no max-shift is needed.
-    Scratch: two (rows, n) buffers of the working dtype, and a float64 one for the matmul
-    when float32 rounding could exceed ``_MATMUL_TOLERANCE`` (see :func:`_matmul_dtype`).
+    The kernel matrix is symmetric, so only its upper triangle is computed: the block of
+    rows ``i0:i1`` meets the columns ``i0:n``; its row sums go to rows ``i0:i1`` and the
+    column sums of its part right of the diagonal block go to rows ``i1:n``.  That is half
+    the pairs of a full pass.  One matmul per block gives the base-2 exponent
+    ``-||t_i - t_j||^2 log2(e) / (8 s2)`` directly, from the augmented rows
+    ``[2u_i, -|u_i|^2, -1] . [u_j, 1, |u_j|^2]`` with ``u = t sqrt(log2(e) / (8 s2))`` after
+    centring (smaller norms, less cancellation); it is clamped to ``[_MIN_EXPONENT, 0]``,
+    the diagonal set to exactly 0, and ``exp2`` (measured 1.5x faster than ``exp`` on CPU)
+    gives the Bhattacharyya kernel.  The KL kernel is its fourth power (two in-place
+    squarings instead of a second exponential).  Every row sum holds ``2^0 = 1`` and lies
+    in ``[1, n]``: no max-shift is needed.  Each block's sums are taken in the working
+    dtype and accumulated across blocks in float64.
+
+    Scratch: two blocks of the working dtype, and a float64 one for the matmul when float32
+    rounding could exceed ``_MATMUL_TOLERANCE`` (see :func:`_matmul_dtype`).  On CPU a
+    block is sized to stay in cache (``_CPU_BLOCK_BYTES``); elsewhere to ``budget``.
     """
     n = int(t.shape[0])
     dtype, device = t.dtype, t.device
-    u = (t - t.mean(dim=0, keepdim=True)) * (1.0 / math.sqrt(8.0 * noise_var))
+    u = (t - t.mean(dim=0, keepdim=True)) * math.sqrt(math.log2(math.e) / (8.0 * noise_var))
     sq = (u * u).sum(dim=1, keepdim=True)
-    mm_dtype = _matmul_dtype(dtype, device, float(sq.max()) if n else 0.0)
+    # the cancellation bound of _matmul_dtype is in natural-log units of the KL exponent
+    mm_dtype = _matmul_dtype(dtype, device, float(sq.max()) * math.log(2.0) if n else 0.0)
     if mm_dtype != dtype:
         # squared norms in the wide dtype too: equal rows then cancel to ~1e-16, not ~1e-7
         u = u.to(mm_dtype)
@@ -79,28 +100,35 @@ def pairwise_log_means(t: torch.Tensor, noise_var: float, budget: int):
     right = torch.cat([u, ones, sq], dim=1).T.contiguous()     # (d + 2, n)
     itemsize = t.element_size()
     per_row = n * (2 * itemsize + (8 if mm_dtype != dtype else 0))
-    rows = chunk_rows(n, per_row, budget)
-    neg = torch.empty(rows, n, dtype=dtype, device=device)
-    ker = torch.empty(rows, n, dtype=dtype, device=device)
-    wide = torch.empty(rows, n, dtype=mm_dtype, device=device) if mm_dtype != dtype else None
-    kl = torch.empty(n, dtype=torch.float64, device=device)
-    bd = torch.empty(n, dtype=torch.float64, device=device)
+    rows = _block_rows(n, per_row, budget, device)
+    # flat buffers, viewed as contiguous (b, n - i0) blocks as the triangle narrows
+    neg_buf = torch.empty(rows * n, dtype=dtype, device=device)
+    ker_buf = torch.empty(rows * n, dtype=dtype, device=device)
+    wide_buf = (torch.empty(rows * n, dtype=mm_dtype, device=device)
+                if mm_dtype != dtype else None)
+    kl = torch.zeros(n, dtype=torch.float64, device=device)
+    bd = torch.zeros(n, dtype=torch.float64, device=device)
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
-        b = r1 - r0
-        nb, kb = neg[:b], ker[:b]
-        if wide is None:
-            torch.mm(left[r0:r1], right, out=nb)
+        b, m = r1 - r0, n - r0
+        nb = neg_buf[:b * m].view(b, m)
+        kb = ker_buf[:b * m].view(b, m)
+        if wide_buf is None:
+            torch.mm(left[r0:r1], right[:, r0:], out=nb)
         else:
-            torch.mm(left[r0:r1], right, out=wide[:b])
-            nb.copy_(wide[:b])
+            wb = wide_buf[:b * m].view(b, m)
+            torch.mm(left[r0:r1], right[:, r0:], out=wb)
+            nb.copy_(wb)
         nb.clamp_(min=_MIN_EXPONENT, max=0.0)
-        diag = torch.arange(b, device=device)
-        nb[diag, diag + r0] = 0.0
-        torch.exp(nb, out=kb)                                  # exp(-D / (8 s2))
-        bd[r0:r1] = kb.sum(dim=1)
+        nb.diagonal().fill_(0.0)
+        torch.exp2(nb, out=kb)                                 # exp(-D / (8 s2))
+        # sums in the working dtype (a float64 accumulating sum is 3-4x slower on CPU), then
+        # accumulated in float64 across blocks
+        bd[r0:r1] += kb.sum(dim=1)
+        bd[r1:] += kb[:, b:].sum(dim=0)
         kb.square_().square_()                                 # exp(-D / (2 s2))
-        kl[r0:r1] = kb.sum(dim=1)
+        kl[r0:r1] += kb.sum(dim=1)
+        kl[r1:] += kb[:, b:].sum(dim=0)
     log_n = math.log(n)
     return kl.log_().sub_(log_n), bd.log_().sub_(log_n), rows
 
