@@ -63,6 +63,24 @@ def test_gaussian_2_nats_within_15_percent(method):
         "held-out Jensen-Shannon" if method == "smile" else "held-out bound")
     assert r.ci_kind == "heldout" and r.ci[0] < r.value < r.ci[1]
     assert 0.0 < r.ci[1] - r.ci[0] < 1.0
+    if method == "smile":
+        # the unclipped DV reading of the same critic sits next to the clipped value; at
+        # 2 nats the clip (tau = 5) hardly matters, so both are near the truth and no flag
+        assert r.details["tau"] == 5.0
+        assert r.details["dv_value"] == pytest.approx(2.0, rel=0.15)
+        assert not any(f.startswith("clip-limited") for f in r.flags)
+    else:
+        assert "dv_value" not in r.details
+
+
+def test_smile_flags_a_value_near_its_clip():
+    # tau = 1.5 on a 2-nat Gaussian: the clip at e^1.5 drops most of the large ratios, the
+    # value is within 1 nat of tau and reads above the unclipped DV reading of the critic
+    x, y = correlated_gaussian(6000, 10, 2.0, seed=1)
+    r = ibtools.mutual_information(x, y, method="smile", tau=1.5, **GAUSS)
+    (flag,) = [f for f in r.flags if f.startswith("clip-limited")]
+    assert "tau=1.5" in flag and f"{r.details['dv_value']:.3f}" in flag
+    assert r.value > r.details["dv_value"] + 0.1
 
 
 class ExactGaussianCritic(torch.nn.Module):
@@ -94,6 +112,9 @@ def test_heldout_evaluation_of_the_exact_critic():
     # the large ratios of the partition term (about +0.7 nats here; see SMILE's Notes)
     smile, _, _ = SMILE(batch_size=256)._evaluate(critic, x, y, groups, 256, 5.0)
     assert 6.4 < smile < 7.0
+    # the unclipped reading SMILE reports next to it (details["dv_value"]) is MINE's number
+    pooled = SMILE(batch_size=256)._pooled(critic, x, y, groups, 256, 5.0)
+    assert float(neural_critics.bound_value("dv", pooled)) == pytest.approx(value, abs=1e-9)
     # InfoNCE reads each row against its own batch of 256: below its ln 256 ceiling
     nce, _, _ = InfoNCE(batch_size=256)._evaluate(critic, x, y, groups, 256, None)
     assert 4.4 < nce < math.log(256)

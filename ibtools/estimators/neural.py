@@ -233,6 +233,8 @@ class NeuralEstimator(CriticTraining, Estimator):
                                 "selected": value, "last": curve_values[-1],
                                 "evaluations": len(curve_values)},
             "train_value": fit["train_value"],
+            **({"tau": float(self.tau), "dv_value": fit["dv_value"]}
+               if self.bound == "smile" else {}),
             "device": str(device),
         }
         return value, details, self._flags(value, details, diverged_at)
@@ -244,6 +246,12 @@ class NeuralEstimator(CriticTraining, Estimator):
                 f"near the InfoNCE ceiling: {value:.3f} nats is within ln 2 of ln(batch size) = "
                 f"{details['ceiling']:.3f}; InfoNCE cannot exceed that, so the true MI may be "
                 f"much larger. Use a larger batch_size or another bound")
+        if self.bound == "smile" and value > float(self.tau) - 1.0:
+            flags.append(
+                f"clip-limited: the SMILE value {value:.3f} nats is within 1 nat of tau="
+                f"{float(self.tau):g}; the clip at e^tau drops the large density ratios of the "
+                f"partition term, so the value reads high (the unclipped DV reading of the same "
+                f"critic is {details['dv_value']:.3f}). Use a larger tau, or MINE")
         if diverged_at:
             flags.append(f"training diverged at lr={diverged_at} and was restarted; the value "
                          f"comes from lr={details['lr_used']:g}")
@@ -395,7 +403,9 @@ class SMILE(NeuralEstimator):
     way, by less).  A critic with inflated scores inflates the estimate further, which
     is why critics are compared by the held-out Jensen-Shannon objective and never by
     the SMILE value.  Its variance stays bounded.  As tau grows it tends to the DV value
-    of a JS-trained critic.
+    of a JS-trained critic; that unclipped reading of the chosen critic, on the same
+    held-out rows, is reported as ``details["dv_value"]``, and a value within 1 nat of
+    tau is flagged "clip-limited".
 
     References
     ----------
