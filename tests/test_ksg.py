@@ -138,13 +138,25 @@ def test_kozachenko_leonenko_gaussian_entropy():
 # --------------------------------------------------------------------------- exactness
 
 
-def test_brute_and_tree_identical():
+@pytest.fixture(params=["scipy", "numba"])
+def engine(request, monkeypatch):
+    """Both implementations of the "tree" backend: scipy/scikit-learn, and the numba tree
+    (forced below its size threshold, so these small cases exercise it)."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("IBTOOLS_TREE_ENGINE", request.param)
+    assert nb.tree_engine(10) == request.param
+    return request.param
+
+
+def test_brute_and_tree_identical(engine):
     x, y, _ = gaussian_pair(1500, 0.6, d=3, seed=11)
     y = y[:, :2]
     for algorithm in (1, 2):
         a = ksg(x, y, algorithm=algorithm, neighbours="brute")
         b = ksg(x, y, algorithm=algorithm, neighbours="tree")
         assert a.details["backend"] == "brute" and b.details["backend"] == "tree"
+        assert b.details["tree_engine"] == engine and "tree_engine" not in a.details
         assert a.value == b.value
     labels = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5)
     assert ksg(x, labels, neighbours="brute").value == ksg(x, labels, neighbours="tree").value
@@ -160,7 +172,7 @@ def test_chunked_brute_equals_unchunked():
     assert tiny.value == whole.value
 
 
-def test_neighbour_backends_agree_with_ties():
+def test_neighbour_backends_agree_with_ties(engine):
     g = torch.Generator().manual_seed(13)
     pts = torch.round(torch.randn(800, 2, generator=g, dtype=torch.float64) * 8) / 8
     eps_b, idx_b = nb.knn_distance(pts, 4, "brute", 2**20, return_indices=True)
@@ -179,6 +191,9 @@ def test_neighbour_backends_agree_with_ties():
         assert torch.equal(nb.count_sorted_1d(pts[:, 0], eps_b, strict), one_d)
     # a zero radius counts nothing strictly and the exact twins otherwise
     zero = torch.zeros(800, dtype=torch.float64)
+    for strict in (True, False):
+        assert torch.equal(torch.as_tensor(nb.count_tree(pts.numpy(), zero.numpy(), strict)),
+                           nb.count_brute(pts, zero, strict, 2**20))
     assert int(nb.count_sorted_1d(pts[:, 0], zero, True).sum()) == 0
     assert torch.equal(nb.count_sorted_1d(pts[:, 0], zero, False),
                        nb.count_brute(pts[:, :1], zero, False, 2**20))
@@ -276,3 +291,16 @@ def test_cuda_brute_matches_cpu():
     assert ksg(xt, labels).value == pytest.approx(ksg(x, labels.cpu().numpy()).value, abs=1e-3)
     h = ibtools.entropy(xt, method="ksg").value
     assert h == pytest.approx(ibtools.entropy(x, method="ksg").value, abs=1e-3)
+
+
+def test_tree_engine_choice(monkeypatch):
+    monkeypatch.setenv("IBTOOLS_TREE_ENGINE", "scipy")
+    assert nb.tree_engine(10**6) == "scipy"
+    monkeypatch.setenv("IBTOOLS_TREE_ENGINE", "kdtree")
+    with pytest.raises(ValueError, match=r"IBTOOLS_TREE_ENGINE='kdtree' is not accepted"):
+        nb.tree_engine(10)
+    monkeypatch.delenv("IBTOOLS_TREE_ENGINE")
+    # auto: small samples keep scipy (no compile), large ones take numba when installed
+    assert nb.tree_engine(nb.NUMBA_MIN_N - 1) == "scipy"
+    has_numba = nb._numba_module() is not None
+    assert nb.tree_engine(nb.NUMBA_MIN_N) == ("numba" if has_numba else "scipy")

@@ -9,6 +9,7 @@ from ibtools.estimators.base import Estimator, check_choice, check_int, check_po
 from ibtools.estimators.neighbours import (
     BACKENDS,
     choose_backend,
+    tree_engine,
     count_within,
     joint_neighbour_counts_brute,
     knn_distance,
@@ -56,6 +57,11 @@ def tie_share(t: torch.Tensor) -> float:
     tied[:-1] |= same
     return float(tied.float().mean(dim=0).max())
 
+
+
+def _engine(backend: str, n: int) -> dict:
+    """The k-d tree implementation behind the "tree" backend, for the result's details."""
+    return {"tree_engine": tree_engine(n)} if backend == "tree" else {}
 
 class KSG(Estimator):
     r"""Kraskov-Stoegbauer-Grassberger (KSG) k-nearest-neighbour mutual information.
@@ -203,7 +209,8 @@ class KSG(Estimator):
         if value < 0:
             flags.append(f"negative estimate ({value:.4f} nats): KSG's sampling error around "
                          f"0; read it as no detectable dependence")
-        details = {"backend": backend, "algorithm": algorithm, "k": k,
+        details = {"backend": backend, **_engine(backend, n), "algorithm": algorithm,
+                   "k": k,
                    "mean_nx": float(nx.mean()), "mean_ny": float(ny.mean())}
         return value, details, flags
 
@@ -248,7 +255,7 @@ class KSG(Estimator):
         if value < 0:
             flags.append(f"negative estimate ({value:.4f} nats): sampling error around 0; "
                          f"read it as no detectable dependence")
-        details = {"backend": backend, "estimator": "ross2014", "k": k,
+        details = {"backend": backend, **_engine(backend, n), "estimator": "ross2014", "k": k,
                    "n_classes": int((sizes > 0).sum()), "n_used": n, "mean_m": float(m.mean())}
         return value, details, flags
 
@@ -271,7 +278,8 @@ class KSG(Estimator):
                              f"duplicates, so the Kozachenko-Leonenko log-radius is -inf; "
                              f"use noise > 0 (now noise={self.noise!r}) or a larger k")
         value = (_digamma(n) - _digamma(k) + d * float(torch.log(2 * eps).mean()) + log_scale)
-        details = {"backend": backend, "k": k, "mean_log_radius": float(torch.log(eps).mean())}
+        details = {"backend": backend, **_engine(backend, n), "k": k,
+                   "mean_log_radius": float(torch.log(eps).mean())}
         return value, details, flags
 
 

@@ -12,7 +12,11 @@ that return identical numbers:
     broadcast differences), the running maximum on CUDA (see ``_chebyshev``).  O(n^2 d);
     the choice on CUDA and in high dimension.
 ``"tree"``
-    CPU k-d trees: :class:`scipy.spatial.cKDTree` (``p=inf``, all cores) for the k-th
+    CPU k-d trees.  With numba installed (``ibtools[fast]``) and n >= ``NUMBA_MIN_N``, a
+    compiled max-norm tree of our own (:mod:`ibtools.estimators._kdtree_numba`: leaf-ordered
+    points, whole nodes added when their box lies inside the radius, queries in parallel);
+    it counts KSG's 5-d marginals on 10^5 points 3x faster than the following.  Otherwise
+    :class:`scipy.spatial.cKDTree` (``p=inf``, all cores) for the k-th
     neighbour, and scikit-learn's :class:`~sklearn.neighbors.KDTree` for counts, because its
     ``count_only`` adds a node's size when the node lies wholly inside the radius whereas
     cKDTree's ``return_length`` still walks every point inside.  Both trees are queried in
@@ -241,6 +245,87 @@ def count_sorted_1d(values: torch.Tensor, radius: torch.Tensor, strict: bool) ->
 
 # --------------------------------------------------------------------------- trees
 
+#: Leaf size of the numba tree (8, 16 and 32 measured alike on KSG's 5-d marginal counts
+#: at n = 10^5).
+NUMBA_LEAF_SIZE = 16
+#: Points from which "auto" uses the numba tree.  Its first use in a fresh install compiles
+#: it (about 15 s, then cached on disk); below this size the scipy / scikit-learn trees take
+#: well under a second anyway.
+NUMBA_MIN_N = 20_000
+TREE_ENGINES = ("auto", "numba", "scipy")
+_NUMBA = None
+
+
+def _numba_module():
+    global _NUMBA
+    if _NUMBA is None:
+        try:
+            from ibtools.estimators import _kdtree_numba
+        except ImportError:
+            _NUMBA = False
+        else:
+            _NUMBA = _kdtree_numba
+    return _NUMBA or None
+
+
+def tree_engine(n: int | None = None) -> str:
+    """Which k-d tree the ``"tree"`` backend uses for ``n`` points.
+
+    ``"numba"``: the compiled max-norm tree of :mod:`ibtools.estimators._kdtree_numba`
+    (needs numba: ``pip install "ibtools[fast]"``), 3x faster than the alternative on KSG's
+    counts at n = 10^5.  ``"scipy"``: scipy's cKDTree for the k-th neighbour and
+    scikit-learn's KDTree for counts.  Both give identical numbers.  The environment
+    variable ``IBTOOLS_TREE_ENGINE`` (``auto`` | ``numba`` | ``scipy``) overrides the
+    choice; ``auto`` takes numba when it is installed and ``n >= NUMBA_MIN_N``.
+    """
+    choice = os.environ.get("IBTOOLS_TREE_ENGINE", "auto").strip().lower() or "auto"
+    if choice not in TREE_ENGINES:
+        raise ValueError(f"IBTOOLS_TREE_ENGINE={choice!r} is not accepted; use one of "
+                         f"{list(TREE_ENGINES)}")
+    if choice == "scipy":
+        return "scipy"
+    if choice == "numba":
+        if _numba_module() is None:
+            raise ImportError("IBTOOLS_TREE_ENGINE=numba needs numba: pip install "
+                              "'ibtools[fast]' (or unset the variable)")
+        return "numba"
+    if n is not None and n < NUMBA_MIN_N:
+        return "scipy"
+    return "numba" if _numba_module() is not None else "scipy"
+
+
+def _numba_tree(points: np.ndarray):
+    """(module, tree arrays, points in leaf order, order) with numba's threads set to the
+    workers torch may use."""
+    import numba
+
+    numba.set_num_threads(max(1, min(_workers(), numba.config.NUMBA_NUM_THREADS)))
+    pts = np.ascontiguousarray(points, dtype=np.float64)
+    order, start, end, left, lo, hi = _numba_module().build(pts, NUMBA_LEAF_SIZE)
+    return (start, end, left, lo, hi), np.ascontiguousarray(pts[order]), order
+
+
+def _knn_numba(points: np.ndarray, k: int, return_indices: bool):
+    tree, local, order = _numba_tree(points)
+    dist, idx = _numba_module().knn(local, k, *tree)
+    eps = np.empty(len(points))
+    eps[order] = dist[:, k - 1]
+    if not return_indices:
+        return eps, None
+    index = np.empty((len(points), k), dtype=np.int64)
+    index[order] = order[idx]
+    return eps, index
+
+
+def _count_numba(points: np.ndarray, radius: np.ndarray, strict: bool) -> np.ndarray:
+    tree, local, order = _numba_tree(points)
+    r = np.ascontiguousarray(np.asarray(radius, dtype=np.float64)[order])
+    counted = _numba_module().count_within(local, r, bool(strict), *tree)
+    out = np.empty(len(points), dtype=np.int64)
+    # the point itself is inside whenever anything is; strict with r = 0 counts nothing
+    out[order] = np.maximum(counted - 1, 0)
+    return out
+
 
 def _tree_order(data: np.ndarray) -> np.ndarray:
     """A permutation that stores nearby points next to each other (cKDTree leaf order)."""
@@ -250,7 +335,10 @@ def _tree_order(data: np.ndarray) -> np.ndarray:
 
 
 def knn_tree(points: np.ndarray, k: int, return_indices: bool = False):
-    """k-th neighbour distance (self excluded) with a cKDTree; numpy in, numpy out."""
+    """k-th neighbour distance (self excluded) with a k-d tree (see :func:`tree_engine`);
+    numpy in, numpy out."""
+    if tree_engine(len(points)) == "numba":
+        return _knn_numba(points, k, return_indices)
     from scipy.spatial import cKDTree
 
     n = points.shape[0]
@@ -274,8 +362,11 @@ def knn_tree(points: np.ndarray, k: int, return_indices: bool = False):
 
 
 def count_tree(points: np.ndarray, radius: np.ndarray, strict: bool) -> np.ndarray:
-    """``#{j != i : d(i, j) < radius[i]}`` (``<=`` unless ``strict``), max-norm, with
-    scikit-learn's KDTree and ``count_only``; numpy in, numpy out."""
+    """``#{j != i : d(i, j) < radius[i]}`` (``<=`` unless ``strict``), max-norm, with a
+    k-d tree (see :func:`tree_engine`; scikit-learn's KDTree and ``count_only`` without
+    numba); numpy in, numpy out."""
+    if tree_engine(len(points)) == "numba":
+        return _count_numba(points, radius, strict)
     from sklearn.neighbors import KDTree
 
     order = _tree_order(points)
