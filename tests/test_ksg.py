@@ -304,3 +304,17 @@ def test_tree_engine_choice(monkeypatch):
     assert nb.tree_engine(nb.NUMBA_MIN_N - 1) == "scipy"
     has_numba = nb._numba_module() is not None
     assert nb.tree_engine(nb.NUMBA_MIN_N) == ("numba" if has_numba else "scipy")
+
+
+def test_numba_tree_from_several_threads(monkeypatch):
+    # numba's default threading layer aborts the process when two Python threads run its
+    # parallel code at once; the tree serialises its calls, so threads get the same numbers
+    pytest.importorskip("numba")
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("IBTOOLS_TREE_ENGINE", "numba")
+    pts = np.random.default_rng(14).standard_normal((3000, 4))
+    alone = nb.knn_tree(pts, 3)[0]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: nb.knn_tree(pts, 3)[0], range(6)))
+    assert all(np.array_equal(r, alone) for r in results)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -254,6 +255,9 @@ NUMBA_LEAF_SIZE = 16
 NUMBA_MIN_N = 20_000
 TREE_ENGINES = ("auto", "numba", "scipy")
 _NUMBA = None
+#: numba's default "workqueue" threading layer aborts the process if two Python threads run
+#: parallel numba code at once; calls from several threads take turns instead.
+_NUMBA_LOCK = threading.Lock()
 
 
 def _numba_module():
@@ -306,8 +310,9 @@ def _numba_tree(points: np.ndarray):
 
 
 def _knn_numba(points: np.ndarray, k: int, return_indices: bool):
-    tree, local, order = _numba_tree(points)
-    dist, idx = _numba_module().knn(local, k, *tree)
+    with _NUMBA_LOCK:
+        tree, local, order = _numba_tree(points)
+        dist, idx = _numba_module().knn(local, k, *tree)
     eps = np.empty(len(points))
     eps[order] = dist[:, k - 1]
     if not return_indices:
@@ -318,9 +323,10 @@ def _knn_numba(points: np.ndarray, k: int, return_indices: bool):
 
 
 def _count_numba(points: np.ndarray, radius: np.ndarray, strict: bool) -> np.ndarray:
-    tree, local, order = _numba_tree(points)
-    r = np.ascontiguousarray(np.asarray(radius, dtype=np.float64)[order])
-    counted = _numba_module().count_within(local, r, bool(strict), *tree)
+    with _NUMBA_LOCK:
+        tree, local, order = _numba_tree(points)
+        r = np.ascontiguousarray(np.asarray(radius, dtype=np.float64)[order])
+        counted = _numba_module().count_within(local, r, bool(strict), *tree)
     out = np.empty(len(points), dtype=np.int64)
     # the point itself is inside whenever anything is; strict with r = 0 counts nothing
     out[order] = np.maximum(counted - 1, 0)
