@@ -178,6 +178,11 @@ def test_infonce_capped_by_log_batch_size_and_flagged():
     assert r.value <= ceiling + 1e-5  # exact: each row term is at most ln B
     assert r.value > ceiling - 1.0  # a trained critic gets close to the cap
     assert any("InfoNCE ceiling" in f for f in r.flags)
+    # far below the cap (2 nats against ln 128 = 4.85) there is no such flag
+    x, y = correlated_gaussian(3000, 10, 2.0, seed=5)
+    r = ibtools.mutual_information(x, y, method="infonce", **FAST)
+    assert r.value < math.log(128) - 1.5
+    assert not any("InfoNCE ceiling" in f for f in r.flags)
 
 
 def _mixture(n, seed, means):

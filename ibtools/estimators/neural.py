@@ -26,7 +26,10 @@ from ibtools.estimators.neural_training import SMOOTHING_WINDOW, CriticTraining
 
 #: Learning-rate tries after a divergence: lr, lr/10, lr/100.
 _MAX_ATTEMPTS = 3
-_LN2 = math.log(2.0)
+#: InfoNCE values within this many nats of ln(batch size) are flagged.  On the 20 + 20-dim
+#: Gaussian with batch 256, even the exact critic reads 10 % low at 4 nats (3.60 = ln B - 1.9)
+#: and 22 % low at 6 nats (4.67 = ln B - 0.9): the bound bends well before its cap.
+_INFONCE_MARGIN = 1.5
 
 
 class NeuralEstimator(CriticTraining, Estimator):
@@ -241,10 +244,11 @@ class NeuralEstimator(CriticTraining, Estimator):
 
     def _flags(self, value, details, diverged_at) -> list:
         flags = []
-        if self.bound == "infonce" and value > details["ceiling"] - _LN2:
+        if self.bound == "infonce" and value > details["ceiling"] - _INFONCE_MARGIN:
             flags.append(
-                f"near the InfoNCE ceiling: {value:.3f} nats is within ln 2 of ln(batch size) = "
-                f"{details['ceiling']:.3f}; InfoNCE cannot exceed that, so the true MI may be "
+                f"near the InfoNCE ceiling: {value:.3f} nats is within {_INFONCE_MARGIN:g} nats "
+                f"of ln(batch size) = {details['ceiling']:.3f}; InfoNCE cannot exceed that and "
+                f"reads low well before it (even with the exact critic), so the true MI may be "
                 f"much larger. Use a larger batch_size or another bound")
         if self.bound == "smile" and value > float(self.tau) - 1.0:
             flags.append(
@@ -364,8 +368,9 @@ class InfoNCE(NeuralEstimator):
     -----
     Bias: a lower bound with low variance, but it can never exceed ln(batch_size): when
     the true MI approaches or passes ln B it underestimates, whatever the critic.  The
-    result states the ceiling (``details["ceiling"]``) and flags values within ln 2 of
-    it.  The held-out evaluation uses batches of ``batch_size`` rows too, so the same
+    result states the ceiling (``details["ceiling"]``) and flags values within 1.5 nats
+    of it: the bound bends well before its cap (with batch 256, the exact critic of a
+    20-dim Gaussian reads 10 % low at 4 nats and 22 % low at 6).  The held-out evaluation uses batches of ``batch_size`` rows too, so the same
     ceiling applies.  Settings: see :class:`NeuralEstimator`.
 
     References
