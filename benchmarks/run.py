@@ -179,10 +179,10 @@ def family_ksg(ctx: Context) -> Section:
     ref = measure(lambda: reference_ksg(x, y, seed=ctx.seed), repeats=ctx.repeats, budget_s=0,
                   warmup=lambda: reference_ksg(warm[0], warm[1], seed=ctx.seed))
     diff = abs(ours.value - ref.value)
+    engine = f" ({r.details['tree_engine']})" if "tree_engine" in r.details else ""
     sec.rows += pair_rows(f"5+5 d, n={n}", truth, ours, ref, "cKDTree KSG (NPEET-style)",
-                          our_note=f"backend {r.details.get('backend')}"
-                          f"{' (' + r.details['tree_engine'] + ')' if 'tree_engine' in r.details else ''}"
-                          f"; abs. diff {diff:.1e}")
+                          our_note=f"backend {r.details.get('backend')}{engine}; "
+                                   f"abs. diff {diff:.1e}")
     judged = None if ctx.quick else True
     speedup = ref.seconds / ours.seconds
     cpu_speedup = ref.cpu_seconds / max(ours.cpu_seconds, 1e-9)

@@ -318,3 +318,24 @@ def test_numba_tree_from_several_threads(monkeypatch):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: nb.knn_tree(pts, 3)[0], range(6)))
     assert all(np.array_equal(r, alone) for r in results)
+
+
+def test_numba_tree_that_cannot_load_falls_back(monkeypatch):
+    # numba raises RuntimeError, not ImportError, when it finds no writable folder for its
+    # cache (read-only installs): "auto" must then use scipy, and forcing numba must say why
+    import ibtools.estimators as pkg
+
+    def broken(name):
+        raise RuntimeError(f"cannot cache function 'build': no locator available ({name})")
+
+    monkeypatch.delattr(pkg, "_kdtree_numba", raising=False)
+    monkeypatch.setattr(pkg, "__getattr__", broken, raising=False)
+    monkeypatch.setattr(nb, "_NUMBA", None)
+    monkeypatch.delenv("IBTOOLS_TREE_ENGINE", raising=False)
+    assert nb.tree_engine(10**6) == "scipy"
+    pts = np.random.default_rng(15).standard_normal((nb.NUMBA_MIN_N, 2))
+    eps, _ = nb.knn_tree(pts, 2)
+    assert eps.shape == (nb.NUMBA_MIN_N,) and np.all(eps > 0)
+    monkeypatch.setenv("IBTOOLS_TREE_ENGINE", "numba")
+    with pytest.raises(ImportError, match="RuntimeError: cannot cache function"):
+        nb.tree_engine(10)

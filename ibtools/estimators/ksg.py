@@ -9,10 +9,10 @@ from ibtools.estimators.base import Estimator, check_choice, check_int, check_po
 from ibtools.estimators.neighbours import (
     BACKENDS,
     choose_backend,
-    tree_engine,
     count_within,
     joint_neighbour_counts_brute,
     knn_distance,
+    tree_engine,
 )
 
 #: Share of tied values in a column (before the noise) from which a flag is raised.
@@ -58,10 +58,10 @@ def tie_share(t: torch.Tensor) -> float:
     return float(tied.float().mean(dim=0).max())
 
 
-
 def _engine(backend: str, n: int) -> dict:
     """The k-d tree implementation behind the "tree" backend, for the result's details."""
     return {"tree_engine": tree_engine(n)} if backend == "tree" else {}
+
 
 class KSG(Estimator):
     r"""Kraskov-Stoegbauer-Grassberger (KSG) k-nearest-neighbour mutual information.
@@ -255,7 +255,10 @@ class KSG(Estimator):
         if value < 0:
             flags.append(f"negative estimate ({value:.4f} nats): sampling error around 0; "
                          f"read it as no detectable dependence")
-        details = {"backend": backend, **_engine(backend, n), "estimator": "ross2014", "k": k,
+        engines = {tree_engine(n)} | {tree_engine(int(s)) for s in sizes.tolist() if s > 1}
+        details = {"backend": backend, "estimator": "ross2014", "k": k,
+                   # per-class neighbour searches pick by class size, the counts by n
+                   **({"tree_engine": "+".join(sorted(engines))} if backend == "tree" else {}),
                    "n_classes": int((sizes > 0).sum()), "n_used": n, "mean_m": float(m.mean())}
         return value, details, flags
 

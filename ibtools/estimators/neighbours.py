@@ -255,18 +255,21 @@ NUMBA_LEAF_SIZE = 16
 NUMBA_MIN_N = 20_000
 TREE_ENGINES = ("auto", "numba", "scipy")
 _NUMBA = None
+_NUMBA_ERROR = ""
 #: numba's default "workqueue" threading layer aborts the process if two Python threads run
 #: parallel numba code at once; calls from several threads take turns instead.
 _NUMBA_LOCK = threading.Lock()
 
 
 def _numba_module():
-    global _NUMBA
+    global _NUMBA, _NUMBA_ERROR
     if _NUMBA is None:
         try:
             from ibtools.estimators import _kdtree_numba
-        except ImportError:
-            _NUMBA = False
+        except Exception as exc:  # noqa: BLE001 - not installed, or no writable JIT cache
+            # ImportError without numba; RuntimeError when numba finds no writable folder
+            # for its on-disk cache (read-only site-packages and home): fall back to scipy
+            _NUMBA, _NUMBA_ERROR = False, f"{type(exc).__name__}: {exc}"
         else:
             _NUMBA = _kdtree_numba
     return _NUMBA or None
@@ -278,7 +281,9 @@ def tree_engine(n: int | None = None) -> str:
     ``"numba"``: the compiled max-norm tree of :mod:`ibtools.estimators._kdtree_numba`
     (needs numba: ``pip install "ibtools[fast]"``), 3x faster than the alternative on KSG's
     counts at n = 10^5.  ``"scipy"``: scipy's cKDTree for the k-th neighbour and
-    scikit-learn's KDTree for counts.  Both give identical numbers.  The environment
+    scikit-learn's KDTree for counts.  Both give identical distances and counts; which of
+    several equidistant points is called a neighbour may differ (KSG's default jitter
+    makes such ties practically impossible).  The environment
     variable ``IBTOOLS_TREE_ENGINE`` (``auto`` | ``numba`` | ``scipy``) overrides the
     choice; ``auto`` takes numba when it is installed and ``n >= NUMBA_MIN_N``.
     """
@@ -290,8 +295,9 @@ def tree_engine(n: int | None = None) -> str:
         return "scipy"
     if choice == "numba":
         if _numba_module() is None:
-            raise ImportError("IBTOOLS_TREE_ENGINE=numba needs numba: pip install "
-                              "'ibtools[fast]' (or unset the variable)")
+            raise ImportError(f"IBTOOLS_TREE_ENGINE=numba, but the numba tree cannot be loaded "
+                              f"({_NUMBA_ERROR}); pip install 'ibtools[fast]', or unset the "
+                              f"variable")
         return "numba"
     if n is not None and n < NUMBA_MIN_N:
         return "scipy"
@@ -328,8 +334,10 @@ def _count_numba(points: np.ndarray, radius: np.ndarray, strict: bool) -> np.nda
         r = np.ascontiguousarray(np.asarray(radius, dtype=np.float64)[order])
         counted = _numba_module().count_within(local, r, bool(strict), *tree)
     out = np.empty(len(points), dtype=np.int64)
-    # the point itself is inside whenever anything is; strict with r = 0 counts nothing
-    out[order] = np.maximum(counted - 1, 0)
+    # the point itself is inside whenever the radius admits distance 0 (r > 0 strict, r >= 0
+    # otherwise); otherwise, NaN included, nothing is counted, as in the scikit-learn path
+    valid = r > 0 if strict else r >= 0
+    out[order] = np.where(valid, counted - 1, 0)
     return out
 
 
@@ -343,7 +351,7 @@ def _tree_order(data: np.ndarray) -> np.ndarray:
 def knn_tree(points: np.ndarray, k: int, return_indices: bool = False):
     """k-th neighbour distance (self excluded) with a k-d tree (see :func:`tree_engine`);
     numpy in, numpy out."""
-    if tree_engine(len(points)) == "numba":
+    if len(points) > k and tree_engine(len(points)) == "numba":
         return _knn_numba(points, k, return_indices)
     from scipy.spatial import cKDTree
 
@@ -371,7 +379,7 @@ def count_tree(points: np.ndarray, radius: np.ndarray, strict: bool) -> np.ndarr
     """``#{j != i : d(i, j) < radius[i]}`` (``<=`` unless ``strict``), max-norm, with a
     k-d tree (see :func:`tree_engine`; scikit-learn's KDTree and ``count_only`` without
     numba); numpy in, numpy out."""
-    if tree_engine(len(points)) == "numba":
+    if len(points) and tree_engine(len(points)) == "numba":
         return _count_numba(points, radius, strict)
     from sklearn.neighbors import KDTree
 
@@ -385,7 +393,7 @@ def count_tree(points: np.ndarray, radius: np.ndarray, strict: bool) -> np.ndarr
     valid = r >= 0
     rq = np.where(valid, r, 0.0)[order]
     workers = _workers()
-    pieces = np.array_split(np.arange(len(queries)), max(1, 4 * workers))
+    pieces = [p for p in np.array_split(np.arange(len(queries)), max(1, 4 * workers)) if len(p)]
 
     def run(ix):
         return tree.query_radius(queries[ix], rq[ix], count_only=True)

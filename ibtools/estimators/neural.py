@@ -370,8 +370,8 @@ class InfoNCE(NeuralEstimator):
     the true MI approaches or passes ln B it underestimates, whatever the critic.  The
     result states the ceiling (``details["ceiling"]``) and flags values within 1.5 nats
     of it: the bound bends well before its cap (with batch 256, the exact critic of a
-    20-dim Gaussian reads 10 % low at 4 nats and 22 % low at 6).  The held-out evaluation uses batches of ``batch_size`` rows too, so the same
-    ceiling applies.  Settings: see :class:`NeuralEstimator`.
+    20-dim Gaussian reads 10 % low at 4 nats and 22 % low at 6).  The held-out evaluation
+    uses batches of ``batch_size`` rows too, so the same ceiling applies.  Settings: see :class:`NeuralEstimator`.
 
     References
     ----------

@@ -127,7 +127,8 @@ class CriticTraining:
         dv_value = None
         if self.bound == "smile":
             dv_value = float(bound_value("dv", self._pooled(critic, x, y, groups, b_eval, tau)))
-        return {"value": best["value"], "dv_value": dv_value, "per_batch": best["per_batch"], "best_step": best["step"],
+        return {"value": best["value"], "dv_value": dv_value, "per_batch": best["per_batch"],
+                "best_step": best["step"],
                 "steps_run": step, "curve_steps": curve_steps, "curve_values": curve_values,
                 "curve_select": curve_select, "train_value": train_value}
 
