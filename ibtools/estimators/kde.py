@@ -10,6 +10,7 @@ sides with pairwise divergences between the components.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -253,21 +254,45 @@ class KDE(Estimator):
 
     # -- the pairwise bounds -------------------------------------------------------------------
 
-    def _bounds(self, t: torch.Tensor) -> dict:
-        """H(T+Z) bounds of one sample, with the saturation diagnostics.
+    @contextlib.contextmanager
+    def reuse_bounds(self):
+        """Within this block, compute the whole-sample H(T+Z) bounds of a T once.
 
-        The last whole-sample result is kept: an analysis asks for I(T;Y), I(X;T) and
-        I(T_prev;T) of the same T in a row, and this O(n^2 d) term is the same in all three.
-        The key includes the tensor's version counter, so an in-place change is never missed.
+        An analysis asks for I(T;Y), I(X;T) and I(T_prev;T) of the same layer T in a row,
+        and this O(n^2 d) term is the same in all three::
+
+            est = KDE(noise_var=0.1)
+            with est.reuse_bounds():
+                i_ty = est.mutual_information(t, labels)
+                i_xt = est.mutual_information(x, t)      # T's bounds are not recomputed
+
+        The last T's result is kept with a reference to T itself (so its memory cannot be
+        reused by another tensor while the entry lives) and its version counter, so an
+        in-place torch change is seen.  Changes torch cannot see, such as writing into a
+        NumPy array whose memory T shares, are not: do not change the inputs inside the
+        block.  Outside such a block nothing is cached.
         """
+        self._reuse_depth = getattr(self, "_reuse_depth", 0) + 1
+        try:
+            yield self
+        finally:
+            self._reuse_depth -= 1
+            if not self._reuse_depth:
+                self._last_bounds = None
+
+    def _bounds(self, t: torch.Tensor) -> dict:
+        """H(T+Z) bounds of one sample, with the saturation diagnostics (cached inside
+        :meth:`reuse_bounds` only)."""
+        if not getattr(self, "_reuse_depth", 0) or t.shape[0] < 1024:
+            # per-class slices and small samples are not worth keeping
+            return self._compute_bounds(t)
         key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device, t._version,
                float(self.noise_var), self._budget(t.device))
         cached = getattr(self, "_last_bounds", None)
         if cached is not None and cached[0] == key:
-            return dict(cached[1])
+            return dict(cached[2])
         result = self._compute_bounds(t)
-        if t.shape[0] >= 1024:  # only worth keeping for large samples, not per-class slices
-            self._last_bounds = (key, result)
+        self._last_bounds = (key, t, result)  # t held: its address stays its own
         return dict(result)
 
     def _compute_bounds(self, t: torch.Tensor) -> dict:
