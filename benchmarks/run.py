@@ -60,9 +60,11 @@ class Target:
     limit: str
     measured: str
     passed: bool | None
+    #: the verdict cell when not judged (default: the --quick reason)
+    why_not_judged: str = "not judged (--quick sizes)"
 
     def cells(self):
-        verdict = "not judged (--quick sizes)" if self.passed is None else (
+        verdict = self.why_not_judged if self.passed is None else (
             "PASS" if self.passed else "FAIL")
         return [self.name, self.limit, self.measured, verdict]
 
