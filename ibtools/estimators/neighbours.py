@@ -305,8 +305,8 @@ def tree_engine(n: int | None = None) -> str:
 
 
 def _numba_tree(points: np.ndarray):
-    """(module, tree arrays, points in leaf order, order) with numba's threads set to the
-    workers torch may use."""
+    """(tree arrays, points in leaf order, the order) of a numba tree over ``points``, with
+    numba's threads set to the workers torch may use."""
     import numba
 
     numba.set_num_threads(max(1, min(_workers(), numba.config.NUMBA_NUM_THREADS)))
