@@ -81,6 +81,36 @@ def build(points, leaf_size):
     return order, start[:count], end[:count], left[:count], lo[:count], hi[:count]
 
 
+# The box tests are inlined into the traversals (inline="always"): as ordinary compiled
+# calls they measured 1.2-1.6x slower in the hot loops.
+@njit(cache=True, inline="always")
+def _gap(lo, hi, node, pts, i):
+    """Nearest max-norm distance from ``pts[i]`` to the box of ``node`` (0 inside it)."""
+    near = 0.0
+    for c in range(pts.shape[1]):
+        q = pts[i, c]
+        a = lo[node, c] - q
+        b = q - hi[node, c]
+        g = a if a > b else b
+        if g > near:
+            near = g
+    return near
+
+
+@njit(cache=True, inline="always")
+def _reach(lo, hi, node, pts, i):
+    """Farthest max-norm distance from ``pts[i]`` to a point of the box of ``node``."""
+    far = 0.0
+    for c in range(pts.shape[1]):
+        q = pts[i, c]
+        f1 = q - lo[node, c]
+        f2 = hi[node, c] - q
+        f = f1 if f1 > f2 else f2
+        if f > far:
+            far = f
+    return far
+
+
 @njit(parallel=True, cache=True)
 def count_within(pts, radius, strict, start, end, left, lo, hi):
     """For each row i of ``pts`` (already in tree order): the number of rows j (itself
@@ -96,22 +126,8 @@ def count_within(pts, radius, strict, start, end, left, lo, hi):
         while sp > 0:
             sp -= 1
             k = stack[sp]
-            # nearest and farthest max-norm distance to the node's box, in one loop: the same
-            # two tests written as small helper functions measured 1.6x slower
-            near = 0.0
-            far = 0.0
-            for c in range(d):
-                q = pts[i, c]
-                a = lo[k, c] - q
-                b = q - hi[k, c]
-                g = a if a > b else b
-                if g > near:
-                    near = g
-                f1 = q - lo[k, c]
-                f2 = hi[k, c] - q
-                f = f1 if f1 > f2 else f2
-                if f > far:
-                    far = f
+            near = _gap(lo, hi, k, pts, i)
+            far = _reach(lo, hi, k, pts, i)
             if strict:
                 if near >= r:
                     continue
@@ -158,14 +174,7 @@ def knn(pts, k, start, end, left, lo, hi):
         while sp > 0:
             sp -= 1
             node = stack[sp]
-            near = 0.0
-            for c in range(d):
-                q = pts[i, c]
-                a = lo[node, c] - q
-                b = q - hi[node, c]
-                g = a if a > b else b
-                if g > near:
-                    near = g
+            near = _gap(lo, hi, node, pts, i)
             if near > best[k - 1]:
                 continue
             if left[node] < 0:
@@ -191,20 +200,8 @@ def knn(pts, k, start, end, left, lo, hi):
                 # visit the nearer child first: push it last
                 a_child = left[node]
                 b_child = a_child + 1
-                da = 0.0
-                db = 0.0
-                for c in range(d):
-                    q = pts[i, c]
-                    g = lo[a_child, c] - q
-                    h = q - hi[a_child, c]
-                    g = g if g > h else h
-                    if g > da:
-                        da = g
-                    g = lo[b_child, c] - q
-                    h = q - hi[b_child, c]
-                    g = g if g > h else h
-                    if g > db:
-                        db = g
+                da = _gap(lo, hi, a_child, pts, i)
+                db = _gap(lo, hi, b_child, pts, i)
                 if da <= db:
                     stack[sp] = b_child
                     stack[sp + 1] = a_child
