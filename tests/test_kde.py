@@ -180,11 +180,11 @@ def test_float32_matches_float64_and_numpy_reference():
 
 def test_pairwise_log_means_rows_hold_self_term():
     t = torch.randn(50, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    kl, bd, rows = pairwise_log_means(t, 1e-6, 2**20)
+    kl, bd, info = pairwise_log_means(t, 1e-6, 2**20)
     # every other kernel vanishes: ln(1/n * 1) per row
     torch.testing.assert_close(kl, torch.full((50,), -math.log(50), dtype=torch.float64))
     torch.testing.assert_close(bd, torch.full((50,), -math.log(50), dtype=torch.float64))
-    assert rows == 50
+    assert info["chunk_rows"] == 50 and info["pairs"] == 50 * 50 and info["engine"] == "torch"
 
 
 def test_invariant_to_row_order_and_translation():
@@ -266,3 +266,105 @@ def test_no_stale_bounds_when_a_numpy_input_changes_in_place():
     after = est.mutual_information(x0, a).value
     assert after == pytest.approx(KDE(noise_var=0.5).mutual_information(x0, a).value, abs=1e-9)
     assert after > before + 1.0  # a 3x wider T resolves far more
+
+
+# -- the fused numba pass (ibtools[fast]) ------------------------------------------------------
+
+
+def test_numba_exp2_is_accurate_over_the_clamped_range():
+    kern = pytest.importorskip("ibtools.estimators._kde_numba")
+    x = np.concatenate([np.linspace(-115.0, 0.0, 200_001), [-0.5, 0.5 - 1e-7, -114.5]])
+    x = x.astype(np.float32)
+    got = kern.exp2_array(x).astype(np.float64)
+    rel = np.abs(got / np.exp2(x.astype(np.float64)) - 1.0)
+    assert rel.max() < 3e-7  # float32 unit roundoff is 6e-8
+
+
+@pytest.mark.parametrize("n, d, s2, budget", [
+    (700, 1, 0.5, None),            # one tile, one block
+    (2500, 7, 0.05, None),          # three tiles of columns
+    (1500, 40, 1.0, 400_000),       # many blocks of 66 rows: the triangle's ragged edges
+    (900, 5, 1e-3, None),           # small s2: the matmul runs in float64, then float32
+])
+def test_numba_engine_equals_torch_engine(monkeypatch, n, d, s2, budget):
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(20 + d)
+    t = (rng.normal(size=(n, d)) * rng.uniform(0.5, 2.0, size=d)).astype(np.float32)
+    t[::50] = t[1::50]  # coinciding rows, as repeated inputs give
+    kw = {} if budget is None else {"memory_budget": budget}
+    out = {}
+    for engine in ("torch", "numba"):
+        monkeypatch.setenv("IBTOOLS_KDE_ENGINE", engine)
+        r = KDE(noise_var=s2, **kw).entropy(t)
+        assert r.details["engine"] == engine
+        out[engine] = r.details
+    for key in ("h_upper", "h_lower", "mean_self_weight"):
+        assert out["numba"][key] == pytest.approx(out["torch"][key], abs=2e-6, rel=1e-6)
+    assert out["numba"]["h_upper"] == pytest.approx(ref.entropy_upper_kl(t, s2), abs=1e-4)
+    assert out["numba"]["h_lower"] == pytest.approx(ref.entropy_lower_bd(t, s2), abs=1e-4)
+
+
+def test_numba_engine_row_sums_hold_every_pair(monkeypatch):
+    # per-row log means, not only their average: both engines, every row, and the
+    # self-only case (all other kernels underflow) is exactly -ln n
+    pytest.importorskip("numba")
+    t = torch.randn(3000, 3, generator=torch.Generator().manual_seed(21))
+    monkeypatch.setenv("IBTOOLS_KDE_ENGINE", "torch")
+    kl_t, bd_t, _ = pairwise_log_means(t, 0.7, 1 << 20)
+    monkeypatch.setenv("IBTOOLS_KDE_ENGINE", "numba")
+    kl_n, bd_n, info = pairwise_log_means(t, 0.7, 1 << 20)
+    assert info["engine"] == "numba" and info["pairs"] >= 3000 * 3001 // 2
+    torch.testing.assert_close(kl_n, kl_t, atol=2e-6, rtol=0)
+    torch.testing.assert_close(bd_n, bd_t, atol=2e-6, rtol=0)
+    kl, bd, _ = pairwise_log_means(t * 1e4, 1e-6, 1 << 20)
+    torch.testing.assert_close(kl, torch.full((3000,), -math.log(3000), dtype=torch.float64))
+
+
+def test_kde_engine_choice(monkeypatch):
+    from ibtools.estimators import kde as kde_mod
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("IBTOOLS_KDE_ENGINE", raising=False)
+    has_numba = kde_mod._kde_numba_module() is not None
+    big = kde_mod.KDE_NUMBA_MIN_N
+    assert kde_mod.kde_engine(big, torch.float32, cpu) == ("numba" if has_numba else "torch")
+    assert kde_mod.kde_engine(big - 1, torch.float32, cpu) == "torch"
+    assert kde_mod.kde_engine(big, torch.float64, cpu) == "torch"
+    assert kde_mod.kde_engine(big, torch.float32, torch.device("cuda")) == "torch"
+    monkeypatch.setenv("IBTOOLS_KDE_ENGINE", "torch")
+    assert kde_mod.kde_engine(10**6, torch.float32, cpu) == "torch"
+    monkeypatch.setenv("IBTOOLS_KDE_ENGINE", "fused")
+    with pytest.raises(ValueError, match=r"IBTOOLS_KDE_ENGINE='fused' is not accepted"):
+        kde_mod.kde_engine(10, torch.float32, cpu)
+
+
+def test_numba_kernel_that_cannot_load_falls_back(monkeypatch):
+    from ibtools.estimators import _jit
+    from ibtools.estimators import kde as kde_mod
+
+    def broken(name):
+        raise RuntimeError(f"cannot cache function 'block_sums': no locator available ({name})")
+
+    monkeypatch.setattr(_jit, "_import", broken)
+    monkeypatch.setattr(kde_mod, "_KDE_NUMBA", None)
+    monkeypatch.delenv("IBTOOLS_KDE_ENGINE", raising=False)
+    t = np.random.default_rng(22).normal(size=(kde_mod.KDE_NUMBA_MIN_N, 2)).astype(np.float32)
+    r = KDE(noise_var=0.5).entropy(t)
+    assert r.details["engine"] == "torch" and math.isfinite(r.value)
+    monkeypatch.setenv("IBTOOLS_KDE_ENGINE", "numba")
+    with pytest.raises(ImportError, match="RuntimeError: cannot cache function"):
+        KDE(noise_var=0.5).entropy(t)
+
+
+def test_numba_engine_from_several_threads(monkeypatch):
+    # the fused pass and the numba tree share one lock: parallel numba code entered from two
+    # Python threads at once aborts the process with numba's default threading layer
+    pytest.importorskip("numba")
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("IBTOOLS_KDE_ENGINE", "numba")
+    t = np.random.default_rng(23).normal(size=(1200, 6)).astype(np.float32)
+    alone = KDE(noise_var=0.4).entropy(t).value
+    with ThreadPoolExecutor(4) as pool:
+        values = list(pool.map(lambda _: KDE(noise_var=0.4).entropy(t).value, range(6)))
+    assert values == [alone] * 6

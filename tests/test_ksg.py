@@ -149,7 +149,18 @@ def engine(request, monkeypatch):
     return request.param
 
 
-def test_brute_and_tree_identical(engine):
+@pytest.fixture(params=["torch", "numba"])
+def brute(request, monkeypatch):
+    """Both implementations of the "brute" backend: torch blocks, and the compiled per-row
+    kernels (forced below their size threshold)."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("IBTOOLS_BRUTE_ENGINE", request.param)
+    assert nb.brute_engine(10, torch.float64, torch.device("cpu")) == request.param
+    return request.param
+
+
+def test_brute_and_tree_identical(engine, brute):
     x, y, _ = gaussian_pair(1500, 0.6, d=3, seed=11)
     y = y[:, :2]
     for algorithm in (1, 2):
@@ -157,6 +168,7 @@ def test_brute_and_tree_identical(engine):
         b = ksg(x, y, algorithm=algorithm, neighbours="tree")
         assert a.details["backend"] == "brute" and b.details["backend"] == "tree"
         assert b.details["tree_engine"] == engine and "tree_engine" not in a.details
+        assert a.details["brute_engine"] == brute and "brute_engine" not in b.details
         assert a.value == b.value
     labels = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5)
     assert ksg(x, labels, neighbours="brute").value == ksg(x, labels, neighbours="tree").value
@@ -323,13 +335,12 @@ def test_numba_tree_from_several_threads(monkeypatch):
 def test_numba_tree_that_cannot_load_falls_back(monkeypatch):
     # numba raises RuntimeError, not ImportError, when it finds no writable folder for its
     # cache (read-only installs): "auto" must then use scipy, and forcing numba must say why
-    import ibtools.estimators as pkg
+    from ibtools.estimators import _jit
 
     def broken(name):
         raise RuntimeError(f"cannot cache function 'build': no locator available ({name})")
 
-    monkeypatch.delattr(pkg, "_kdtree_numba", raising=False)
-    monkeypatch.setattr(pkg, "__getattr__", broken, raising=False)
+    monkeypatch.setattr(_jit, "_import", broken)
     monkeypatch.setattr(nb, "_NUMBA", None)
     monkeypatch.delenv("IBTOOLS_TREE_ENGINE", raising=False)
     assert nb.tree_engine(10**6) == "scipy"
@@ -339,3 +350,76 @@ def test_numba_tree_that_cannot_load_falls_back(monkeypatch):
     monkeypatch.setenv("IBTOOLS_TREE_ENGINE", "numba")
     with pytest.raises(ImportError, match="RuntimeError: cannot cache function"):
         nb.tree_engine(10)
+
+
+def test_numba_brute_kernels_equal_torch_blocks(monkeypatch):
+    # every statistic of the brute backend, number for number: n spans several tiles of
+    # columns (1024), ties (rounded data) for the distances and counts, k up to 5
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(16)
+    smooth = torch.as_tensor(rng.normal(size=(2600, 5)))
+    tied = torch.round(smooth * 4) / 4
+    radius = torch.as_tensor(rng.uniform(0.0, 1.0, 2600))
+    radius[:5] = 0.0
+    radius[5] = float("nan")
+    out = {}
+    for engine in ("torch", "numba"):
+        monkeypatch.setenv("IBTOOLS_BRUTE_ENGINE", engine)
+        got = []
+        for algorithm in (1, 2):
+            for k in (1, 5):
+                eps, counts = nb.joint_neighbour_counts_brute(
+                    [smooth[:, :2], smooth[:, 2:]], k, algorithm, 1 << 22)
+                got += [eps, *counts]
+        for k in (1, 4):
+            eps, idx = nb.knn_brute(smooth, k, 1 << 22, return_indices=True)
+            got += [eps, idx, nb.knn_brute(tied, k, 1 << 22)[0]]
+        for strict in (True, False):
+            got += [nb.count_brute(tied, radius, strict, 1 << 22),
+                    nb.count_brute(smooth[:, :3], radius, strict, 1 << 22)]
+        out[engine] = got
+    assert len(out["numba"]) == len(out["torch"]) == 22
+    for a, b in zip(out["numba"], out["torch"]):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_brute_engine_choice_and_fallback(monkeypatch):
+    from ibtools.estimators import _jit
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("IBTOOLS_BRUTE_ENGINE", raising=False)
+    has_numba = nb._brute_module() is not None
+    big = nb.BRUTE_NUMBA_MIN_N
+    assert nb.brute_engine(big, torch.float64, cpu) == ("numba" if has_numba else "torch")
+    assert nb.brute_engine(big - 1, torch.float64, cpu) == "torch"
+    assert nb.brute_engine(big, torch.float32, cpu) == "torch"
+    assert nb.brute_engine(big, torch.float64, torch.device("cuda")) == "torch"
+    monkeypatch.setenv("IBTOOLS_BRUTE_ENGINE", "cdist")
+    with pytest.raises(ValueError, match=r"IBTOOLS_BRUTE_ENGINE='cdist' is not accepted"):
+        nb.brute_engine(10, torch.float64, cpu)
+
+    def broken(name):
+        raise RuntimeError(f"cannot cache function 'knn': no locator available ({name})")
+
+    monkeypatch.setattr(_jit, "_import", broken)
+    monkeypatch.setattr(nb, "_BRUTE", None)
+    monkeypatch.delenv("IBTOOLS_BRUTE_ENGINE")
+    x, y, _ = gaussian_pair(big, 0.6, d=2, seed=17)
+    r = ksg(x, y, neighbours="brute")
+    assert r.details["brute_engine"] == "torch" and r.value > 0
+    monkeypatch.setenv("IBTOOLS_BRUTE_ENGINE", "numba")
+    with pytest.raises(ImportError, match="RuntimeError: cannot cache function 'knn'"):
+        ksg(x, y, neighbours="brute")
+
+
+def test_numba_brute_from_several_threads(monkeypatch):
+    # the brute kernels take the lock every numba kernel shares (see test_numba_tree_from_several_threads)
+    pytest.importorskip("numba")
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("IBTOOLS_BRUTE_ENGINE", "numba")
+    pts = torch.as_tensor(np.random.default_rng(18).standard_normal((1500, 4)))
+    alone = nb.knn_brute(pts, 3, 1 << 22)[0]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: nb.knn_brute(pts, 3, 1 << 22)[0], range(6)))
+    assert all(torch.equal(r, alone) for r in results)

@@ -8,6 +8,7 @@ import torch
 from ibtools.estimators.base import Estimator, check_choice, check_int, check_positive
 from ibtools.estimators.neighbours import (
     BACKENDS,
+    brute_engine,
     choose_backend,
     count_within,
     joint_neighbour_counts_brute,
@@ -58,9 +59,12 @@ def tie_share(t: torch.Tensor) -> float:
     return float(tied.float().mean(dim=0).max())
 
 
-def _engine(backend: str, n: int) -> dict:
-    """The k-d tree implementation behind the "tree" backend, for the result's details."""
-    return {"tree_engine": tree_engine(n)} if backend == "tree" else {}
+def _engine(backend: str, n: int, device: torch.device) -> dict:
+    """The code behind the backend, for the result's details: the k-d tree of the "tree"
+    backend, or what runs the "brute" one (the work is float64 whatever the input)."""
+    if backend == "tree":
+        return {"tree_engine": tree_engine(n)}
+    return {"brute_engine": brute_engine(n, torch.float64, device)}
 
 
 class KSG(Estimator):
@@ -209,7 +213,7 @@ class KSG(Estimator):
         if value < 0:
             flags.append(f"negative estimate ({value:.4f} nats): KSG's sampling error around "
                          f"0; read it as no detectable dependence")
-        details = {"backend": backend, **_engine(backend, n), "algorithm": algorithm,
+        details = {"backend": backend, **_engine(backend, n, x.device), "algorithm": algorithm,
                    "k": k,
                    "mean_nx": float(nx.mean()), "mean_ny": float(ny.mean())}
         return value, details, flags
@@ -258,7 +262,8 @@ class KSG(Estimator):
         engines = {tree_engine(n)} | {tree_engine(int(s)) for s in sizes.tolist() if s > 1}
         details = {"backend": backend, "estimator": "ross2014", "k": k,
                    # per-class neighbour searches pick by class size, the counts by n
-                   **({"tree_engine": "+".join(sorted(engines))} if backend == "tree" else {}),
+                   **({"tree_engine": "+".join(sorted(engines))} if backend == "tree" else
+                      _engine(backend, n, x.device)),
                    "n_classes": int((sizes > 0).sum()), "n_used": n, "mean_m": float(m.mean())}
         return value, details, flags
 
@@ -281,7 +286,7 @@ class KSG(Estimator):
                              f"duplicates, so the Kozachenko-Leonenko log-radius is -inf; "
                              f"use noise > 0 (now noise={self.noise!r}) or a larger k")
         value = (_digamma(n) - _digamma(k) + d * float(torch.log(2 * eps).mean()) + log_scale)
-        details = {"backend": backend, **_engine(backend, n), "k": k,
+        details = {"backend": backend, **_engine(backend, n, x.device), "k": k,
                    "mean_log_radius": float(torch.log(eps).mean())}
         return value, details, flags
 

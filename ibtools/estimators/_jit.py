@@ -1,0 +1,70 @@
+"""What the optional numba kernels share: loading with a fallback, one lock, the threads.
+
+Kernels live in ``_kdtree_numba`` (KSG's trees) and ``_kde_numba`` (KDE's fused pass); they
+are used when numba is installed (``pip install "ibtools[fast]"``) and otherwise, or when
+they cannot load, the pure torch / scipy paths give the same numbers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+
+import torch
+
+#: numba's default "workqueue" threading layer aborts the process if two Python threads run
+#: parallel numba code at once; every parallel kernel call takes this lock.
+LOCK = threading.Lock()
+_import = importlib.import_module  # tests replace it to simulate a kernel that cannot load
+
+
+def load(name: str):
+    """``(module, "")`` for ``ibtools.estimators.<name>``, or ``(None, why)`` when it cannot
+    load: ImportError without numba, RuntimeError when numba finds no writable folder for
+    its on-disk cache (read-only site-packages and home)."""
+    try:
+        module = _import(f"ibtools.estimators.{name}")
+    except Exception as exc:  # noqa: BLE001 - any failure means: use the fallback
+        return None, f"{type(exc).__name__}: {exc}"
+    return module, ""
+
+
+def workers() -> int:
+    """Threads a kernel may use: torch's setting, at most the machine's cores."""
+    return max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
+
+
+def set_threads() -> None:
+    """Give numba's parallel loops the threads torch may use (call under :data:`LOCK`)."""
+    import numba
+
+    numba.set_num_threads(max(1, min(workers(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def choose(variable: str, fallback: str, loader, eligible: bool = True, n: int | None = None,
+           min_n: int = 0) -> str:
+    """Resolve the engine a kernel runs on: ``"numba"`` or ``fallback``.
+
+    The environment variable ``variable`` says ``auto`` (default), ``numba`` or
+    ``fallback``.  ``auto`` takes numba when ``eligible`` (the device and dtype the compiled
+    kernel handles), the kernel loads, and ``n >= min_n`` (below, a call is fast either way
+    and a fresh install would first spend seconds compiling).  ``numba`` insists, with an
+    ImportError saying why it cannot load; it still gives way when not ``eligible``.
+    ``loader()`` returns ``(module or None, why)``.
+    """
+    allowed = ("auto", "numba", fallback)
+    choice = os.environ.get(variable, "auto").strip().lower() or "auto"
+    if choice not in allowed:
+        raise ValueError(f"{variable}={choice!r} is not accepted; use one of {list(allowed)}")
+    if choice == fallback or not eligible:
+        return fallback
+    if choice == "numba":
+        module, why = loader()
+        if module is None:
+            raise ImportError(f"{variable}=numba, but the numba kernel cannot be loaded ({why}); "
+                              f"pip install 'ibtools[fast]', or unset the variable")
+        return "numba"
+    if n is not None and n < min_n:
+        return fallback
+    return "numba" if loader()[0] is not None else fallback
