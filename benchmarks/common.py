@@ -194,30 +194,6 @@ def matmul_rate(n: int = 4096, d: int = 1024, dtype: str = "float32", device: st
     return 2.0 * n * n * d / best / 1e9
 
 
-def elementwise_rate(n: int = 4096, dtype: str = "float64", device: str = "cpu",
-                     repeats: int = 5) -> float:
-    """Measured G-elements/s of ``torch.maximum(out, (a - b).abs())`` over an (n, n) block,
-    the running-maximum step of a Chebyshev distance done one coordinate at a time through
-    memory (what an unfused max-norm kernel does; a fused one such as ``torch.cdist`` can
-    beat it)."""
-    import torch
-
-    dt = getattr(torch, dtype)
-    a = torch.randn(n, 1, dtype=dt, device=device)
-    b = torch.randn(n, dtype=dt, device=device)
-    out = torch.zeros(n, n, dtype=dt, device=device)
-    tmp = torch.empty_like(out)
-    best = math.inf
-    for _ in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        torch.sub(a, b, out=tmp)
-        torch.maximum(out, tmp.abs_(), out=out)
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return n * n / best / 1e9
-
-
 def machine_description(device: str = "cpu") -> list[str]:
     """Lines describing the machine and software the numbers were measured on."""
     import numpy

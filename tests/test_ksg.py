@@ -423,3 +423,24 @@ def test_numba_brute_from_several_threads(monkeypatch):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: nb.knn_brute(pts, 3, 1 << 22)[0], range(6)))
     assert all(torch.equal(r, alone) for r in results)
+
+
+def test_auto_backend_follows_the_brute_engine(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("IBTOOLS_BRUTE_ENGINE", "torch")
+    assert nb.choose_backend("auto", cpu, 10, 5000) == "tree"
+    assert nb.choose_backend("auto", cpu, 32, 5000) == "brute"
+    assert nb.choose_backend("auto", cpu, 4, 500) == "brute"
+    assert nb.choose_backend("auto", torch.device("cuda"), 2, 10**6) == "brute"
+    assert nb.choose_backend("tree", cpu, 64, 100) == "tree"
+    if nb._brute_module() is None:
+        return
+    monkeypatch.setenv("IBTOOLS_BRUTE_ENGINE", "auto")
+    # compiled brute force: trees from 1000 * 2^(d/2) points
+    assert nb.choose_backend("auto", cpu, 10, 30_000) == "brute"
+    assert nb.choose_backend("auto", cpu, 10, 40_000) == "tree"
+    assert nb.choose_backend("auto", cpu, 4, 3_000) == "brute"
+    assert nb.choose_backend("auto", cpu, 4, 5_000) == "tree"
+    assert nb.choose_backend("auto", cpu, 20, 10**5) == "brute"
+    r = ksg(*gaussian_pair(3000, 0.5, d=5, seed=19)[:2])
+    assert r.details["backend"] == "brute" and r.details["brute_engine"] == "numba"

@@ -6,11 +6,14 @@ points lie within a given per-point radius.  Both are done here exactly, by two 
 that return identical numbers:
 
 ``"brute"``
-    Torch, on the device of the inputs.  Blocks of query rows against all rows, blocks
-    sized to the estimator's memory budget: ``torch.cdist(p=inf)`` on CPU (one fused pass
+    O(n^2 d); the choice on CUDA, in high dimension, and (compiled) for moderate n.  With
+    numba installed (``ibtools[fast]``), float64 points on CPU and n >= ``BRUTE_NUMBA_MIN_N``,
+    compiled per-row kernels (:mod:`ibtools.estimators._brute_numba`: one row of distances
+    at a time, no block in memory, rows in parallel), 4-10x faster than the following.
+    Otherwise torch, on the device of the inputs: blocks of query rows against all rows,
+    sized to the estimator's memory budget, ``torch.cdist(p=inf)`` on CPU (one fused pass
     per pair, measured 6-8x faster there than a per-coordinate running maximum over
-    broadcast differences), the running maximum on CUDA (see ``_chebyshev``).  O(n^2 d);
-    the choice on CUDA and in high dimension.
+    broadcast differences), the running maximum on CUDA (see ``_chebyshev``).
 ``"tree"``
     CPU k-d trees.  With numba installed (``ibtools[fast]``) and n >= ``NUMBA_MIN_N``, a
     compiled max-norm tree of our own (:mod:`ibtools.estimators._kdtree_numba`: leaf-ordered
@@ -45,14 +48,19 @@ from ibtools.estimators.base import chunk_rows
 
 BACKENDS = ("auto", "brute", "tree")
 
-#: Joint dimension up to which "auto" uses the trees on CPU.  Measured on a shared 2-core
-#: CPU (KSG, n = 5000, k = 3, Gaussian data; CPU seconds tree / brute): d = 10: 0.46 / 1.8,
-#: d = 16: 1.45 / 1.9, d = 20: 1.96 / 2.2, d = 40: 3.9 / 2.7.  Beyond d of about 20 a k-d
-#: tree prunes almost nothing; tree cost grows more slowly with n than brute force's n^2,
-#: so the crossover only moves up with n.
+#: Joint dimension up to which "auto" uses the trees on CPU when brute force runs on torch
+#: blocks.  Measured on a shared 2-core CPU (KSG, n = 5000, k = 3, Gaussian data; CPU
+#: seconds tree / torch brute): d = 10: 0.46 / 1.8, d = 16: 1.45 / 1.9, d = 20: 1.96 / 2.2,
+#: d = 40: 3.9 / 2.7.  Beyond d of about 20 a k-d tree prunes almost nothing.
 TREE_MAX_DIM = 20
 
-#: Below this many points brute force beats building trees even in low dimension.
+#: Below this many points brute force beats building trees even in low dimension.  With the
+#: compiled brute-force kernels (engine "numba") the trees start at TREE_MIN_N * 2^(d/2)
+#: points instead: a tree's cost grows more slowly with n than brute force's n^2 but faster
+#: with d.  Measured (2 threads, KSG, k = 3, Gaussian data; seconds brute / numba tree /
+#: scipy tree): 2+2 d, n = 3000: 0.012 / 0.011 / 0.023, n = 10 000: 0.10 / 0.044 / 0.077;
+#: 5+5 d, n = 10 000: 0.14 / 0.25 / 0.36, n = 30 000: 1.19 / 1.05 / 1.62; 10+10 d,
+#: n = 30 000: 1.77 / 6.3 / 11.7; 16+16 d, n = 30 000: 2.8 / 16.3 / 18.3.
 TREE_MIN_N = 1_000
 
 _INF = float("inf")
@@ -63,15 +71,19 @@ CUDA_LOOP_MAX_DIM = 64
 
 
 def choose_backend(backend: str, device: torch.device, dim: int, n: int) -> str:
-    """Resolve ``"auto"``: trees on CPU for ``dim <= TREE_MAX_DIM`` and ``n >= TREE_MIN_N``,
-    brute force otherwise (always on CUDA, where the O(n^2) blocks are cheap)."""
+    """Resolve ``"auto"`` for n points of joint dimension ``dim``: brute force on CUDA, where
+    the O(n^2) blocks are cheap.  On CPU, when brute force would run compiled (see
+    :func:`brute_engine`; the points are float64), trees from ``TREE_MIN_N * 2^(dim/2)``
+    points; otherwise trees for ``dim <= TREE_MAX_DIM`` and ``n >= TREE_MIN_N``."""
     if backend not in BACKENDS:
         raise ValueError(f"neighbours={backend!r} is not accepted; use one of {list(BACKENDS)}")
     if backend != "auto":
         return backend
-    if device.type == "cpu" and dim <= TREE_MAX_DIM and n >= TREE_MIN_N:
-        return "tree"
-    return "brute"
+    if device.type != "cpu":
+        return "brute"
+    if brute_engine(n, torch.float64, device) == "numba":
+        return "tree" if n >= TREE_MIN_N * 2.0 ** (dim / 2) else "brute"
+    return "tree" if dim <= TREE_MAX_DIM and n >= TREE_MIN_N else "brute"
 
 
 # --------------------------------------------------------------------------- brute force
