@@ -102,9 +102,12 @@ class KSG(Estimator):
         moving any distance that matters.  ``0`` turns it off (exact duplicates then give
         zero radii).
     neighbours : {"auto", "brute", "tree"}, default "auto"
-        Neighbour search (see :mod:`ibtools.estimators.neighbours`): chunked brute force in
-        torch on the inputs' device, or k-d trees on CPU.  Both are exact and give the same
-        number; "auto" picks trees on CPU in low dimension and brute force otherwise.
+        Neighbour search (see :mod:`ibtools.estimators.neighbours`): brute force (compiled
+        per-row kernels on CPU with ``ibtools[fast]``, chunked torch blocks otherwise and on
+        the GPU), or k-d trees on CPU.  All are exact and give the same number; "auto" picks
+        brute force on the GPU, and on CPU trees only when n is large for the dimension.
+        ``details`` name the backend and the engine behind it (``brute_engine`` or
+        ``tree_engine``).
     transform : None, "standardize" or "copula"
         "copula" (ranks to normal scores per column) makes the estimate invariant to
         strictly monotone per-coordinate maps such as ``y**3`` or ``tanh``.
