@@ -107,6 +107,12 @@ class Measurement:
         return statistics.median(self.times)
 
     @property
+    def best_seconds(self) -> float:
+        """The fastest run: what the machine can do when nothing else gets in the way (the
+        kernel-rate fractions use it, as the matmul rates they divide by are best-of too)."""
+        return min(self.times)
+
+    @property
     def cpu_seconds(self) -> float:
         return statistics.median(self.cpu_times)
 
