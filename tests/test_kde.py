@@ -368,3 +368,14 @@ def test_numba_engine_from_several_threads(monkeypatch):
     with ThreadPoolExecutor(4) as pool:
         values = list(pool.map(lambda _: KDE(noise_var=0.4).entropy(t).value, range(6)))
     assert values == [alone] * 6
+
+
+def test_numba_engine_gives_way_to_torch_on_non_finite_rows(monkeypatch):
+    # the fused pass assumes finite exponents (fastmath); pairwise_log_means, which direct
+    # callers may reach with NaN, carries the NaN through as the torch engine does
+    pytest.importorskip("numba")
+    monkeypatch.setenv("IBTOOLS_KDE_ENGINE", "numba")
+    t = torch.randn(300, 3, generator=torch.Generator().manual_seed(24))
+    t[5, 0] = float("nan")
+    kl, bd, info = pairwise_log_means(t, 1.0, 1 << 20)
+    assert info["engine"] == "torch" and bool(torch.isnan(kl).all())

@@ -444,3 +444,37 @@ def test_auto_backend_follows_the_brute_engine(monkeypatch):
     assert nb.choose_backend("auto", cpu, 20, 10**5) == "brute"
     r = ksg(*gaussian_pair(3000, 0.5, d=5, seed=19)[:2])
     assert r.details["backend"] == "brute" and r.details["brute_engine"] == "numba"
+
+
+def test_numba_brute_guards_and_thread_setting(monkeypatch):
+    # a part without columns never reaches the compiled kernels (they read coordinate 0),
+    # and a kernel call leaves the caller's numba thread count as it found it
+    numba = pytest.importorskip("numba")
+    monkeypatch.setenv("IBTOOLS_BRUTE_ENGINE", "numba")
+    x = torch.as_tensor(np.random.default_rng(20).standard_normal((300, 3)))
+    empty = x[:, :0]
+    eps, (nx, ny) = nb.joint_neighbour_counts_brute([x, empty], 3, 1, 1 << 22)
+    monkeypatch.setenv("IBTOOLS_BRUTE_ENGINE", "torch")
+    eps_t, (nx_t, ny_t) = nb.joint_neighbour_counts_brute([x, empty], 3, 1, 1 << 22)
+    assert torch.equal(eps, eps_t) and torch.equal(nx, nx_t) and torch.equal(ny, ny_t)
+    monkeypatch.setenv("IBTOOLS_BRUTE_ENGINE", "numba")
+    numba.set_num_threads(1)
+    try:
+        nb.knn_brute(x, 2, 1 << 22)
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def test_auto_backend_does_not_flip_at_the_compiled_threshold(monkeypatch):
+    if nb._brute_module() is None:
+        pytest.skip("numba not installed")
+    monkeypatch.delenv("IBTOOLS_BRUTE_ENGINE", raising=False)
+    cpu = torch.device("cpu")
+    # d = 10: brute force below 1000 * 2^5 = 32000 points, on either side of BRUTE_NUMBA_MIN_N
+    picks = {n: nb.choose_backend("auto", cpu, 10, n) for n in (1000, 1999, 2000, 31999)}
+    assert set(picks.values()) == {"brute"}
+    x, y, _ = gaussian_pair(600, 0.5, d=2, seed=21)
+    labels = (x[:, 0] > 0).astype(int)
+    r = ksg(np.hstack([x, y]), labels, neighbours="brute")
+    assert r.details["brute_engine"] == "torch"  # 600 points: below the compiled threshold

@@ -7,6 +7,7 @@ they cannot load, the pure torch / scipy paths give the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import threading
@@ -35,11 +36,19 @@ def workers() -> int:
     return max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
 
 
-def set_threads() -> None:
-    """Give numba's parallel loops the threads torch may use (call under :data:`LOCK`)."""
+@contextlib.contextmanager
+def kernel_call():
+    """Hold :data:`LOCK` and give numba's parallel loops the threads torch may use, then put
+    the calling thread's numba setting back.  Yields numba's thread count."""
     import numba
 
-    numba.set_num_threads(max(1, min(workers(), numba.config.NUMBA_NUM_THREADS)))
+    with LOCK:
+        before = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(workers(), numba.config.NUMBA_NUM_THREADS)))
+        try:
+            yield numba.get_num_threads()
+        finally:
+            numba.set_num_threads(before)
 
 
 def choose(variable: str, fallback: str, loader, eligible: bool = True, n: int | None = None,

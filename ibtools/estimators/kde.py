@@ -149,6 +149,8 @@ def pairwise_log_means(t: torch.Tensor, noise_var: float, budget: int):
     right = torch.cat([u, ones, sq], dim=1).T.contiguous()     # (d + 2, n)
     itemsize = t.element_size()
     engine = kde_engine(n, dtype, device)
+    if engine == "numba" and not bool(torch.isfinite(sq).all()):
+        engine = "torch"  # the fused pass assumes finite values; torch carries a NaN through
     if engine == "numba":
         per_row = n * (itemsize + (8 if mm_dtype != dtype else 0))
         rows = max(1, min(n, _NUMBA_ROWS, chunk_rows(n, per_row, budget)))
@@ -163,9 +165,8 @@ def pairwise_log_means(t: torch.Tensor, noise_var: float, budget: int):
     kl = torch.zeros(n, dtype=torch.float64, device=device)
     bd = torch.zeros(n, dtype=torch.float64, device=device)
     pairs = 0
-    with _jit.LOCK if engine == "numba" else contextlib.nullcontext():
+    with _jit.kernel_call() if engine == "numba" else contextlib.nullcontext():
         if engine == "numba":
-            _jit.set_threads()
             fused = _kde_numba_module().block_sums
             kl_np, bd_np = kl.numpy(), bd.numpy()
         for r0 in range(0, n, rows):

@@ -262,11 +262,12 @@ class KSG(Estimator):
         if value < 0:
             flags.append(f"negative estimate ({value:.4f} nats): sampling error around 0; "
                          f"read it as no detectable dependence")
-        engines = {tree_engine(n)} | {tree_engine(int(s)) for s in sizes.tolist() if s > 1}
+        # per-class neighbour searches pick their engine by class size, the counts by n
+        engines = [_engine(backend, int(m), x.device)
+                   for m in [n] + [s for s in sizes.tolist() if s > 1]]
+        key = next(iter(engines[0]))
         details = {"backend": backend, "estimator": "ross2014", "k": k,
-                   # per-class neighbour searches pick by class size, the counts by n
-                   **({"tree_engine": "+".join(sorted(engines))} if backend == "tree" else
-                      _engine(backend, n, x.device)),
+                   key: "+".join(sorted({e[key] for e in engines})),
                    "n_classes": int((sizes > 0).sum()), "n_used": n, "mean_m": float(m.mean())}
         return value, details, flags
 

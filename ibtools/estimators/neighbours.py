@@ -81,7 +81,9 @@ def choose_backend(backend: str, device: torch.device, dim: int, n: int) -> str:
         return backend
     if device.type != "cpu":
         return "brute"
-    if brute_engine(n, torch.float64, device) == "numba":
+    # whether brute force runs compiled at scale: asked at BRUTE_NUMBA_MIN_N at least, so the
+    # rule does not flip at that threshold (below it torch's blocks are as fast as trees)
+    if brute_engine(max(n, BRUTE_NUMBA_MIN_N), torch.float64, device) == "numba":
         return "tree" if n >= TREE_MIN_N * 2.0 ** (dim / 2) else "brute"
     return "tree" if dim <= TREE_MAX_DIM and n >= TREE_MIN_N else "brute"
 
@@ -153,7 +155,10 @@ def brute_engine(n: int, dtype: torch.dtype, device: torch.device) -> str:
     ``"numba"``: compiled per-row kernels (:mod:`ibtools.estimators._brute_numba`; needs
     numba: ``pip install "ibtools[fast]"``), float64 on CPU, no (rows, n) block in memory;
     4-10x faster than ``"torch"`` (``torch.cdist`` blocks and ``topk``).  Both give identical
-    distances and counts.  The environment variable ``IBTOOLS_BRUTE_ENGINE`` (``auto`` |
+    distances and counts, except that among points at exactly the k-th distance the
+    compiled kernels call the lowest index a neighbour and ``topk`` any of them, which can
+    change KSG algorithm 2's counts on tied data (KSG's default jitter makes ties
+    practically impossible).  The environment variable ``IBTOOLS_BRUTE_ENGINE`` (``auto`` |
     ``numba`` | ``torch``) overrides the choice; ``auto`` takes numba when it is installed,
     the points are float64 on CPU and ``n >= BRUTE_NUMBA_MIN_N``.
     """
@@ -169,12 +174,8 @@ def _numba_columns(parts) -> np.ndarray:
 
 
 def _run_brute_numba(kernel: str, *args):
-    with _jit.LOCK:
-        _jit.set_threads()
-        import numba
-
-        chunks = max(1, 8 * numba.get_num_threads())
-        return getattr(_brute_module(), kernel)(*args, chunks)
+    with _jit.kernel_call() as threads:
+        return getattr(_brute_module(), kernel)(*args, 8 * threads)
 
 
 def joint_neighbour_counts_brute(parts, k: int, algorithm: int, budget: int):
@@ -201,7 +202,7 @@ def joint_neighbour_counts_brute(parts, k: int, algorithm: int, budget: int):
         One per part.
     """
     n = parts[0].shape[0]
-    if (len(parts) == 2 and n > k
+    if (len(parts) == 2 and n > k and min(p.shape[1] for p in parts) > 0
             and brute_engine(n, parts[0].dtype, parts[0].device) == "numba"):
         eps, nx, ny = _run_brute_numba("ksg_counts", _numba_columns(parts),
                                        int(parts[0].shape[1]), int(k), int(algorithm))
@@ -230,7 +231,7 @@ def joint_neighbour_counts_brute(parts, k: int, algorithm: int, budget: int):
 def knn_brute(points: torch.Tensor, k: int, budget: int, return_indices: bool = False):
     """k-th neighbour distance (self excluded) and, optionally, the k neighbours' indices."""
     n = points.shape[0]
-    if n > k and brute_engine(n, points.dtype, points.device) == "numba":
+    if n > k and points.shape[1] > 0 and brute_engine(n, points.dtype, points.device) == "numba":
         dist, idx = _run_brute_numba("knn", _numba_columns([points]), int(k))
         return (torch.from_numpy(dist[:, k - 1].copy()),
                 torch.from_numpy(idx) if return_indices else None)
@@ -252,7 +253,7 @@ def count_brute(points: torch.Tensor, radius: torch.Tensor, strict: bool,
                 budget: int) -> torch.Tensor:
     """``#{j != i : d(i, j) < radius[i]}`` (``<=`` unless ``strict``) by blocks of rows."""
     n = points.shape[0]
-    if brute_engine(n, points.dtype, points.device) == "numba":
+    if points.shape[1] > 0 and brute_engine(n, points.dtype, points.device) == "numba":
         r = np.ascontiguousarray(radius.detach().numpy(), dtype=np.float64)
         return torch.from_numpy(_run_brute_numba("count_within", _numba_columns([points]), r,
                                                  bool(strict)))
@@ -323,8 +324,6 @@ NUMBA_LEAF_SIZE = 16
 NUMBA_MIN_N = 20_000
 _NUMBA = None
 _NUMBA_ERROR = ""
-#: Calls from several Python threads take turns (see ibtools.estimators._jit.LOCK).
-_NUMBA_LOCK = _jit.LOCK
 
 
 def _numba_module():
@@ -352,16 +351,15 @@ def tree_engine(n: int | None = None) -> str:
 
 
 def _numba_tree(points: np.ndarray):
-    """(tree arrays, points in leaf order, the order) of a numba tree over ``points``, with
-    numba's threads set to the workers torch may use."""
-    _jit.set_threads()
+    """(tree arrays, points in leaf order, the order) of a numba tree over ``points`` (call
+    inside :func:`ibtools.estimators._jit.kernel_call`)."""
     pts = np.ascontiguousarray(points, dtype=np.float64)
     order, start, end, left, lo, hi = _numba_module().build(pts, NUMBA_LEAF_SIZE)
     return (start, end, left, lo, hi), np.ascontiguousarray(pts[order]), order
 
 
 def _knn_numba(points: np.ndarray, k: int, return_indices: bool):
-    with _NUMBA_LOCK:
+    with _jit.kernel_call():
         tree, local, order = _numba_tree(points)
         dist, idx = _numba_module().knn(local, k, *tree)
     eps = np.empty(len(points))
@@ -374,7 +372,7 @@ def _knn_numba(points: np.ndarray, k: int, return_indices: bool):
 
 
 def _count_numba(points: np.ndarray, radius: np.ndarray, strict: bool) -> np.ndarray:
-    with _NUMBA_LOCK:
+    with _jit.kernel_call():
         tree, local, order = _numba_tree(points)
         r = np.ascontiguousarray(np.asarray(radius, dtype=np.float64)[order])
         counted = _numba_module().count_within(local, r, bool(strict), *tree)
