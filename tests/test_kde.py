@@ -325,7 +325,7 @@ def test_kde_engine_choice(monkeypatch):
 
     cpu = torch.device("cpu")
     monkeypatch.delenv("IBTOOLS_KDE_ENGINE", raising=False)
-    has_numba = kde_mod._kde_numba_module() is not None
+    has_numba = kde_mod._KERNELS.module() is not None
     big = kde_mod.KDE_NUMBA_MIN_N
     assert kde_mod.kde_engine(big, torch.float32, cpu) == ("numba" if has_numba else "torch")
     assert kde_mod.kde_engine(big - 1, torch.float32, cpu) == "torch"
@@ -346,7 +346,7 @@ def test_numba_kernel_that_cannot_load_falls_back(monkeypatch):
         raise RuntimeError(f"cannot cache function 'block_sums': no locator available ({name})")
 
     monkeypatch.setattr(_jit, "_import", broken)
-    monkeypatch.setattr(kde_mod, "_KDE_NUMBA", None)
+    monkeypatch.setattr(kde_mod, "_KERNELS", _jit.Compiled("_kde_numba"))
     monkeypatch.delenv("IBTOOLS_KDE_ENGINE", raising=False)
     t = np.random.default_rng(22).normal(size=(kde_mod.KDE_NUMBA_MIN_N, 2)).astype(np.float32)
     r = KDE(noise_var=0.5).entropy(t)

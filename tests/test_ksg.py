@@ -314,7 +314,7 @@ def test_tree_engine_choice(monkeypatch):
     monkeypatch.delenv("IBTOOLS_TREE_ENGINE")
     # auto: small samples keep scipy (no compile), large ones take numba when installed
     assert nb.tree_engine(nb.NUMBA_MIN_N - 1) == "scipy"
-    has_numba = nb._numba_module() is not None
+    has_numba = nb._TREE.module() is not None
     assert nb.tree_engine(nb.NUMBA_MIN_N) == ("numba" if has_numba else "scipy")
 
 
@@ -341,7 +341,7 @@ def test_numba_tree_that_cannot_load_falls_back(monkeypatch):
         raise RuntimeError(f"cannot cache function 'build': no locator available ({name})")
 
     monkeypatch.setattr(_jit, "_import", broken)
-    monkeypatch.setattr(nb, "_NUMBA", None)
+    monkeypatch.setattr(nb, "_TREE", _jit.Compiled("_kdtree_numba"))
     monkeypatch.delenv("IBTOOLS_TREE_ENGINE", raising=False)
     assert nb.tree_engine(10**6) == "scipy"
     pts = np.random.default_rng(15).standard_normal((nb.NUMBA_MIN_N, 2))
@@ -388,7 +388,7 @@ def test_brute_engine_choice_and_fallback(monkeypatch):
 
     cpu = torch.device("cpu")
     monkeypatch.delenv("IBTOOLS_BRUTE_ENGINE", raising=False)
-    has_numba = nb._brute_module() is not None
+    has_numba = nb._BRUTE.module() is not None
     big = nb.BRUTE_NUMBA_MIN_N
     assert nb.brute_engine(big, torch.float64, cpu) == ("numba" if has_numba else "torch")
     assert nb.brute_engine(big - 1, torch.float64, cpu) == "torch"
@@ -402,7 +402,7 @@ def test_brute_engine_choice_and_fallback(monkeypatch):
         raise RuntimeError(f"cannot cache function 'knn': no locator available ({name})")
 
     monkeypatch.setattr(_jit, "_import", broken)
-    monkeypatch.setattr(nb, "_BRUTE", None)
+    monkeypatch.setattr(nb, "_BRUTE", _jit.Compiled("_brute_numba"))
     monkeypatch.delenv("IBTOOLS_BRUTE_ENGINE")
     x, y, _ = gaussian_pair(big, 0.6, d=2, seed=17)
     r = ksg(x, y, neighbours="brute")
@@ -433,7 +433,7 @@ def test_auto_backend_follows_the_brute_engine(monkeypatch):
     assert nb.choose_backend("auto", cpu, 4, 500) == "brute"
     assert nb.choose_backend("auto", torch.device("cuda"), 2, 10**6) == "brute"
     assert nb.choose_backend("tree", cpu, 64, 100) == "tree"
-    if nb._brute_module() is None:
+    if nb._BRUTE.module() is None:
         return
     monkeypatch.setenv("IBTOOLS_BRUTE_ENGINE", "auto")
     # compiled brute force: trees from 1000 * 2^(d/2) points
@@ -467,7 +467,7 @@ def test_numba_brute_guards_and_thread_setting(monkeypatch):
 
 
 def test_auto_backend_does_not_flip_at_the_compiled_threshold(monkeypatch):
-    if nb._brute_module() is None:
+    if nb._BRUTE.module() is None:
         pytest.skip("numba not installed")
     monkeypatch.delenv("IBTOOLS_BRUTE_ENGINE", raising=False)
     cpu = torch.device("cpu")

@@ -20,15 +20,26 @@ LOCK = threading.Lock()
 _import = importlib.import_module  # tests replace it to simulate a kernel that cannot load
 
 
-def load(name: str):
-    """``(module, "")`` for ``ibtools.estimators.<name>``, or ``(None, why)`` when it cannot
-    load: ImportError without numba, RuntimeError when numba finds no writable folder for
-    its on-disk cache (read-only site-packages and home)."""
-    try:
-        module = _import(f"ibtools.estimators.{name}")
-    except Exception as exc:  # noqa: BLE001 - any failure means: use the fallback
-        return None, f"{type(exc).__name__}: {exc}"
-    return module, ""
+class Compiled:
+    """One kernel module, ``ibtools.estimators.<name>``, loaded on first use.
+
+    :meth:`module` returns it, or None when it cannot load: ImportError without numba,
+    RuntimeError when numba finds no writable folder for its on-disk cache (read-only
+    site-packages and home); :attr:`error` then says why.  The outcome is kept.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.error = ""
+        self._module = None  # None: not tried yet; False: failed
+
+    def module(self):
+        if self._module is None:
+            try:
+                self._module = _import(f"ibtools.estimators.{self.name}")
+            except Exception as exc:  # noqa: BLE001 - any failure means: use the fallback
+                self._module, self.error = False, f"{type(exc).__name__}: {exc}"
+        return self._module or None
 
 
 def workers() -> int:
@@ -51,16 +62,16 @@ def kernel_call():
             numba.set_num_threads(before)
 
 
-def choose(variable: str, fallback: str, loader, eligible: bool = True, n: int | None = None,
-           min_n: int = 0) -> str:
+def choose(variable: str, fallback: str, kernels: Compiled, eligible: bool = True,
+           n: int | None = None, min_n: int = 0) -> str:
     """Resolve the engine a kernel runs on: ``"numba"`` or ``fallback``.
 
     The environment variable ``variable`` says ``auto`` (default), ``numba`` or
     ``fallback``.  ``auto`` takes numba when ``eligible`` (the device and dtype the compiled
     kernel handles), the kernel loads, and ``n >= min_n`` (below, a call is fast either way
     and a fresh install would first spend seconds compiling).  ``numba`` insists, with an
-    ImportError saying why it cannot load; it still gives way when not ``eligible``.
-    ``loader()`` returns ``(module or None, why)``.
+    ImportError saying why ``kernels`` cannot load; it still gives way when not
+    ``eligible``.
     """
     allowed = ("auto", "numba", fallback)
     choice = os.environ.get(variable, "auto").strip().lower() or "auto"
@@ -69,11 +80,11 @@ def choose(variable: str, fallback: str, loader, eligible: bool = True, n: int |
     if choice == fallback or not eligible:
         return fallback
     if choice == "numba":
-        module, why = loader()
-        if module is None:
-            raise ImportError(f"{variable}=numba, but the numba kernel cannot be loaded ({why}); "
-                              f"pip install 'ibtools[fast]', or unset the variable")
+        if kernels.module() is None:
+            raise ImportError(f"{variable}=numba, but the numba kernel cannot be loaded "
+                              f"({kernels.error}); pip install 'ibtools[fast]', or unset the "
+                              f"variable")
         return "numba"
     if n is not None and n < min_n:
         return fallback
-    return "numba" if loader()[0] is not None else fallback
+    return "numba" if kernels.module() is not None else fallback

@@ -62,16 +62,7 @@ KDE_NUMBA_MIN_N = 4096
 #: 0.218; n = 5000, d = 64: 0.022 / 0.019 / 0.017 / 0.015, 0.026; n = 8000, d = 1024:
 #: 0.84 / 0.56 / 0.48 / 0.44, 0.49.
 _NUMBA_ROWS = 256
-_KDE_NUMBA = None
-_KDE_NUMBA_ERROR = ""
-
-
-def _kde_numba_module():
-    global _KDE_NUMBA, _KDE_NUMBA_ERROR
-    if _KDE_NUMBA is None:
-        module, _KDE_NUMBA_ERROR = _jit.load("_kde_numba")
-        _KDE_NUMBA = module or False
-    return _KDE_NUMBA or None
+_KERNELS = _jit.Compiled("_kde_numba")
 
 
 def kde_engine(n: int, dtype: torch.dtype, device: torch.device) -> str:
@@ -85,8 +76,7 @@ def kde_engine(n: int, dtype: torch.dtype, device: torch.device) -> str:
     ``auto`` takes numba when it is installed, the work is float32 on CPU and
     ``n >= KDE_NUMBA_MIN_N``.  CUDA and float64 always use torch.
     """
-    return _jit.choose("IBTOOLS_KDE_ENGINE", "torch",
-                       lambda: (_kde_numba_module(), _KDE_NUMBA_ERROR),
+    return _jit.choose("IBTOOLS_KDE_ENGINE", "torch", _KERNELS,
                        eligible=device.type == "cpu" and dtype == torch.float32,
                        n=n, min_n=KDE_NUMBA_MIN_N)
 
@@ -167,7 +157,7 @@ def pairwise_log_means(t: torch.Tensor, noise_var: float, budget: int):
     pairs = 0
     with _jit.kernel_call() if engine == "numba" else contextlib.nullcontext():
         if engine == "numba":
-            fused = _kde_numba_module().block_sums
+            fused = _KERNELS.module().block_sums
             kl_np, bd_np = kl.numpy(), bd.numpy()
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)

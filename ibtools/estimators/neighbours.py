@@ -137,16 +137,7 @@ def _columns(parts):
 #: n = 20 000, 5+5 d: 0.57 s against 6.2 s for the torch blocks; n = 3000, 64+64 d: 0.09 s
 #: against 0.40 s.
 BRUTE_NUMBA_MIN_N = 2_000
-_BRUTE = None
-_BRUTE_ERROR = ""
-
-
-def _brute_module():
-    global _BRUTE, _BRUTE_ERROR
-    if _BRUTE is None:
-        module, _BRUTE_ERROR = _jit.load("_brute_numba")
-        _BRUTE = module or False
-    return _BRUTE or None
+_BRUTE = _jit.Compiled("_brute_numba")
 
 
 def brute_engine(n: int, dtype: torch.dtype, device: torch.device) -> str:
@@ -162,7 +153,7 @@ def brute_engine(n: int, dtype: torch.dtype, device: torch.device) -> str:
     ``numba`` | ``torch``) overrides the choice; ``auto`` takes numba when it is installed,
     the points are float64 on CPU and ``n >= BRUTE_NUMBA_MIN_N``.
     """
-    return _jit.choose("IBTOOLS_BRUTE_ENGINE", "torch", lambda: (_brute_module(), _BRUTE_ERROR),
+    return _jit.choose("IBTOOLS_BRUTE_ENGINE", "torch", _BRUTE,
                        eligible=device.type == "cpu" and dtype == torch.float64,
                        n=n, min_n=BRUTE_NUMBA_MIN_N)
 
@@ -175,7 +166,7 @@ def _numba_columns(parts) -> np.ndarray:
 
 def _run_brute_numba(kernel: str, *args):
     with _jit.kernel_call() as threads:
-        return getattr(_brute_module(), kernel)(*args, 8 * threads)
+        return getattr(_BRUTE.module(), kernel)(*args, 8 * threads)
 
 
 def joint_neighbour_counts_brute(parts, k: int, algorithm: int, budget: int):
@@ -322,16 +313,7 @@ NUMBA_LEAF_SIZE = 16
 #: it (about 15 s, then cached on disk); below this size the scipy / scikit-learn trees take
 #: well under a second anyway.
 NUMBA_MIN_N = 20_000
-_NUMBA = None
-_NUMBA_ERROR = ""
-
-
-def _numba_module():
-    global _NUMBA, _NUMBA_ERROR
-    if _NUMBA is None:
-        module, _NUMBA_ERROR = _jit.load("_kdtree_numba")
-        _NUMBA = module or False
-    return _NUMBA or None
+_TREE = _jit.Compiled("_kdtree_numba")
 
 
 def tree_engine(n: int | None = None) -> str:
@@ -346,22 +328,21 @@ def tree_engine(n: int | None = None) -> str:
     variable ``IBTOOLS_TREE_ENGINE`` (``auto`` | ``numba`` | ``scipy``) overrides the
     choice; ``auto`` takes numba when it is installed and ``n >= NUMBA_MIN_N``.
     """
-    return _jit.choose("IBTOOLS_TREE_ENGINE", "scipy", lambda: (_numba_module(), _NUMBA_ERROR),
-                       n=n, min_n=NUMBA_MIN_N)
+    return _jit.choose("IBTOOLS_TREE_ENGINE", "scipy", _TREE, n=n, min_n=NUMBA_MIN_N)
 
 
 def _numba_tree(points: np.ndarray):
     """(tree arrays, points in leaf order, the order) of a numba tree over ``points`` (call
     inside :func:`ibtools.estimators._jit.kernel_call`)."""
     pts = np.ascontiguousarray(points, dtype=np.float64)
-    order, start, end, left, lo, hi = _numba_module().build(pts, NUMBA_LEAF_SIZE)
+    order, start, end, left, lo, hi = _TREE.module().build(pts, NUMBA_LEAF_SIZE)
     return (start, end, left, lo, hi), np.ascontiguousarray(pts[order]), order
 
 
 def _knn_numba(points: np.ndarray, k: int, return_indices: bool):
     with _jit.kernel_call():
         tree, local, order = _numba_tree(points)
-        dist, idx = _numba_module().knn(local, k, *tree)
+        dist, idx = _TREE.module().knn(local, k, *tree)
     eps = np.empty(len(points))
     eps[order] = dist[:, k - 1]
     if not return_indices:
@@ -375,7 +356,7 @@ def _count_numba(points: np.ndarray, radius: np.ndarray, strict: bool) -> np.nda
     with _jit.kernel_call():
         tree, local, order = _numba_tree(points)
         r = np.ascontiguousarray(np.asarray(radius, dtype=np.float64)[order])
-        counted = _numba_module().count_within(local, r, bool(strict), *tree)
+        counted = _TREE.module().count_within(local, r, bool(strict), *tree)
     out = np.empty(len(points), dtype=np.int64)
     # the point itself is inside whenever the radius admits distance 0 (r > 0 strict, r >= 0
     # otherwise); otherwise, NaN included, nothing is counted, as in the scikit-learn path
