@@ -325,14 +325,19 @@ def test_bad_inputs_rejected():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_runs_on_cuda():
-    # the same data, settings and tolerance as the CPU test; on CPU this configuration
-    # read within 13% of 2 nats for each of five data/initialisation seeds
-    x, y = correlated_gaussian(6000, 10, 2.0, seed=1)
-    r = ibtools.mutual_information(x.cuda(), y.cuda(), method="mine", **GAUSS)
+    # CUDA draws other random numbers than the CPU, so this is a fresh seed, not a replay of
+    # the CPU test.  With the CPU test's small setting (6000 rows, 600 steps) eight CPU seeds
+    # read MINE -8.5..+0.5% and SMILE -12.7..-2.9%: too close to a 15% tolerance for a seed
+    # that cannot be checked in advance.  On a GPU steps are cheap, so the larger setting
+    # below, where eight CPU seeds read MINE -3.3..+1.4% and SMILE -5.2..+1.1% (70 s each
+    # on one CPU thread), is held to 10%.
+    big = {"hidden": 128, "embed_dim": 64, "batch_size": 256, "steps": 1000}
+    x, y = correlated_gaussian(20000, 10, 2.0, seed=1)
+    r = ibtools.mutual_information(x.cuda(), y.cuda(), method="mine", **big)
     assert r.details["device"].startswith("cuda")
-    assert r.value == pytest.approx(2.0, rel=0.15)
+    assert r.value == pytest.approx(2.0, rel=0.10)
     # numpy input with device="cuda" trains there too
     r2 = ibtools.mutual_information(np.asarray(x), np.asarray(y), method="smile",
-                                    device="cuda", **GAUSS)
+                                    device="cuda", **big)
     assert r2.details["device"].startswith("cuda")
-    assert r2.value == pytest.approx(2.0, rel=0.15)
+    assert r2.value == pytest.approx(2.0, rel=0.10)
