@@ -413,7 +413,8 @@ def test_brute_engine_choice_and_fallback(monkeypatch):
 
 
 def test_numba_brute_from_several_threads(monkeypatch):
-    # the brute kernels take the lock every numba kernel shares (see test_numba_tree_from_several_threads)
+    # the brute kernels take the lock every numba kernel shares (as in
+    # test_numba_tree_from_several_threads)
     pytest.importorskip("numba")
     from concurrent.futures import ThreadPoolExecutor
 

@@ -1,8 +1,9 @@
 """What the optional numba kernels share: loading with a fallback, one lock, the threads.
 
-Kernels live in ``_kdtree_numba`` (KSG's trees) and ``_kde_numba`` (KDE's fused pass); they
-are used when numba is installed (``pip install "ibtools[fast]"``) and otherwise, or when
-they cannot load, the pure torch / scipy paths give the same numbers.
+Kernels live in ``_kdtree_numba`` (the kNN estimators' k-d tree), ``_brute_numba`` (their
+brute-force statistics) and ``_kde_numba`` (KDE's fused pass); they are used when numba is
+installed (``pip install "ibtools[fast]"``), and otherwise, or when they cannot load, the
+pure torch / scipy paths give the same numbers.
 """
 
 from __future__ import annotations

@@ -321,10 +321,10 @@ def tree_engine(n: int | None = None) -> str:
 
     ``"numba"``: the compiled max-norm tree of :mod:`ibtools.estimators._kdtree_numba`
     (needs numba: ``pip install "ibtools[fast]"``), 4x faster than the alternative on KSG
-    at n = 10^5 (2.8 s against 10.9 s, 5+5 d).  ``"scipy"``: scipy's cKDTree for the k-th neighbour and
-    scikit-learn's KDTree for counts.  Both give identical distances and counts; which of
-    several equidistant points is called a neighbour may differ (KSG's default jitter
-    makes such ties practically impossible).  The environment
+    at n = 10^5 (2.8 s against 10.9 s, 5+5 d).  ``"scipy"``: scipy's cKDTree for the k-th
+    neighbour and scikit-learn's KDTree for counts.  Both give identical distances and
+    counts; which of several equidistant points is called a neighbour may differ (KSG's
+    default jitter makes such ties practically impossible).  The environment
     variable ``IBTOOLS_TREE_ENGINE`` (``auto`` | ``numba`` | ``scipy``) overrides the
     choice; ``auto`` takes numba when it is installed and ``n >= NUMBA_MIN_N``.
     """
