@@ -1,19 +1,27 @@
 """Gaussian staircase for the neural MI bounds, against torch-mist on the same data.
 
-For each true MI level (default 2, 4, 6, 8, 10 nats) it draws x, y in R^20 with equal
-per-coordinate correlation (I = -d/2 ln(1 - rho^2)), n = 20 000 rows, and runs ibtools'
-MINE, NWJ, InfoNCE and SMILE and, when available, torch-mist's MINE and SMILE with the
-same critic shape, batch size and number of steps.  It prints one markdown table: value,
-relative error and time per estimator and level.  InfoNCE's ln(batch) ceiling and
-SMILE's clipping bias are expected to show as downward errors at high MI; they are part
-of the result, not hidden.
+For each true MI level (default 2, 4, 6, 8, 10 nats) and each seed it draws x, y in R^20
+with equal per-coordinate correlation (I = -d/2 ln(1 - rho^2)), n = 20 000 rows, and runs
+ibtools' MINE, NWJ, InfoNCE and SMILE and, when available, torch-mist's MINE and SMILE with
+the same critic shape, batch size, number of steps and learning rate.  It prints markdown
+tables: per estimator and level the mean value over seeds, its spread, the error of the
+mean and the mean absolute error, the time per step; then ibtools against torch-mist row
+by row.  InfoNCE's ln(batch) ceiling and SMILE's clipping bias show in the errors; they are
+part of the result, not hidden.
+
+Method specs take settings after a colon, for both libraries: ``smile:tau=10``,
+``mine:ema=0.99``.  The "exact critic" rows read each ibtools method's bound off the true
+log density ratio with ibtools' own held-out evaluation: what the estimator converges to
+with a perfect critic, so a row's error splits into the bound's own bias (that row) and the
+training shortfall (the rest).
 
 Both libraries train for exactly ``--steps`` steps (no early stopping: ibtools keeps the
 critic with the best trailing mean of its held-out evaluations, torch-mist its final
-critic) on the same 80 % of the rows and report on the other 20 %, so time per step
-compares like with like.  ibtools uses its defaults otherwise (cosine learning-rate decay,
-encoders with a linear shortcut, MINE without the moving-average correction); torch-mist
-uses its own defaults with the same critic widths, batch size, steps and learning rate.
+critic) and report on held-out rows: torch-mist on the 20 % chosen by :func:`split`,
+ibtools on a 20 % it draws itself from the same seed.  ibtools uses its defaults otherwise
+(cosine learning-rate decay, encoders with a linear shortcut, MINE without the
+moving-average correction); torch-mist uses its own defaults with the same critic widths,
+batch size, steps and learning rate, and all other rows of a batch as negatives.
 
 torch-mist (PyPI ``torch-mist``) pins numpy < 2, so it lives in its own virtualenv and
 runs in a subprocess; see benchmarks/requirements-torch-mist.txt for the setup:
@@ -26,9 +34,13 @@ runs in a subprocess; see benchmarks/requirements-torch-mist.txt for the setup:
 
 Usage::
 
-    python benchmarks/neural.py                      # full size (slow on a CPU)
+    python benchmarks/neural.py                      # full size, one seed (slow on a CPU)
     python benchmarks/neural.py --levels 2 4 6 --steps 1000 --hidden 128 --out out/neural.md
-    python benchmarks/neural.py --device cuda --levels 2 4 6 8 10   # on a GPU
+    python benchmarks/neural.py --device cuda --seeds 0 1 2   # on a GPU
+    # split the seeds over processes, then build the tables from their records:
+    python benchmarks/neural.py --seeds 0 --records a.jsonl &
+    python benchmarks/neural.py --seeds 1 --records b.jsonl &
+    wait; python benchmarks/neural.py --merge a.jsonl b.jsonl --out benchmarks/NEURAL.md
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,8 +60,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MIST_PYTHON = REPO / ".venv-mist" / "bin" / "python"
-IBTOOLS_METHODS = ("mine", "mine:ema=0.99", "nwj", "infonce", "smile")
-MIST_METHODS = ("mine", "smile")
+IBTOOLS_METHODS = ("mine", "mine:ema=0.99", "nwj", "infonce", "smile", "smile:tau=10")
+MIST_METHODS = ("mine", "smile", "smile:tau=10")
+#: torch-mist settings a spec may carry, per estimator.
+MIST_SETTINGS = {"mine": (), "smile": ("tau",)}
 
 
 def staircase_data(n: int, d: int, mi: float, seed: int):
@@ -66,23 +81,38 @@ def split(n: int, val_fraction: float, seed: int):
     return perm[n_val:], perm[:n_val]
 
 
-def run_ibtools(method, x, y, cfg):
+def parse_method(text: str):
+    """``"mine"`` or ``"smile:tau=10"`` -> (method, settings)."""
+    method, _, rest = text.partition(":")
+    settings = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"method spec {text!r}: setting {item!r} needs key=value")
+        try:
+            settings[key.strip()] = float(value)
+        except ValueError:
+            settings[key.strip()] = value.strip()
+    return method.strip(), settings
+
+
+def run_ibtools(spec, x, y, cfg, seed):
     import torch
 
     import ibtools
 
-    method, settings = parse_method(method)
+    method, settings = parse_method(spec)
     start = time.perf_counter()
     r = ibtools.mutual_information(
         x, y, method=method, **settings, critic=cfg["critic"], hidden=(cfg["hidden"],) * 2,
         embed_dim=cfg["embed_dim"], batch_size=cfg["batch_size"], steps=cfg["steps"],
-        lr=cfg["lr"], val_fraction=cfg["val_fraction"], patience=None, seed=cfg["seed"],
+        lr=cfg["lr"], val_fraction=cfg["val_fraction"], patience=None, seed=seed,
         device=cfg["device"], progress=False)
     if r.details["device"].startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {"value": r.value, "seconds": seconds, "steps": r.details["steps_run"],
-            "flags": r.flags}
+            "flags": [f.split(":")[0] for f in r.flags]}
 
 
 class ExactCritic:
@@ -101,35 +131,39 @@ class ExactCritic:
         return -0.5 * self.d * math.log(1 - r2) - quad + self.shift
 
 
-def exact_critic_values(methods, x, y, level, cfg):
+def exact_critic_values(specs, x, y, level, cfg, seed):
     """Each bound read off the exact critic with ibtools' held-out evaluation (the same
     ~2 000 negatives per row, InfoNCE per batch, SMILE's clip), on the held-out rows of
-    :func:`split`: what the estimator converges to with a perfect critic, so a row's error
-    splits into the bound's own bias (this) and the training shortfall (the rest)."""
+    :func:`split`.  Specs that differ only in training settings (MINE's ``ema``) share a
+    reading; the key is the spec without them."""
     import torch
 
     from ibtools.estimators import get_estimator
 
-    _, test = split(len(x), cfg["val_fraction"], cfg["seed"])
+    _, test = split(len(x), cfg["val_fraction"], seed)
     b = cfg["batch_size"]
     batches = torch.as_tensor(test[: (len(test) // b) * b]).view(-1, b)
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     out = {}
-    for method in dict.fromkeys(m.split(":")[0] for m in methods):
-        est = get_estimator(method, batch_size=b, critic="separable")
+    for spec in specs:
+        method, settings = parse_method(spec)
+        settings.pop("ema", None)  # a training setting: the reading is the same
+        label = exact_label(spec)
+        if label in out:
+            continue
+        est = get_estimator(method, batch_size=b, critic="separable", **settings)
         critic = ExactCritic(x.shape[1], level, shift=1.0 if est.bound == "nwj" else 0.0)
         tau = float(est.tau) if est.bound == "smile" else None
         value, _, _ = est._evaluate(critic, xt, yt, est._groups(batches), b, tau)
-        out[method] = value
+        out[label] = value
     return out
 
 
-def parse_method(text: str):
-    """``"mine"`` or ``"mine:ema=0.99"`` -> (method, settings)."""
-    from ibtools.estimators.spec import parse_estimator_spec
-
-    spec = parse_estimator_spec(text)
-    return spec.method, dict(spec.settings)
+def exact_label(spec: str) -> str:
+    method, settings = parse_method(spec)
+    settings.pop("ema", None)
+    return method + "".join(f":{k}={v:g}" if isinstance(v, float) else f":{k}={v}"
+                            for k, v in sorted(settings.items()))
 
 
 def run_mist_worker(data_path: str, cfg_json: str) -> None:
@@ -141,9 +175,10 @@ def run_mist_worker(data_path: str, cfg_json: str) -> None:
     data = np.load(data_path)
     x, y = data["x"], data["y"]
     train, test = split(len(x), cfg["val_fraction"], cfg["seed"])
-    torch.manual_seed(cfg["seed"])
     device = cfg["device"] or "cpu"
-    for method in cfg["methods"]:
+    for spec in cfg["methods"]:
+        method, settings = parse_method(spec)
+        torch.manual_seed(cfg["seed"])
         start = time.perf_counter()
         value = estimate_mi(
             data=(torch.from_numpy(x[train]), torch.from_numpy(y[train])),
@@ -153,21 +188,21 @@ def run_mist_worker(data_path: str, cfg_json: str) -> None:
             neg_samples=-1,  # all other rows of the batch, as ibtools uses
             batch_size=cfg["batch_size"], max_iterations=cfg["steps"],
             optimizer_params={"lr": cfg["lr"]}, early_stopping=False, verbose=False,
-            logger=False, device=device)
+            logger=False, device=device, **settings)
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        print(json.dumps({"method": method, "value": float(value), "seconds": seconds,
+        print(json.dumps({"method": spec, "value": float(value), "seconds": seconds,
                           "steps": cfg["steps"]}), flush=True)
 
 
-def run_mist(x, y, cfg, mist_python: Path):
+def run_mist(x, y, cfg, seed, mist_python: Path):
     if not mist_python.exists():
         return None, f"torch-mist skipped: {mist_python} not found (see the module docstring)"
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "data.npz")
         np.savez(path, x=x, y=y)
-        mist_cfg = dict(cfg, methods=list(MIST_METHODS))
+        mist_cfg = dict(cfg, methods=list(cfg["mist_methods"]), seed=seed)
         proc = subprocess.run([str(mist_python), __file__, "--mist-worker", path,
                                json.dumps(mist_cfg)], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -180,9 +215,104 @@ def run_mist(x, y, cfg, mist_python: Path):
     return rows, None
 
 
+# -- tables -------------------------------------------------------------------------------
+
+def _pct(x: float) -> str:
+    return f"{100 * x:+.1f}%"
+
+
+def summarize(records):
+    """Group raw records by (level, estimator): mean value, spread, errors, times, flags."""
+    groups: dict = {}
+    for rec in records:
+        groups.setdefault((rec["level"], rec["estimator"]), []).append(rec)
+    rows = []
+    for (level, name), recs in groups.items():
+        values = [r["value"] for r in recs]
+        errors = [(v - level) / level for v in values]
+        mean = statistics.fmean(values)
+        timed = [r for r in recs if "seconds" in r]
+        flags: dict = {}
+        for r in recs:
+            for f in r.get("flags", []):
+                flags[f] = flags.get(f, 0) + 1
+        rows.append({
+            "level": level, "estimator": name, "seeds": len(recs), "mean": mean,
+            "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "bias": (mean - level) / level,
+            "mae": statistics.fmean(abs(e) for e in errors),
+            "errors": errors,
+            "seconds": statistics.fmean(r["seconds"] for r in timed) if timed else None,
+            "ms_step": (statistics.median(1000 * r["seconds"] / r["steps"] for r in timed)
+                        if timed else None),
+            "flags": flags,
+        })
+    return rows
+
+
+def compare(rows):
+    """ibtools against torch-mist for each spec both ran, per level: mean absolute error
+    over seeds (bias and spread together), error of the mean, time per step, and the
+    exact critic's reading of the same spec."""
+    by_name = {(r["level"], r["estimator"]): r for r in rows}
+    out = []
+    for (level, name), r in sorted(by_name.items()):
+        if not name.startswith("ibtools "):
+            continue
+        spec = name[len("ibtools "):]
+        mist = by_name.get((level, f"torch-mist {spec}"))
+        if mist is None:
+            continue
+        exact = by_name.get((level, f"exact critic, {exact_label(spec)}'s evaluation"))
+        out.append({"level": level, "spec": spec, "ibtools": r, "mist": mist, "exact": exact,
+                    "no_worse": r["mae"] <= mist["mae"]})
+    return out
+
+
+def render(records, setup: str, notes=()) -> str:
+    rows = summarize(records)
+    seeds = sorted({r["seed"] for r in records})
+    lines = [f"Neural MI staircase: {setup}; seeds {', '.join(map(str, seeds))}.", "",
+             "| true MI | estimator | seeds | mean value | sd | error of mean | "
+             "mean abs. error | per-seed errors | s / run | ms / step | flags (runs) |",
+             "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: r["level"]):
+        sd = f"{r['sd']:.3f}" if r["sd"] is not None else "-"
+        per_seed = " ".join(_pct(e) for e in r["errors"])
+        timing = (f"{r['seconds']:.1f} | {r['ms_step']:.1f}" if r["seconds"] is not None
+                  else "- | -")
+        flags = "; ".join(f"{k} ({v})" for k, v in r["flags"].items())
+        lines.append(f"| {r['level']:g} | {r['estimator']} | {r['seeds']} | {r['mean']:.3f} | "
+                     f"{sd} | {_pct(r['bias'])} | {100 * r['mae']:.1f}% | {per_seed} | "
+                     f"{timing} | {flags} |")
+    pairs = compare(rows)
+    if pairs:
+        lines += ["", "ibtools against torch-mist, same spec, data, steps and batch "
+                  "(mean absolute error over seeds; the exact critic's error is what the "
+                  "bound itself reads with a perfect critic):", "",
+                  "| true MI | spec | ibtools error of mean | torch-mist error of mean | "
+                  "ibtools mean abs. error | torch-mist mean abs. error | exact critic | "
+                  "ibtools no worse | ms / step ibtools / torch-mist |",
+                  "|---:|---|---:|---:|---:|---:|---:|---|---:|"]
+        for p in pairs:
+            i, m, e = p["ibtools"], p["mist"], p["exact"]
+            speed = (f"{i['ms_step']:.1f} / {m['ms_step']:.1f}"
+                     if i["ms_step"] and m["ms_step"] else "-")
+            lines.append(f"| {p['level']:g} | {p['spec']} | {_pct(i['bias'])} | "
+                         f"{_pct(m['bias'])} | {100 * i['mae']:.1f}% | {100 * m['mae']:.1f}% | "
+                         f"{_pct(e['bias']) if e else '-'} | "
+                         f"{'yes' if p['no_worse'] else 'NO'} | {speed} |")
+        worse = [f"{p['spec']} at {p['level']:g} nats" for p in pairs if not p["no_worse"]]
+        lines += ["", f"ibtools no worse on {len(pairs) - len(worse)} of {len(pairs)} rows"
+                  + (f"; worse on: {', '.join(worse)}." if worse else ".")]
+    return "\n".join([*lines, "", *notes]).rstrip() + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--levels", type=float, nargs="+", default=[2, 4, 6, 8, 10])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="one run per seed: new data, split and initialisation")
     p.add_argument("--dim", type=int, default=20)
     p.add_argument("--n", type=int, default=20_000)
     p.add_argument("--steps", type=int, default=2000)
@@ -192,15 +322,21 @@ def main(argv=None) -> int:
     p.add_argument("--critic", choices=["separable", "joint"], default="separable")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="None: CPU; 'cuda' for the GPU")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--methods", nargs="+", default=list(IBTOOLS_METHODS))
+    p.add_argument("--methods", nargs="+", default=list(IBTOOLS_METHODS),
+                   help="ibtools specs, e.g. mine smile:tau=10")
+    p.add_argument("--mist-methods", nargs="+", default=list(MIST_METHODS),
+                   help="torch-mist specs: mine, smile, smile:tau=<clip>")
     p.add_argument("--mist-python", type=Path, default=DEFAULT_MIST_PYTHON)
     p.add_argument("--no-mist", action="store_true")
     p.add_argument("--no-exact", action="store_true",
                    help="skip the rows that read each bound off the exact critic")
-    p.add_argument("--out", type=Path, default=None, help="also write the table here")
+    p.add_argument("--records", type=Path, default=None,
+                   help="append one JSON line per run here (for --merge)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="build the tables from these record files; run nothing")
+    p.add_argument("--out", type=Path, default=None, help="also write the tables here")
     p.add_argument("--mist-worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
@@ -211,45 +347,75 @@ def main(argv=None) -> int:
     if args.mist_worker:  # OMP_NUM_THREADS from the parent sets its threads
         run_mist_worker(*args.mist_worker)
         return 0
+    for spec in args.mist_methods:
+        method, settings = parse_method(spec)
+        allowed = MIST_SETTINGS.get(method)
+        if allowed is None or set(settings) - set(allowed):
+            p.error(f"--mist-methods {spec!r}: torch-mist runs mine and smile[:tau=<clip>]")
 
-    cfg = {"critic": args.critic, "hidden": args.hidden, "embed_dim": args.embed_dim,
-           "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr,
-           "val_fraction": args.val_fraction, "seed": args.seed, "device": args.device}
-    header = ("| true MI | estimator | value | rel. error | seconds | ms / step | flags |\n"
-              "|---:|---|---:|---:|---:|---:|---|")
-    lines, notes = [header], []
-    for level in args.levels:
-        x, y = staircase_data(args.n, args.dim, level, args.seed)
-        results = {}
-        for method in args.methods:
-            results[f"ibtools {method}"] = run_ibtools(method, x, y, cfg)
-        if not args.no_exact:
-            exact = exact_critic_values(args.methods, x, y, level, cfg)
-            for method, value in exact.items():
-                results[f"exact critic, {method}'s evaluation"] = {"value": value}
-        if not args.no_mist:
-            mist, note = run_mist(x, y, cfg, args.mist_python)
-            if note and note not in notes:
-                notes.append(note)
-            for method, rec in (mist or {}).items():
-                results[f"torch-mist {method}"] = rec
-        for name, rec in results.items():
-            err = (rec["value"] - level) / level
-            flags = "; ".join(f.split(":")[0] for f in rec.get("flags", []))
-            timing = (f"{rec['seconds']:.1f} | {1000 * rec['seconds'] / rec['steps']:.1f}"
-                      if "seconds" in rec else "- | -")
-            lines.append(f"| {level:g} | {name} | {rec['value']:.3f} | {100 * err:+.1f}% | "
-                         f"{timing} | {flags} |")
-            print(lines[-1], file=sys.stderr, flush=True)
     setup = (f"d = {args.dim} + {args.dim}, n = {args.n}, {args.critic} critic, hidden "
              f"({args.hidden}, {args.hidden}), embed {args.embed_dim}, batch {args.batch_size}, "
              f"{args.steps} steps, lr {args.lr:g}, held-out {args.val_fraction:g}, "
              f"device {args.device or 'cpu'}")
-    table = "\n".join([f"Neural MI staircase: {setup}.", "", *lines, "", *notes])
+    if args.merge:
+        records, header = [], None
+        for path in args.merge:
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                if "setup" in rec:
+                    header = header or rec["setup"]
+                else:
+                    records.append(rec)
+        table = render(records, header or "merged records")
+        print(table)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(table)
+        return 0
+
+    cfg = {"critic": args.critic, "hidden": args.hidden, "embed_dim": args.embed_dim,
+           "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr,
+           "val_fraction": args.val_fraction, "device": args.device,
+           "mist_methods": args.mist_methods}
+    sink = args.records.open("a") if args.records else None
+    if sink:
+        sink.write(json.dumps({"setup": setup}) + "\n")
+    records, notes = [], []
+
+    def keep(rec):
+        records.append(rec)
+        if sink:
+            sink.write(json.dumps(rec) + "\n")
+            sink.flush()
+        err = (rec["value"] - rec["level"]) / rec["level"]
+        print(f"level {rec['level']:g} seed {rec['seed']} {rec['estimator']}: "
+              f"{rec['value']:.3f} ({_pct(err)})", file=sys.stderr, flush=True)
+
+    for seed in args.seeds:
+        for level in args.levels:
+            x, y = staircase_data(args.n, args.dim, level, seed)
+            base = {"level": level, "seed": seed}
+            for spec in args.methods:
+                keep({**base, "estimator": f"ibtools {spec}",
+                      **run_ibtools(spec, x, y, cfg, seed)})
+            if not args.no_exact:
+                for label, value in exact_critic_values(args.methods, x, y, level, cfg,
+                                                        seed).items():
+                    keep({**base, "estimator": f"exact critic, {label}'s evaluation",
+                          "value": value})
+            if not args.no_mist:
+                mist, note = run_mist(x, y, cfg, seed, args.mist_python)
+                if note and note not in notes:
+                    notes.append(note)
+                for spec, rec in (mist or {}).items():
+                    keep({**base, "estimator": f"torch-mist {spec}", **rec})
+    if sink:
+        sink.close()
+    table = render(records, setup, notes)
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+        args.out.write_text(table)
     return 0
 
 
