@@ -82,18 +82,12 @@ def split(n: int, val_fraction: float, seed: int):
 
 
 def parse_method(text: str):
-    """``"mine"`` or ``"smile:tau=10"`` -> (method, settings)."""
-    method, _, rest = text.partition(":")
-    settings = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise SystemExit(f"method spec {text!r}: setting {item!r} needs key=value")
-        try:
-            settings[key.strip()] = float(value)
-        except ValueError:
-            settings[key.strip()] = value.strip()
-    return method.strip(), settings
+    """``"mine"`` or ``"smile:tau=10"`` -> (method, settings), by ibtools' own spec parser
+    (the torch-mist virtualenv has ibtools installed too)."""
+    from ibtools.estimators.spec import parse_estimator_spec
+
+    spec = parse_estimator_spec(text)
+    return spec.method, dict(spec.settings)
 
 
 def run_ibtools(spec, x, y, cfg, seed):
@@ -162,8 +156,9 @@ def exact_critic_values(specs, x, y, level, cfg, seed):
 def exact_label(spec: str) -> str:
     method, settings = parse_method(spec)
     settings.pop("ema", None)
-    return method + "".join(f":{k}={v:g}" if isinstance(v, float) else f":{k}={v}"
-                            for k, v in sorted(settings.items()))
+    return method + "".join(
+        f":{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool)
+        else f":{k}={v}" for k, v in sorted(settings.items()))
 
 
 def run_mist_worker(data_path: str, cfg_json: str) -> None:

@@ -84,5 +84,5 @@ def test_method_specs():
     assert staircase.parse_method("mine") == ("mine", {})
     assert staircase.exact_label("mine:ema=0.99") == "mine"
     assert staircase.exact_label("smile:tau=10") == "smile:tau=10"
-    with pytest.raises(SystemExit, match="key=value"):
+    with pytest.raises(ValueError, match="SETTING=VALUE"):
         staircase.parse_method("smile:tau")
