@@ -1,5 +1,14 @@
 """What the optional numba kernels share: loading with a fallback, one lock, the threads.
 
+Threads.  numba's default choice of threading layer on Linux is OpenMP through the system's
+libgomp, a second OpenMP runtime beside the one torch ships; starting it resets the process's
+OpenMP thread count, which raised a caller's ``torch.set_num_threads(1)`` (or
+``OMP_NUM_THREADS=1``) to every core, and two spin-waiting runtimes slow each other on a
+shared machine.  So ibtools asks numba for its own ``workqueue`` layer (plain worker threads,
+no OpenMP), unless the user chose a layer (``NUMBA_THREADING_LAYER``) or one is already
+running; and every kernel call gives torch's thread count back as it found it.  The kernels
+use as many threads as torch may (:func:`workers`), so the caller's limit holds for both.
+
 Kernels live in ``_kdtree_numba`` (the kNN estimators' k-d tree), ``_brute_numba`` (their
 brute-force statistics) and ``_kde_numba`` (KDE's fused pass); they are used when numba is
 installed (``pip install "ibtools[fast]"``), and otherwise, or when they cannot load, the
@@ -48,19 +57,32 @@ def workers() -> int:
     return max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
 
 
+def _prefer_workqueue(numba) -> None:
+    """Select numba's ``workqueue`` threading layer if nobody chose one and none runs yet."""
+    from numba.np.ufunc import parallel
+
+    if numba.config.THREADING_LAYER == "default" and not parallel._is_initialized:
+        numba.config.THREADING_LAYER = "workqueue"
+
+
 @contextlib.contextmanager
 def kernel_call():
     """Hold :data:`LOCK` and give numba's parallel loops the threads torch may use, then put
-    the calling thread's numba setting back.  Yields numba's thread count."""
+    the calling thread's numba setting and torch's thread count back.  Yields numba's
+    thread count."""
     import numba
 
     with LOCK:
+        _prefer_workqueue(numba)
+        torch_threads = torch.get_num_threads()
         before = numba.get_num_threads()
         numba.set_num_threads(max(1, min(workers(), numba.config.NUMBA_NUM_THREADS)))
         try:
             yield numba.get_num_threads()
         finally:
             numba.set_num_threads(before)
+            if torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)
 
 
 def choose(variable: str, fallback: str, kernels: Compiled, eligible: bool = True,
