@@ -480,3 +480,15 @@ def test_auto_backend_does_not_flip_at_the_compiled_threshold(monkeypatch):
     labels = (x[:, 0] > 0).astype(int)
     r = ksg(np.hstack([x, y]), labels, neighbours="brute")
     assert r.details["brute_engine"] == "torch"  # 600 points: below the compiled threshold
+
+
+def test_thousands_of_dimensions_do_not_overflow_the_engine_choice():
+    # a flattened conv map: 2^(dim/2) overflows a float from about 2046 dimensions, which
+    # aborted whole analyze runs with OverflowError
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 2100))
+    r = ibtools.mutual_information(x, x[:, :10], method="ksg", k=3)
+    assert np.isfinite(r.value)
+    assert any("dimension 2110 is high" in f for f in r.flags)
+    labels = rng.integers(0, 3, 300)
+    assert abs(ibtools.mutual_information(x, labels, method="ksg", k=3).value) < 0.1

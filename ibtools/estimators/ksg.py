@@ -11,6 +11,7 @@ from ibtools.estimators.neighbours import (
     brute_engine,
     choose_backend,
     count_within,
+    enough_points,
     joint_neighbour_counts_brute,
     knn_distance,
     tree_engine,
@@ -18,6 +19,16 @@ from ibtools.estimators.neighbours import (
 
 #: Share of tied values in a column (before the noise) from which a flag is raised.
 TIE_SHARE_FLAG = 0.01
+
+#: k above this fraction of n is refused: the kNN balls then hold a large share of the
+#: sample, so the estimate measures the smoothing, not the data, and is pulled toward 0
+#: whatever the dependence.  Measured on a 1 + 1-dim Gaussian pair of 0.69 nats (n = 500
+#: and 2000): -17 to -25 % at k = n/5, -60 % at n/2, -96 % at 0.9 n (0.017 nats at k = 450
+#: of 500).
+K_MAX_FRACTION = 0.25
+#: k above this fraction of n is flagged: the same pair reads -2 to -11 % at k = n/10 and
+#: within 4 % at n/20 (the bias from k alone; high dimension adds its own).
+K_FLAG_FRACTION = 0.05
 
 
 def scale_and_jitter(t: torch.Tensor, noise: float, generator: torch.Generator):
@@ -155,6 +166,16 @@ class KSG(Estimator):
     def _min_samples(self) -> int:
         return int(self.k) + 1
 
+    def _check_n(self, n: int) -> None:
+        super()._check_n(n)
+        k = int(self.k)
+        if k > K_MAX_FRACTION * n:
+            raise ValueError(
+                f"k={k} is more than a quarter of the n={n} rows: each kNN ball then holds "
+                f"much of the sample and KSG reads near 0 whatever the dependence (k=450 of "
+                f"n=500 gives 0.017 nats for a true 0.69); use k <= {int(K_MAX_FRACTION * n)} "
+                f"(3 to 10 is usual), or more rows")
+
     # -- helpers ------------------------------------------------------------------------
 
     def _backend(self, device: torch.device, dim: int, n: int) -> str:
@@ -170,8 +191,13 @@ class KSG(Estimator):
                     f"column's values equal another): KSG assumes continuous data, so the "
                     f"estimate leans on the tie-breaking noise (noise={self.noise:g}); "
                     f"consider binning, or declaring {name} discrete")
+        k = int(self.k)
+        if mutual and k > K_FLAG_FRACTION * n:
+            flags.append(f"k={k} is {100 * k / n:.0f}% of the n={n} rows: the kNN balls are "
+                         f"wide, which biases the estimate toward 0 (a 1 + 1-dim Gaussian pair "
+                         f"reads up to 11% low at k = n/10); use a smaller k or more rows")
         dim = sum(int(t.shape[1]) for t in parts)
-        if mutual and dim >= 8 and n < 1000 * 2 ** (dim / 2):
+        if mutual and dim >= 8 and not enough_points(n, dim, 1000):
             flags.append(
                 f"dimension {dim} is high for n={n}: KSG is biased toward 0 here (it reads "
                 f"low, more so the larger the true value); about 15% low on a 5+5-d Gaussian "
@@ -224,7 +250,7 @@ class KSG(Estimator):
     def _mi_mixed(self, x, labels, rng):
         k = int(self.k)
         n_all = int(x.shape[0])
-        flags = self._flags_before_noise([x], ["x"], n_all)
+        flags = self._flags_before_noise([x], [self._user_name("x")], n_all)
         xs, _ = scale_and_jitter(x, float(self.noise), rng)
         classes, codes, sizes = torch.unique(labels, return_inverse=True, return_counts=True)
         keep = sizes[codes] > 1
@@ -236,8 +262,12 @@ class KSG(Estimator):
             sizes = torch.bincount(codes, minlength=len(classes))
         n = int(xs.shape[0])
         if n < 2 or int((sizes > 1).sum()) == 0:
-            raise ValueError(f"y: every class has a single sample (n={n_all}); Ross's KSG needs "
-                             f"classes with at least 2 samples")
+            name = self._user_name("y")
+            raise ValueError(f"{name}: every class has a single sample (n={n_all}); Ross's KSG "
+                             f"needs classes with at least 2 samples. {name} was read as class "
+                             f"labels (strings, and integers of one column, are labels); if it "
+                             f"holds measurements, pass it as floats (or discrete_{name}=False "
+                             f"for integers)")
         backend = self._backend(x.device, int(xs.shape[1]), n)
         budget = self._budget(x.device)
         radius = torch.empty(n, dtype=torch.float64, device=xs.device)

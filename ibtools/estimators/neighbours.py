@@ -70,6 +70,12 @@ _INF = float("inf")
 CUDA_LOOP_MAX_DIM = 64
 
 
+def enough_points(n: int, dim: int, base: float) -> bool:
+    """Whether ``n >= base * 2^(dim/2)``, in logarithms: ``2.0 ** (dim / 2)`` overflows a
+    float from about 2046 dimensions (a conv layer's flattened map)."""
+    return n > 0 and dim / 2 <= math.log2(n / base)
+
+
 def choose_backend(backend: str, device: torch.device, dim: int, n: int) -> str:
     """Resolve ``"auto"`` for n points of joint dimension ``dim``: brute force on CUDA, where
     the O(n^2) blocks are cheap.  On CPU, when brute force would run compiled (see
@@ -84,7 +90,7 @@ def choose_backend(backend: str, device: torch.device, dim: int, n: int) -> str:
     # whether brute force runs compiled at scale: asked at BRUTE_NUMBA_MIN_N at least, so the
     # rule does not flip at that threshold (below it torch's blocks are as fast as trees)
     if brute_engine(max(n, BRUTE_NUMBA_MIN_N), torch.float64, device) == "numba":
-        return "tree" if n >= TREE_MIN_N * 2.0 ** (dim / 2) else "brute"
+        return "tree" if enough_points(n, dim, TREE_MIN_N) else "brute"
     return "tree" if dim <= TREE_MAX_DIM and n >= TREE_MIN_N else "brute"
 
 
