@@ -161,8 +161,8 @@ def _winners_table(content: ReportContent) -> str:
         return ""
     rows = []
     for r in winners.itertuples(index=False):
-        sep = ("unknown (no interval)" if r.separated is None else "yes" if r.separated
-               else '<span class="no">no (intervals overlap)</span>')
+        sep = (html.escape(r.status) if r.status in ("yes", "unknown (no interval)")
+               else f'<span class="no">{html.escape(r.status)}</span>')
         rows.append(f"<tr><td>{html.escape(r.layer)}</td><td>{html.escape(r.setting)}</td>"
                     f"<td>{html.escape(r.best)}</td><td class=\"num\">{format_number(r.ib_value)}"
                     f"</td><td>{html.escape(r.runner_up)}</td><td class=\"num\">"
@@ -170,7 +170,7 @@ def _winners_table(content: ReportContent) -> str:
     units = html.escape(content.units)
     return ('<table class="winners"><thead><tr><th>layer</th><th>estimator setting</th>'
             f"<th>highest IB value</th><th>IB value [{units}]</th><th>runner-up</th>"
-            f"<th>margin [{units}]</th><th>separated</th></tr></thead><tbody>"
+            f"<th>margin [{units}]</th><th>clear winner</th></tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")
 
 

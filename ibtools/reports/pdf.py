@@ -179,8 +179,7 @@ def pdf_bytes(content: ReportContent, full_table: bool = False) -> bytes:
     summary = content.summary
     units = content.units
     winner_rows = [[r.layer, r.setting, r.best, format_number(r.ib_value), r.runner_up,
-                    format_number(r.margin), ("unknown (no interval)" if r.separated is None else "yes" if r.separated
-                     else "no (intervals overlap)")]
+                    format_number(r.margin), r.status]
                    for r in summary["winners"].itertuples(index=False)]
     final = content.final
     final_header = [c if c in ("layer", "setting", "variant", "seeds") else f"{c} [{units}]"
@@ -195,7 +194,7 @@ def pdf_bytes(content: ReportContent, full_table: bool = False) -> bytes:
             for page in _table_pages(
                     "Winners per layer and estimator setting",
                     ["layer", "estimator setting", "highest IB value", f"IB value [{units}]",
-                     "runner-up", f"margin [{units}]", "separated"],
+                     "runner-up", f"margin [{units}]", "clear winner"],
                     winner_rows):
                 pdf.savefig(page)
         for page in _text_pages(_caveat_lines(content), "Caveats and settings"):

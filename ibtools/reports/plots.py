@@ -19,7 +19,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ibtools.reports.ranking import rank_variants
+from ibtools.reports.ranking import TIE_TOLERANCE_NATS, rank_variants
 from ibtools.reports.table import (
     LN2,
     aggregate_seeds,
@@ -338,7 +338,8 @@ def plot_estimator_agreement(table, *, units: str = "nats", quantity: str = "ib_
     """
     prepared, units = _setup(table, units)
     intervals = {"ib_value": ("ci_low", "ci_high"), "i_xt": ("ci_low_xt", "ci_high_xt"),
-                 "i_ty": ("ci_low_ty", "ci_high_ty"), "i_prev_t": ("i_prev_t", "i_prev_t")}
+                 "i_ty": ("ci_low_ty", "ci_high_ty"),
+                 "i_prev_t": ("ci_low_prev_t", "ci_high_prev_t")}
     if quantity not in intervals:
         raise ValueError(f"quantity={quantity!r} is not accepted; use one of {list(intervals)}")
     frame = select_step(prepared, step)
@@ -363,7 +364,8 @@ def plot_estimator_agreement(table, *, units: str = "nats", quantity: str = "ib_
             ax.errorbar(xs, y, yerr=np.clip(np.nan_to_num(err), 0, None), color=colours[variant],
                         marker=MARKERS[i % len(MARKERS)], markersize=5, capsize=2,
                         linewidth=1.2, label=variant)
-        verdict = rank_variants(panel, value=quantity)
+        verdict = rank_variants(panel, value=quantity,
+                                tolerance=TIE_TOLERANCE_NATS * (1 if units == "nats" else 1 / LN2))
         ax.set_title(f"{layer}\n{verdict['verdict']}", fontsize=9)
         ax.set_xticks(np.arange(len(settings)), labels=settings, rotation=25, ha="right",
                       fontsize=7.5)

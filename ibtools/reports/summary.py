@@ -10,7 +10,7 @@ from importlib import metadata
 import numpy as np
 import pandas as pd
 
-from ibtools.reports.ranking import rank_variants
+from ibtools.reports.ranking import STATUS_TEXT, TIE_TOLERANCE_NATS, rank_variants
 from ibtools.reports.table import LN2, aggregate_seeds, select_step, shorten_flag
 
 #: What every user of an estimator should keep in mind, whatever its flags say.  Short and
@@ -43,8 +43,69 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _layer_sentence(layer: str, verdict: dict, n_settings: int, tolerance: str) -> str:
+    winners, status = verdict["winner"], verdict["status"]
+    if verdict["same_winner"]:
+        best = next(iter(winners.values()))
+        n_clear = sum(1 for v in status.values() if v == "clear")
+        if len(winners) == 1:
+            scope = f"under {next(iter(winners))}, the only setting with several variants"
+        elif len(winners) == n_settings:
+            scope = f"under all {n_settings} estimator settings"
+        else:
+            scope = f"under all {len(winners)} settings that rank several variants"
+        tail = (f"its interval clears the runner-up's under {n_clear} of {len(status)}"
+                if n_clear else "with one seed and no intervals, the margin's size cannot be "
+                                "judged")
+        return f"At {layer}, {best} has the highest IB value {scope}; {tail}."
+    ties = [s for s, w in winners.items() if w is None]
+    by_variant: dict[str, list[str]] = {}
+    for setting, variant in winners.items():
+        if variant is not None:
+            by_variant.setdefault(variant, []).append(setting)
+    if not by_variant:
+        return (f"At {layer}, no variant stands out: under every setting the best margin is "
+                f"below {tolerance} or inside overlapping intervals (a tie).")
+    parts = [f"{v} under {_join(s)}" for v, s in by_variant.items()]
+    tail = f"; a tie under {_join(ties)}" if ties else ""
+    return (f"At {layer}, the highest IB value goes to {_join(parts)}{tail}: the ranking "
+            f"depends on the estimator.")
+
+
+def _headline(layers: list[dict], n_settings: int, tolerance: str) -> str:
+    if not layers:
+        return "There is only one model variant, so there is no ranking to report."
+    agree = [e for e in layers if e["same_winner"]]
+    tied = [e for e in layers if set(e["winners"].values()) == {None}]
+    if len(tied) == len(layers):
+        return (f"No variant has a clearly highest IB value at any layer ({len(layers)}): "
+                f"every margin is below {tolerance} or inside overlapping intervals.")
+    if len(agree) == len(layers) and len({next(iter(e["winners"].values())) for e in agree}) == 1:
+        best = next(iter(agree[0]["winners"].values()))
+        return (f"{best} has the highest IB value at every layer ({len(layers)}) under "
+                f"every estimator setting ({n_settings}).")
+    counts: dict[str, int] = {}
+    for entry in agree:
+        best = next(iter(entry["winners"].values()))
+        counts[best] = counts.get(best, 0) + 1
+    parts = [f"{v} at {c} of {len(layers)} layers" for v, c in
+             sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    lead = (f"Under every estimator setting, the highest IB value goes to {_join(parts)}"
+            if parts else "No layer has the same clear winner under every estimator setting")
+    rest = []
+    if tied:
+        rest.append(f"at {len(tied)} layer(s) no variant stands out (a tie)")
+    mixed = len(layers) - len(agree) - len(tied)
+    if mixed:
+        rest.append(f"at {mixed} layer(s) the winner depends on the estimator")
+    return lead + ("; " + "; ".join(rest) + "." if rest else ".")
+
+
 def summarize(prepared: pd.DataFrame, step="last") -> dict:
     """Which variant has the highest IB value per layer, and whether every estimator agrees.
+
+    A margin below :data:`ibtools.reports.ranking.TIE_TOLERANCE_NATS` or inside overlapping
+    intervals is a tie, never a winner: sentences and headline say so.
 
     Parameters
     ----------
@@ -58,16 +119,18 @@ def summarize(prepared: pd.DataFrame, step="last") -> dict:
     dict
         ``headline`` (one sentence), ``sentences`` (one per layer), ``winners`` (a
         DataFrame: layer, setting, best variant, its IB value, runner-up, margin, whether
-        the intervals separate them) and ``layers`` (per layer: winner per setting and the
-        agreement verdict).
+        the intervals separate them, and ``status``, the comparison's verdict as text) and
+        ``layers`` (per layer: winner per setting, None for a tie, and the verdict).
     """
     final = select_step(prepared, step)
     units = str(prepared["unit"].iloc[0])
+    tolerance = TIE_TOLERANCE_NATS * _unit_scale(units)
+    tolerance_text = f"{tolerance:g} {units}"
     agg = aggregate_seeds(final, ["layer_index", "layer", "setting_label", "variant"])
     n_settings = agg["setting_label"].nunique()
     records, layers, sentences = [], [], []
     for (_, layer), panel in agg.groupby(["layer_index", "layer"], sort=True):
-        verdict = rank_variants(panel)
+        verdict = rank_variants(panel, tolerance=tolerance)
         if not verdict["order"]:
             continue
         for setting, order in verdict["order"].items():
@@ -77,56 +140,16 @@ def summarize(prepared: pd.DataFrame, step="last") -> dict:
                 "ib_value": float(values[order[0]]), "runner_up": order[1],
                 "margin": float(values[order[0]] - values[order[1]]),
                 "separated": verdict["separated"][setting],
+                "status": STATUS_TEXT[verdict["status"][setting]],
             })
-        winners = verdict["winner"]
-        layers.append({"layer": layer, "winners": winners, "same_winner": verdict["same_winner"],
+        layers.append({"layer": layer, "winners": verdict["winner"],
+                       "same_winner": verdict["same_winner"],
                        "same_order": verdict["same_order"], "verdict": verdict["verdict"]})
-        if verdict["same_winner"]:
-            best = next(iter(winners.values()))
-            n_sep = sum(1 for v in verdict["separated"].values() if v)
-            n_known = sum(1 for v in verdict["separated"].values() if v is not None)
-            if len(winners) == 1:
-                scope = f"under {next(iter(winners))}, the only setting with several variants"
-            elif len(winners) == n_settings:
-                scope = f"under all {n_settings} estimator settings"
-            else:
-                scope = f"under all {len(winners)} settings that rank several variants"
-            if n_known:
-                tail = f"its interval clears the runner-up's under {n_sep} of {n_known}"
-            else:
-                tail = "with one seed and no intervals, the margin's size cannot be judged"
-            sentences.append(f"At {layer}, {best} has the highest IB value {scope}; {tail}.")
-        else:
-            by_variant: dict[str, list[str]] = {}
-            for setting, variant in winners.items():
-                by_variant.setdefault(variant, []).append(setting)
-            parts = [f"{v} under {_join(s)}" for v, s in by_variant.items()]
-            sentences.append(f"At {layer}, the highest IB value goes to {_join(parts)}: "
-                             f"the ranking depends on the estimator.")
+        sentences.append(_layer_sentence(layer, verdict, n_settings, tolerance_text))
     winners_df = pd.DataFrame(records, columns=["layer", "setting", "best", "ib_value",
-                                                "runner_up", "margin", "separated"])
-    agree = [entry for entry in layers if entry["same_winner"]]
-    if not layers:
-        headline = "There is only one model variant, so there is no ranking to report."
-    elif len(agree) == len(layers) and len({next(iter(e["winners"].values())) for e in agree}) == 1:
-        best = next(iter(agree[0]["winners"].values()))
-        headline = (f"{best} has the highest IB value at every layer ({len(layers)}) under "
-                    f"every estimator setting ({n_settings}).")
-    else:
-        counts: dict[str, int] = {}
-        for entry in agree:
-            counts[next(iter(entry["winners"].values()))] = \
-                counts.get(next(iter(entry["winners"].values())), 0) + 1
-        parts = [f"{v} at {c} of {len(layers)} layers" for v, c in
-                 sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-        disagree = len(layers) - len(agree)
-        lead = (f"Under every estimator setting, the highest IB value goes to {_join(parts)}"
-                if parts else "No layer has the same winner under every estimator setting")
-        tail = (f"; at {disagree} layer(s) the winner depends on the estimator."
-                if disagree else ".")
-        headline = lead + tail
-    return {"headline": headline, "sentences": sentences, "winners": winners_df,
-            "layers": layers, "units": units, "n_settings": n_settings}
+                                                "runner_up", "margin", "separated", "status"])
+    return {"headline": _headline(layers, n_settings, tolerance_text), "sentences": sentences,
+            "winners": winners_df, "layers": layers, "units": units, "n_settings": n_settings}
 
 
 def collect_caveats(prepared: pd.DataFrame) -> list[dict]:

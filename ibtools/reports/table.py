@@ -23,12 +23,12 @@ REQUIRED_COLUMNS = (
 )
 OPTIONAL_COLUMNS = (
     "flags", "setting", "reference", "ib_kind", "ci_low_xt", "ci_high_xt",
-    "ci_low_ty", "ci_high_ty", "test_accuracy", "val_loss",
+    "ci_low_ty", "ci_high_ty", "ci_low_prev_t", "ci_high_prev_t", "test_accuracy", "val_loss",
 )
 #: Columns holding information in the table's unit; converted together.
 INFORMATION_COLUMNS = (
     "i_xt", "i_ty", "i_prev_t", "ib_value", "ci_low", "ci_high",
-    "ci_low_xt", "ci_high_xt", "ci_low_ty", "ci_high_ty",
+    "ci_low_xt", "ci_high_xt", "ci_low_ty", "ci_high_ty", "ci_low_prev_t", "ci_high_prev_t",
 )
 NUMERIC_COLUMNS = INFORMATION_COLUMNS + (
     "lam", "seed", "step", "layer_index", "beta", "n_samples", "dim", "seconds",
