@@ -15,8 +15,7 @@ batch activation is never kept.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import shutil
 import warnings
 from contextlib import contextmanager
 
@@ -28,7 +27,7 @@ from ibtools.probes.activations import Activations
 from ibtools.probes.datasets import as_analysis_data
 from ibtools.probes.layers import primary_tensor, select_layers
 from ibtools.probes.reservoir import RowReservoir
-from ibtools.probes.storage import DiskRows, MemoryRows
+from ibtools.probes.storage import DiskRows, MemoryRows, check_spill_dir, make_spill_dir
 
 POOLS = (None, "mean", "last")
 STORE_DTYPES = (None, torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -98,8 +97,8 @@ class _BatchContext:
 def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | None = None,
                         pool: str | None = None, seed: int = 0, device=None,
                         store_dtype: torch.dtype | None = None, store_device="cpu",
-                        spill_dir=None, memory_budget=None, batch_size: int = 64,
-                        progress: bool = False) -> Activations:
+                        spill_dir=None, memory_budget=None, keep_spill: bool | None = None,
+                        batch_size: int = 64, progress: bool = False) -> Activations:
     """Run ``model`` over ``data`` and keep the activations of ``layers``.
 
     Parameters
@@ -131,13 +130,22 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
     store_device : str, torch.device or None
         Where stored rows live: ``"cpu"`` (default) or ``None`` for the compute device.
     spill_dir : str, Path or None
-        Write each layer to ``<spill_dir>/<index>.npy`` as it is captured; the result is
-        memory-mapped from there.
+        Spill rows to disk under this directory (created if missing): each capture writes
+        ``<index>.npy`` per layer into a new subdirectory of its own, ``capture-*``
+        (recorded in ``settings["spill_dir"]``), and the result is memory-mapped from there.
+        Captures sharing a ``spill_dir`` never see each other's rows, and files already in
+        it are never touched.
     memory_budget : int, str or None
         RAM allowed for stored rows (``"512MiB"``).  When the capped (or known) number of rows
         would exceed it and no ``spill_dir`` is given, rows are spilled to a new temporary
-        directory (recorded in ``settings["spill_dir"]``).  The forward pass of one batch
-        comes on top; lower ``batch_size`` to bound it.
+        directory ``ibtools-activations-*`` (recorded in ``settings["spill_dir"]``).  The
+        forward pass of one batch comes on top; lower ``batch_size`` to bound it.
+    keep_spill : None or bool
+        What happens to the spilled files when the result is closed (:meth:`Activations.close`
+        or leaving its ``with`` block), garbage-collected, or the process exits.  ``None``:
+        a temporary directory is removed, a subdirectory of a ``spill_dir`` you gave is kept
+        (you chose where the files go, so they stay until you delete them).  ``True``: keep
+        either.  ``False``: remove either.  A capture that fails removes its partial files.
     batch_size : int
         Samples per forward pass (ignored for data given as an iterable of batches).
     progress : bool
@@ -153,7 +161,10 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
     -----
     A module called several times in one forward pass yields one layer per call,
     ``name#0``, ``name#1``, ...  Hooks are registered just before the first forward pass
-    and removed afterwards, also when the forward pass raises.
+    and removed afterwards, also when the forward pass raises.  A forward pass that fails on
+    the data (inputs of the wrong shape or type for the model) raises ValueError naming the
+    model, the input shape and the module that failed.  Spilled files are checked before
+    they are read: a file changed by something else is a ValueError, not a crash.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -165,6 +176,9 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive int")
     budget = None if memory_budget is None else parse_bytes(memory_budget, "memory_budget")
+    check_spill_dir(spill_dir)
+    if keep_spill is not None and not isinstance(keep_spill, bool):
+        raise TypeError(f"keep_spill={keep_spill!r} must be None, True or False")
     data = as_analysis_data(data, model=model)
     names = select_layers(model, layers)
     modules = dict(model.named_modules())
@@ -175,7 +189,7 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
 
     reservoir = RowReservoir(max_rows, seed)
     ctx = _BatchContext(data.kind, pool, store_dtype)
-    state = _Stores(data, ctx, max_rows, store_dev, spill_dir, budget)
+    state = _Stores(data, ctx, max_rows, store_dev, spill_dir, budget, keep_spill)
     per_token = data.kind == "language" and pool is None
     was_training = model.training
     model.eval()
@@ -197,7 +211,7 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
                 model_in = inputs.to(compute_device)
                 if model_in.is_floating_point() and param_dtype is not None:
                     model_in = model_in.to(param_dtype)
-                model(model_in)
+                _forward(model, model_in, inputs, data)
                 state.write(ctx.collected, names, inputs, targets, batch_index, slots,
                             n_samples)
                 n_samples += ctx.batch
@@ -221,13 +235,56 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
     return state.finish(reservoir, settings)
 
 
+def _forward(model: nn.Module, model_in: torch.Tensor, inputs: torch.Tensor, data):
+    """``model(model_in)``, turning a RuntimeError or IndexError of the forward pass (for
+    torch, nearly always data whose shape or type does not fit the model) into a ValueError
+    that names the model, the data's shape and the failing module."""
+    try:
+        model(model_in)
+    except (RuntimeError, IndexError) as exc:
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
+        where = _failing_module(model, model_in)
+        layer = ("" if where is None else
+                 f" in module {where or '(the model itself)'!r} "
+                 f"({type(model.get_submodule(where)).__name__})")
+        whole = getattr(data, "inputs", None)
+        shape = (f"inputs of shape {tuple(whole.shape)}" if whole is not None
+                 else f"a batch of shape {tuple(inputs.shape)}")
+        raise ValueError(f"model {type(model).__name__} failed on data {data.name!r} ({shape}, "
+                         f"{inputs.dtype}){layer}: {exc}. Check that the data's shape and type "
+                         f"fit the model") from exc
+
+
+def _failing_module(model: nn.Module, model_in: torch.Tensor) -> str | None:
+    """Name of the innermost module running when a forward pass raises (None if it does not
+    raise again).  Only called after a failure, so the tracing costs nothing otherwise."""
+    running: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(
+            lambda mod, args, name=name: running.append(name)))
+        handles.append(module.register_forward_hook(
+            lambda mod, args, out: running.pop() if running else None))
+    try:
+        model(model_in)
+    except Exception:
+        return running[-1] if running else None
+    finally:
+        for h in handles:
+            h.remove()
+    return None
+
+
 class _Stores:
     """The row stores of one capture: one per layer call plus the aligned inputs/targets."""
 
-    def __init__(self, data, ctx, max_rows, store_dev, spill_dir, budget):
+    def __init__(self, data, ctx, max_rows, store_dev, spill_dir, budget, keep_spill):
         self.data, self.ctx, self.max_rows = data, ctx, max_rows
         self.store_dev = store_dev
-        self.spill_dir = None if spill_dir is None else str(spill_dir)
+        self.spill_root = spill_dir
+        self.spill_dir = None  # this capture's own directory, once it spills
+        self.remove_spill = (spill_dir is None) if keep_spill is None else not keep_spill
         self.budget = budget
         self.keys: list[tuple[str, int]] | None = None  # (module name, call index), forward order
         self.layer_stores: dict = {}
@@ -252,16 +309,14 @@ class _Stores:
         widths = [t.shape[1] * t.element_size() for _, t in collected]
         x_width = (inputs[0].numel() * 4) if self.data.kind != "language" else 0
         need = None if rows is None else rows * (sum(widths) + x_width)
-        if self.spill_dir is None and self.budget is not None and (need is None
-                                                                   or need > self.budget):
-            self.spill_dir = tempfile.mkdtemp(prefix="ibtools-activations-")
-        if self.spill_dir is not None:
-            os.makedirs(self.spill_dir, exist_ok=True)
+        if self.spill_root is not None or (self.budget is not None
+                                           and (need is None or need > self.budget)):
+            self.spill_dir = make_spill_dir(self.spill_root)
         initial = rows if rows is not None else 1024
 
         def store(tag, dim, dtype, device):
             if self.spill_dir is not None:
-                return DiskRows(os.path.join(self.spill_dir, f"{tag}.npy"), dim, dtype)
+                return DiskRows(f"{self.spill_dir}/{tag}.npy", dim, dtype)
             return MemoryRows(dim, dtype, device, initial)
 
         for i, (key, (_, t)) in enumerate(zip(self.keys, collected)):
@@ -323,12 +378,10 @@ class _Stores:
         order = None
         if not spilled and n > 1 and bool((rows[1:] < rows[:-1]).any()):
             order = torch.argsort(rows)
-        layers, files = {}, {}
+        layers = {}
         for (name, call), st in self.layer_stores.items():
             label = f"{name}#{call}" if name in self.multi else name
-            layers[label] = st.finish(n, order)
-            if st.spilled:
-                files[label] = st.path
+            layers[label] = st.finish(n, order)  # a FileStamp when spilled
         aligned = {k: st.finish(n, order) for k, st in self.aligned.items()}
         aligned = {k: (v if k == "x" else v.reshape(-1)) for k, v in aligned.items()}
         if self.data.kind == "language":
@@ -337,10 +390,15 @@ class _Stores:
             aligned["x"] = rows if order is None else rows[order]
         settings["spill_dir"] = self.spill_dir
         settings["row_order"] = "reservoir-slot" if spilled else "stream"
-        return Activations(layers, kind=self.data.kind, settings=settings, files=files,
+        return Activations(layers, kind=self.data.kind, settings=settings,
+                           spill_dir=self.spill_dir, remove_spill=self.remove_spill,
                            **{k: aligned.get(k) for k in ("x", "y", "sample_ids", "positions",
                                                           "tokens")})
 
     def close(self) -> None:
+        """After a failed capture: close the files and remove this capture's own directory
+        (its rows are incomplete); nothing else under ``spill_dir`` is touched."""
         for st in list(self.layer_stores.values()) + list(self.aligned.values()):
             st.close()
+        if self.spill_dir is not None:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
