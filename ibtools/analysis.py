@@ -57,12 +57,14 @@ def _check_betas(betas):
 
 
 def _resolve_device(device):
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}: torch sees no CUDA device; use 'cpu' or 'auto'")
-    return dev
+    """``None``/``"auto"``: CUDA when available; otherwise the estimators' own device check,
+    so a name torch cannot parse ('banana') is a ValueError naming the value, not torch's
+    RuntimeError (which the CLI would report as a failure rather than a user error)."""
+    from ibtools.estimators.base import resolve_device
+
+    if device is None:
+        device = "auto"
+    return resolve_device(device)
 
 
 def _progress(iterable, desc, enabled, total=None, leave=False):

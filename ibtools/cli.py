@@ -66,12 +66,74 @@ def _read_config(path: str) -> dict:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"--config {path}: not valid JSON ({exc}); use .json or .toml") from exc
-    if "settings" in data and isinstance(data["settings"], dict):  # a run's own config.json
-        merged = dict(data["settings"])
-        merged.setdefault("checkpoints", data.get("checkpoints"))
-        merged.setdefault("betas", data.get("betas"))
-        data = merged
-    return data
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path} must hold an object (key: value pairs, as in "
+                        f"{{\"checkpoints\": [...]}}); got a {type(data).__name__}")
+    if "settings" in data:  # the layout of a run's own config.json
+        data = _merge_run_config(data, path)
+    return {key: _config_list(key, value, path) if key in _CONFIG_LISTS else value
+            for key, value in data.items()}
+
+
+#: Top-level keys of a run's config.json that record the run rather than ask for anything.
+_RUN_RECORD_KEYS = ("ibtools_version", "torch_version", "device")
+#: Config keys that hold lists: the types of their items and how to describe them.  A single
+#: item stands for a one-element list (a string is one path, pattern or spec, never letters).
+_CONFIG_LISTS = {
+    "checkpoints": ((str,), "checkpoint paths (strings)"),
+    "layers": ((str,), "layer names or patterns (strings)"),
+    "estimators": ((str, dict), "estimator specs (strings such as 'kde:noise_var=0.1', or "
+                                "objects with a 'method' key)"),
+    "betas": ((int, float), "numbers"),
+}
+
+
+def _merge_run_config(data: dict, path: str) -> dict:
+    """Options of a config in config.json's layout: ``settings`` plus ``checkpoints`` and
+    ``betas`` at the top; any other top-level option would silently lose to or shadow one in
+    ``settings``, so it is refused."""
+    settings = data["settings"]
+    if not isinstance(settings, dict):
+        raise UserError(f"--config {path}: 'settings' must be an object of analyze options (the "
+                        f"layout of a run's config.json); got {settings!r}")
+    extra = sorted(set(data) - {"settings", "checkpoints", "betas", *_RUN_RECORD_KEYS})
+    extra += sorted(k for k in ("checkpoints", "betas") if k in data and k in settings)
+    if extra:
+        raise UserError(f"--config {path} holds both 'settings' (the layout of a run's "
+                        f"config.json) and top-level {', '.join(map(repr, extra))}; one of them "
+                        f"would be dropped. Move {', '.join(map(repr, extra))} into 'settings', "
+                        f"or drop 'settings' and give every option at the top level")
+    merged = dict(settings)
+    merged.update({k: data[k] for k in ("checkpoints", "betas") if k in data})
+    return merged
+
+
+def _config_list(key: str, value, path: str):
+    kinds, what = _CONFIG_LISTS[key]
+    if value is None:
+        return None
+    if isinstance(value, kinds) and not isinstance(value, bool):
+        return [value]
+    if not isinstance(value, list):
+        raise UserError(f"--config {path}: '{key}' must be a list of {what} (or a single one); "
+                        f"got {value!r}")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, kinds):
+            raise UserError(f"--config {path}: '{key}' must be a list of {what}; it holds "
+                            f"{item!r} ({type(item).__name__})")
+    return value
+
+
+def _check_device(ctx, param, value):
+    """--device: checked before any work, so a bad name is a user error (exit 2) that names
+    the option and what is accepted, not a failure from deep inside torch."""
+    from ibtools.estimators.base import resolve_device
+
+    try:
+        resolve_device(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).replace("None (the inputs' device), ", "")) from exc
+    return value
 
 
 def _print_summary(table, limit: int = 40) -> None:
@@ -124,7 +186,8 @@ def main():
 @click.option("--ci/--no-ci", default=False, help="Intervals from each estimator.")
 @click.option("--split", default="test", show_default=True,
               help="Which split of the data source to analyze (test | train).")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--device", default="auto", show_default=True, callback=_check_device,
+              help="auto | cpu | cuda[:N] | mps")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", default="ibtools-results", show_default=True,
               type=click.Path(file_okay=False), help="Run directory (resumable).")
@@ -311,7 +374,8 @@ def estimate(a, b, method, settings, discrete_b, bits, as_json):
 @click.option("--out", "out_dir", default="ibtools-demo", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--quick", is_flag=True, help="Smaller models and fewer settings (about 30 s).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, callback=_check_device,
+              help="auto | cpu | cuda[:N] | mps")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--report/--no-report", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=None)

@@ -110,13 +110,17 @@ def load_results(path) -> pd.DataFrame:
         raise ValueError(f"path={str(path)!r} does not exist; give a results directory or a "
                          f"results file ({', '.join(RESULT_FILES)})")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return pd.read_csv(path)
-    if suffix == ".json":
-        return pd.read_json(path, orient="records")
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    raise ValueError(f"path={str(path)!r} has suffix {suffix!r}; accepted: .csv, .json, .parquet")
+    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet,
+               ".json": lambda p: pd.read_json(p, orient="records")}
+    if suffix not in readers:
+        raise ValueError(f"path={str(path)!r} has suffix {suffix!r}; accepted: .csv, .json, "
+                         f".parquet")
+    try:
+        return readers[suffix](path)
+    except (ValueError, OSError) as exc:  # pandas' parse errors are ValueErrors
+        # pandas names neither the file nor that it is a results table
+        raise ValueError(f"{str(path)!r} cannot be read as a results table ({type(exc).__name__}: "
+                         f"{exc}); it is empty, damaged or not a {suffix[1:]} table") from exc
 
 
 def append_journal(rows: list[dict], out_dir) -> None:

@@ -136,14 +136,24 @@ def resolve_device(device, *arrays) -> torch.device:
         return torch.device("cpu")
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    accepted = "use None (the inputs' device), 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a device; use None (the inputs' device), "
-                         f"'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asks for CUDA, but torch sees no CUDA device; "
-                         f"use 'cpu' or 'auto'")
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"device={device!r} is not a device; {accepted}") from exc
+    if dev.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: no data lives there
+        raise ValueError(f"device={device!r} is not a device estimators run on; {accepted}")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device={device!r} asks for CUDA, but torch sees no CUDA device; "
+                             f"use 'cpu' or 'auto'")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device={device!r} asks for CUDA device {dev.index}, but torch "
+                             f"sees {count} (cuda:0 to cuda:{count - 1})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} asks for Apple's MPS, which this torch cannot "
+                         f"use here; use 'cpu' or 'auto'")
     return dev
 
 
@@ -162,16 +172,47 @@ def to_numpy_or_tensor(a, name: str):
     if hasattr(a, "to_numpy"):  # pandas
         a = a.to_numpy()
     if isinstance(a, np.ndarray):
-        return a
+        return _from_object(a, name) if a.dtype == object else a
     if isinstance(a, (np.generic, int, float)):
         return np.asarray(a)
     if isinstance(a, (list, tuple)):
         try:
-            return np.asarray(a)
+            arr = np.asarray(a)
         except ValueError as exc:
             raise ValueError(f"{name}: could not make an array of the given sequence ({exc})") from exc
+        return _from_object(arr, name) if arr.dtype == object else arr
     raise TypeError(f"{name} must be a numpy array, torch tensor or list of rows; "
                     f"got {type(a).__name__}")
+
+
+_REAL_SCALARS = (bool, int, float, np.bool_, np.integer, np.floating)
+
+
+def _from_object(arr: np.ndarray, name: str) -> np.ndarray:
+    """An object array (pandas columns, lists holding None) as the array it stands for:
+    all strings -> str labels, all real numbers -> their numeric dtype; anything else is a
+    TypeError naming the first offending element, since NumPy's own error names neither."""
+    flat = arr.reshape(-1)
+    is_str = [isinstance(v, str) for v in flat]
+    is_real = [isinstance(v, _REAL_SCALARS) for v in flat]
+    if all(is_str):
+        return arr.astype(str)
+    if all(is_real):
+        out = np.array(flat.tolist()).reshape(arr.shape)
+        return out.astype(np.float64) if out.dtype == object else out  # ints beyond int64
+    if all(s or r for s, r in zip(is_str, is_real)):  # strings mixed with numbers
+        bad = (is_str if sum(is_str) <= sum(is_real) else is_real).index(True)
+    else:
+        bad = next(i for i, (s, r) in enumerate(zip(is_str, is_real)) if not (s or r))
+    where = np.unravel_index(bad, arr.shape)
+    loc = ("its only element" if arr.ndim == 0 else f"row {where[0]}"
+           + (f", column {', '.join(map(str, where[1:]))}" if arr.ndim > 1 else ""))
+    shown = repr(flat[bad])
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    raise TypeError(f"{name} is an object array holding a {type(flat[bad]).__name__} value "
+                    f"({shown}) at {loc}; estimators take arrays of only numbers (or bools) or "
+                    f"only strings (class labels). Convert it, e.g. with .astype(float) or "
+                    f".astype(str)")
 
 
 def _is_integer_like(a) -> bool:
@@ -418,6 +459,13 @@ class Estimator:
     def _min_samples(self) -> int:
         return 2
 
+    def _user_name(self, slot: str) -> str:
+        """The caller's name ("x" or "y") of the variable in ``slot`` of ``_mi``: a discrete x
+        is moved into the y slot, and messages must name the argument the caller passed."""
+        if getattr(self, "_swapped_arguments", False):
+            return {"x": "y", "y": "x"}[slot]
+        return slot
+
     # -- plumbing --------------------------------------------------------------------------
 
     @property
@@ -473,6 +521,7 @@ class Estimator:
         swapped = False
         if xd and not yd:  # MI is symmetric: keep a discrete variable in the y slot
             xt, yt, xd, yd, swapped = yt, xt, yd, xd, True
+        self._swapped_arguments = swapped  # read by _user_name for messages
         if xd and yd and not self.handles_discrete_x:
             raise ValueError(f"method {self.name!r} needs at least one continuous variable; both "
                              f"x and y are discrete here. Use method='binning' (plug-in), or pass "
