@@ -102,7 +102,7 @@ def _flags(label, result, error):
 def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None, betas=(0.1,),
             reference="input", max_samples=2000, device="auto", seed=0, pool=None, ci=None,
             split="test", out_dir=None, overwrite=False, progress=None, arch_kwargs=None,
-            trust_pickle=False, threads="auto"):
+            trust_pickle=False, threads="auto", trust_code=False):
     """Estimate information quantities of chosen layers of one or more checkpoints.
 
     Parameters
@@ -147,6 +147,10 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
     trust_pickle : bool
         Allow checkpoints that are whole pickled modules (this runs code from the file;
         only for files you trust).
+    trust_code : bool
+        Let a checkpoint's stored architecture name any importable factory; without it a
+        file may name only ibtools' own models (see :func:`ibtools.probes.load_model`).
+        Giving ``arch`` yourself needs no such trust.  Only for files you trust.
     threads : "auto", int or None
         torch intra-op threads on CPU while the analysis runs (restored afterwards).
         ``"auto"`` uses 1 when ``max_samples <= 4096``: the per-layer problems are then small
@@ -188,13 +192,14 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         torch.set_num_threads(threads)
     try:
         return _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, split,
-                        out_dir, overwrite, show, arch, data, layers, arch_kwargs, trust_pickle)
+                        out_dir, overwrite, show, arch, data, layers, arch_kwargs, trust_pickle,
+                        trust_code=trust_code)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, split, out_dir,
-             overwrite, show, arch, data, layers, arch_kwargs, trust_pickle):
+             overwrite, show, arch, data, layers, arch_kwargs, trust_pickle, trust_code=False):
     from ibtools.probes import capture_activations, load_dataset, load_model
 
     settings = {"arch": arch, "data": str(data), "layers": layers,
@@ -213,7 +218,7 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
             model, info = ckpt, {"arch": type(ckpt).__name__, "meta": {}}
         else:
             model, info = load_model(ckpt, arch=arch, trust_pickle=trust_pickle,
-                                     **(arch_kwargs or {}))
+                                     trust_code=trust_code, **(arch_kwargs or {}))
         model = model.to(dev).eval()
         meta = dict(info.get("meta") or {})
         norm, lam = meta.get("norm"), meta.get("lam")

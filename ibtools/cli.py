@@ -198,6 +198,9 @@ def main():
               help="torch CPU threads during the analysis: auto (1 for small problems) or N.")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow checkpoints that are pickled modules (runs code from the file).")
+@click.option("--trust-code", is_flag=True,
+              help="Allow a checkpoint (or --config) to name an architecture or data factory "
+              "other than ibtools' own models (imports and runs that code).")
 @click.option("--report/--no-report", default=True, show_default=True,
               help="Write report.html and report.pdf next to the results.")
 @click.option("--progress/--no-progress", default=None,
@@ -206,7 +209,7 @@ def main():
 @_user_errors
 def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, max_samples,
             pool, ci, split, device, seed, out_dir, config_file, overwrite, threads, trust_pickle,
-            report, progress):
+            trust_code, report, progress):
     """Estimate I(X;T), I(T_prev;T), I(T;Y) and IB values per layer of CHECKPOINTS.
 
     Writes results.csv, results.json and config.json into --out after every step; rerunning
@@ -232,6 +235,8 @@ def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, 
                 ctx.get_parameter_source(param) != click.core.ParameterSource.DEFAULT)
             if not given:
                 opts[key] = value
+                if key in ("arch", "data") and not trust_code:
+                    _code_from_file(key, value, config_file)
     if not opts["checkpoints"]:
         raise UserError("no checkpoints given: ibtools analyze CKPT [CKPT...] (or 'checkpoints' "
                         "in --config)")
@@ -240,11 +245,29 @@ def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, 
             raise UserError(f"checkpoint {c!r} does not exist")
     table = ibtools.analyze(opts.pop("checkpoints"), betas=opts.pop("betas") or [0.1],
                             out_dir=out_dir, overwrite=overwrite, progress=progress,
-                            trust_pickle=trust_pickle, threads=_threads(threads), **opts)
+                            trust_pickle=trust_pickle, trust_code=trust_code,
+                            threads=_threads(threads), **opts)
     _print_summary(table)
     click.echo(f"results: {Path(out_dir) / 'results.csv'}")
     if report:
         _write_report(out_dir)
+
+
+def _code_from_file(key: str, value, config_file: str) -> None:
+    """Refuse an ``arch``/``data`` read from --config that names code to import: the file,
+    not the user, would choose it.  The same value on the command line is the user's."""
+    from ibtools.probes.architectures import stored_arch
+
+    where = f"--config {config_file}"
+    if key == "arch" and value is not None:
+        stored_arch(value, where=where)
+    elif key == "data" and isinstance(value, str):
+        scheme, _, rest = value.partition(":")
+        if rest and scheme not in ("text", "npz"):
+            raise UserError(f"{where} names the data source {value!r}, a function to import "
+                            f"and call; a file may not choose code to run, so nothing was "
+                            f"imported.  Name it yourself (--data '{value}') or pass "
+                            f"--trust-code.")
 
 
 def _threads(value: str):

@@ -115,7 +115,9 @@ def test_safetensors_round_trip_with_and_without_ibtools_metadata(tmp_path, trai
             "config": json.dumps({"in_features": 4, "out_features": 3}),
             "meta": json.dumps({"norm": "ib-S", "lam": 0.5, "step": 100})}
     save_file(lin.state_dict(), str(tmp_path / "lin.safetensors"), metadata=meta)
-    model, info = load_model(tmp_path / "lin.safetensors")  # no arch: carried by the file
+    with pytest.raises(ValueError, match="trust_code=True"):  # a file may not name code
+        load_model(tmp_path / "lin.safetensors")
+    model, info = load_model(tmp_path / "lin.safetensors", trust_code=True)  # arch from the file
     torch.testing.assert_close(model.weight, lin.weight)
     assert (info["lam"], info["norm"], info["step"]) == (0.5, "ib-S", 100)
 
@@ -127,7 +129,9 @@ def test_ibtools_checkpoint_dict_carries_arch_config_and_lam(tmp_path):
            "config": {"in_features": 4, "out_features": 3}, "state_dict": lin.state_dict(),
            "meta": {"norm": "ib-T", "lam": 0.25, "seed": 7, "step": 50}}
     torch.save(obj, tmp_path / "c.pt")
-    model, info = load_model(tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="torch.nn:Linear"):  # a file may not name code
+        load_model(tmp_path / "c.pt")
+    model, info = load_model(tmp_path / "c.pt", arch="torch.nn:Linear")  # the user names it
     torch.testing.assert_close(model.weight, lin.weight)
     assert info["format"] == "ibtools" and info["config"] == obj["config"]
     assert (info["norm"], info["lam"], info["seed"], info["step"]) == ("ib-T", 0.25, 7, 50)

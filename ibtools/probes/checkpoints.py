@@ -14,6 +14,13 @@
 
 Keys that did not match are returned in ``info`` and raise (``strict=True``) or warn
 (``strict=False``); nothing is ignored silently.
+
+Loading a file runs no code the user did not name.  Pickles that need more than tensors
+and containers are refused without ``trust_pickle=True``; an architecture string stored in
+a file may name only ibtools' own models unless the user names it too (``arch=``) or passes
+``trust_code=True``; a stored config is checked against the factory's signature and a
+parameter budget before anything is built.  Bytes that are no checkpoint are reported as
+such.
 """
 
 from __future__ import annotations
@@ -23,15 +30,20 @@ import json
 import os
 import pickle
 import pickletools
+import re
 import warnings
 import zipfile
 
 import torch
 from torch import nn
 
-from ibtools.probes.architectures import ARCH_FORMS, build_architecture
+from ibtools.models.checkpoint_format import (
+    MAX_PARAMETERS, is_ibtools_checkpoint, read_checkpoint_fields,
+)
+from ibtools.probes.architectures import UntrustedCodeError, build_architecture, choose_architecture
 
-IBTOOLS_FORMAT = "ibtools-checkpoint"
+__all__ = ["UnsafePickleError", "UntrustedCodeError", "load_model", "read_checkpoint",
+           "pickle_globals", "unwrap_state_dict", "load_hf_directory"]
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "ema", "model_ema",
                 "state_dict_ema", "net", "network", "params")
 PREFIXES = ("module.", "_orig_mod.")
@@ -47,29 +59,55 @@ def _corrupt(path, exc) -> ValueError:
                       f"or not a checkpoint ({type(exc).__name__}: {str(exc)[:200]})")
 
 
-def pickle_globals(path) -> list[str]:
-    """The ``module.name`` globals a pickle (or a torch zip checkpoint) would import, found
-    by reading its opcodes without executing anything."""
+_DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def _scan_pickle(blob: bytes) -> tuple[list[str], bool]:
+    """The globals one pickle stream imports, and whether it reads to its STOP opcode."""
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(blob):
+            if op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+            if op.name == "STOP":
+                return found, True
+    except Exception:  # a damaged stream: report what was read before the damage
+        pass
+    return found, False
+
+
+def _pickle_blobs(path) -> list[bytes]:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
-            blobs = [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
-    else:
-        with open(path, "rb") as f:
-            blobs = [f.read()]
+            return [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
+    with open(path, "rb") as f:
+        return [f.read()]
+
+
+def pickle_globals(path) -> list[str]:
+    """The ``module.name`` globals a pickle (or a torch zip checkpoint) would import, found
+    by reading its opcodes without executing anything.  Names that are not dotted Python
+    identifiers (what random bytes decode to) are left out."""
     found: list[str] = []
-    for blob in blobs:
-        strings: list[str] = []
-        try:
-            for op, arg, _ in pickletools.genops(blob):
-                if op.name == "GLOBAL":
-                    found.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found.append(f"{strings[-2]}.{strings[-1]}")
-                elif isinstance(arg, str):
-                    strings.append(arg)
-        except Exception:  # a damaged stream: report what was read before the damage
-            pass
-    return sorted(set(found))
+    for blob in _pickle_blobs(path):
+        found += _scan_pickle(blob)[0]
+    return sorted({g for g in found if _DOTTED.match(g)})
+
+
+def _is_pickle(path) -> bool:
+    """Whether the file holds pickle streams that read to their end, or names real globals
+    before damage: what separates a pickle from random bytes."""
+    try:
+        scans = [_scan_pickle(blob) for blob in _pickle_blobs(path)]
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return False
+    return bool(scans) and all(complete or any(_DOTTED.match(g) for g in found)
+                               for found, complete in scans)
 
 
 def _unsafe_globals(path) -> list[str]:
@@ -78,6 +116,11 @@ def _unsafe_globals(path) -> list[str]:
     except Exception:  # legacy (non-zip) pickles: read the opcodes ourselves
         safe = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.dict")
         return [g for g in pickle_globals(path) if not g.startswith(safe)]
+
+
+def _head(path: str, n: int = 8) -> str:
+    with open(path, "rb") as f:
+        return repr(f.read(n))
 
 
 def _is_safetensors(path: str) -> bool:
@@ -131,6 +174,11 @@ def read_checkpoint(path, *, trust_pickle: bool = False, map_location="cpu"):
     except Exception as exc:  # torch.load fails on damaged files with many exception types
         raise _corrupt(path, exc) from exc
     wanted = _unsafe_globals(path)
+    if not wanted and not _is_pickle(path):
+        raise ValueError(f"checkpoint={path!r} is not a checkpoint: it is neither a torch or "
+                         f"pickle file, a safetensors file nor a Hugging Face directory (it "
+                         f"starts with bytes {_head(path)}); the file is corrupt or of another "
+                         f"kind.  Nothing from it was executed.") from refused
     if not trust_pickle:
         raise UnsafePickleError(
             f"checkpoint={path!r} is a pickle that needs the globals {wanted or ['(unknown)']}, "
@@ -247,20 +295,36 @@ def _hf_directory(path) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
 
 
-def load_hf_directory(path, *, map_location="cpu", **kwargs):
-    """A Hugging Face model directory through transformers (class from ``architectures``)."""
+def load_hf_directory(path, *, map_location="cpu", trust_code: bool = False, **kwargs):
+    """A Hugging Face model directory through transformers (class from ``architectures``).
+
+    The class must be one transformers ships; model code kept in the directory itself
+    (``auto_map``) runs only with ``trust_code=True`` (transformers' ``trust_remote_code``).
+    """
     try:
         transformers = importlib.import_module("transformers")
     except ImportError as exc:
         raise ImportError(f"{path!r} is a Hugging Face model directory; reading it needs "
                           f"transformers: pip install 'ibtools[hf]'") from exc
-    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-    names = list(getattr(config, "architectures", None) or [])
-    cls = getattr(transformers, names[0], None) if names else None
-    cls = cls or transformers.AutoModel
+    remote = {"trust_remote_code": bool(trust_code), "local_files_only": True}
     try:
-        model, loading = cls.from_pretrained(path, local_files_only=True,
-                                             output_loading_info=True, **kwargs)
+        config = transformers.AutoConfig.from_pretrained(path, **remote)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise UntrustedCodeError(f"{path!r} is a Hugging Face directory with its own model code "
+                                 f"(auto_map in config.json); nothing from it was run.  If you "
+                                 f"trust it, pass trust_code=True (CLI: --trust-code)") from None
+    names = list(getattr(config, "architectures", None) or [])
+    cls = getattr(transformers, names[0], None) if names and isinstance(names[0], str) else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        if names and not trust_code:
+            raise ValueError(f"{os.path.join(path, 'config.json')}: 'architectures' names "
+                             f"{names[0]!r}, which is not a model class of transformers; a "
+                             f"config file may name only those unless trust_code=True")
+        cls = transformers.AutoModel
+    try:
+        model, loading = cls.from_pretrained(path, output_loading_info=True, **remote, **kwargs)
     except OSError as exc:
         raise ValueError(f"hf:{path} could not be loaded (missing or corrupt weights?): "
                          f"{exc}") from exc
@@ -271,8 +335,10 @@ def load_hf_directory(path, *, map_location="cpu", **kwargs):
     return model, {"arch": f"hf:{path}", "config": config.to_dict(), **report}
 
 
-def load_model(checkpoint=None, arch=None, *, trust_pickle: bool = False, strict: bool = True,
-               map_location="cpu", state_key: str | None = None, **arch_kwargs):
+def load_model(checkpoint=None, arch=None, *, trust_pickle: bool = False,
+               trust_code: bool = False, strict: bool = True, map_location="cpu",
+               state_key: str | None = None, max_parameters: int | None = MAX_PARAMETERS,
+               **arch_kwargs):
     """Build a model and load a checkpoint into it.
 
     Parameters
@@ -285,10 +351,16 @@ def load_model(checkpoint=None, arch=None, *, trust_pickle: bool = False, strict
         ``"ibtools:<name>"``, ``"torchvision:<name>"``, ``"timm:<name>"``, ``"hf:<dir>"``,
         ``"package.module:factory"``, a callable returning a module, or a module instance to
         load into.  ``None``: taken from the checkpoint (ibtools checkpoints, ibtools
-        safetensors metadata, Hugging Face directories, trusted pickled modules).
+        safetensors metadata, Hugging Face directories, trusted pickled modules); a stored
+        string may then name only ibtools' own models unless ``trust_code`` is set.  Naming
+        the same string here is the user's choice and allowed.
     trust_pickle : bool
         Allow unpickling arbitrary objects (a full pickled module).  Never set it for files
         from an untrusted source: unpickling can run code.
+    trust_code : bool
+        Let an architecture string stored in the file name any importable factory
+        (``"package.module:factory"``, ``"torchvision:..."``); without it such a file is
+        refused before anything is imported.  Like ``trust_pickle``, only for files you trust.
     strict : bool
         Raise when keys are missing, unexpected or of another shape; ``False`` loads what
         matches and warns.
@@ -297,6 +369,9 @@ def load_model(checkpoint=None, arch=None, *, trust_pickle: bool = False, strict
     state_key : str, optional
         The checkpoint entry holding the state dict, when the default search
         (``state_dict``, ``model``, ``module``, ``ema``, ...) picks the wrong one.
+    max_parameters : int or None
+        Refuse a stored config that would build more parameters than this (checked by
+        arithmetic before anything is allocated); ``None`` lifts the limit.
     **arch_kwargs
         Keyword arguments of the architecture factory (they override a stored config).
 
@@ -327,7 +402,7 @@ def load_model(checkpoint=None, arch=None, *, trust_pickle: bool = False, strict
             raise ValueError(f"checkpoint={os.fspath(checkpoint)!r} is a directory without "
                              f"config.json; give a checkpoint file or a Hugging Face directory")
         model, hf_info = load_hf_directory(os.fspath(checkpoint), map_location=map_location,
-                                           **arch_kwargs)
+                                           trust_code=trust_code, **arch_kwargs)
         info.update(hf_info, format="huggingface")
         return model.eval(), _hoist(info)
 
@@ -346,23 +421,18 @@ def load_model(checkpoint=None, arch=None, *, trust_pickle: bool = False, strict
         info.update(arch=f"{type(obj).__module__}.{type(obj).__qualname__}", format="module")
         return obj.to(map_location).eval(), _hoist(info)
 
-    stored_arch, config = None, {}
-    if isinstance(obj, dict) and obj.get("format") == IBTOOLS_FORMAT:
-        stored_arch, config = obj.get("arch"), dict(obj.get("config") or {})
-        info["meta"] = dict(obj.get("meta") or {})
+    stored, where = None, _where(checkpoint)
+    if isinstance(obj, dict) and is_ibtools_checkpoint(obj):
+        stored = read_checkpoint_fields(obj, where=where)
         info["format"] = "ibtools"
-        obj = {"state_dict": obj["state_dict"]}
-    elif metadata.get("format") == IBTOOLS_FORMAT:
-        stored_arch = metadata.get("arch")
-        config = json.loads(metadata.get("config", "{}"))
-        info["meta"] = json.loads(metadata.get("meta", "{}"))
-    if arch is None:
-        arch = stored_arch
-        if arch is None:
-            raise ValueError(f"the checkpoint does not say its architecture; pass arch= as one "
-                             f"of {ARCH_FORMS}")
-    if stored_arch is not None and arch == stored_arch:
-        arch_kwargs = {**config, **arch_kwargs}
+        obj = {"state_dict": stored["state_dict"]}
+    elif is_ibtools_checkpoint(metadata):
+        stored = read_checkpoint_fields(metadata, where=where)
+    if stored is not None:
+        info["meta"] = stored["meta"]
+    arch, arch_kwargs = choose_architecture(arch, stored, arch_kwargs, where=where,
+                                            trust_code=trust_code,
+                                            max_parameters=max_parameters)
     model = build_architecture(arch, **arch_kwargs)
     info["arch"] = arch if isinstance(arch, str) else getattr(arch, "__qualname__", repr(arch))
     built_config = getattr(model, "config", None)
@@ -373,6 +443,12 @@ def load_model(checkpoint=None, arch=None, *, trust_pickle: bool = False, strict
                       for k, v in state_dict.items()}
         info.update(load_state_dict_reported(model, state_dict, strict))
     return model.to(map_location).eval(), _hoist(info)
+
+
+def _where(checkpoint) -> str:
+    if isinstance(checkpoint, (str, os.PathLike)):
+        return f"checkpoint={os.fspath(checkpoint)!r}"
+    return f"checkpoint (a {type(checkpoint).__name__} in memory)"
 
 
 def _hoist(info: dict) -> dict:
