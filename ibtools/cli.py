@@ -349,8 +349,9 @@ def _load_array(spec: str):
 @main.command()
 @click.argument("a")
 @click.argument("b", required=False)
-@click.option("--method", default="ksg", show_default=True,
-              help=f"One of {', '.join(ibtools.METHODS)}.")
+@click.option("--method", default="auto", show_default=True,
+              help=f"One of {', '.join(ibtools.METHODS)}; 'auto' picks the estimator from "
+                   f"the data (--json shows which, in details.auto).")
 @click.option("--set", "settings", multiple=True, metavar="SETTING=VALUE",
               help="Estimator setting, repeatable (k=5, noise_var=0.1, transform=copula).")
 @click.option("--discrete-b", is_flag=True, help="Treat B as class ids.")
