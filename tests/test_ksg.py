@@ -211,6 +211,24 @@ def test_neighbour_backends_agree_with_ties(engine):
                        nb.count_brute(pts[:, :1], zero, False, 2**20))
 
 
+@pytest.mark.parametrize("sorted_engine", ["torch", "numba"])
+def test_one_dimensional_counts_identical_on_both_engines(sorted_engine, monkeypatch):
+    # the compiled sorted search and the torch one evaluate the same predicate: same counts,
+    # with ties, a zero and a NaN radius, against brute force
+    if sorted_engine == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("IBTOOLS_SORTED_ENGINE", sorted_engine)
+    g = torch.Generator().manual_seed(31)
+    v = torch.round(torch.randn(3000, generator=g, dtype=torch.float64) * 16) / 16
+    r = torch.rand(3000, generator=g, dtype=torch.float64) * 0.3
+    r[:50] = 0.0
+    r[50] = float("nan")
+    for strict in (True, False):
+        expected = nb.count_brute(v[:, None], r, strict, 2**20)
+        assert expected[50] == 0
+        assert torch.equal(nb.count_sorted_1d(v, r, strict), expected)
+
+
 def test_seeds_reproducible_and_differ_on_ties():
     x, y, _ = gaussian_pair(2000, 0.6, d=1, seed=14)
     xr, yr = np.round(x, 1), np.round(y, 1)  # heavy ties: the noise decides their order

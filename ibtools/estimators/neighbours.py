@@ -45,6 +45,7 @@ import torch
 
 from ibtools.estimators import _jit
 from ibtools.estimators.base import chunk_rows
+from ibtools.estimators.sorted_counts import count_sorted_1d
 
 BACKENDS = ("auto", "brute", "tree")
 
@@ -263,51 +264,6 @@ def count_brute(points: torch.Tensor, radius: torch.Tensor, strict: bool,
         r = radius[start:stop].unsqueeze(1)
         out[start:stop] = (d < r).sum(dim=1) if strict else (d <= r).sum(dim=1)
     return out
-
-
-# --------------------------------------------------------------------------- one dimension
-
-
-def count_sorted_1d(values: torch.Tensor, radius: torch.Tensor, strict: bool) -> torch.Tensor:
-    """``#{j != i : |v_j - v_i| < r_i}`` (or ``<=``) for 1-D values, in O(n log n).
-
-    ``fl(s_j - v_i)`` is non-decreasing in j over the sorted values s (rounding is monotone),
-    so both ends of the window are searches on the exact predicate the other backends
-    evaluate; comparing ``s_j`` with ``v_i +- r_i`` instead would round differently at the
-    edge, exactly where the k-th neighbour sits.
-    """
-    v = values.reshape(-1)
-    n = v.shape[0]
-    s, _ = torch.sort(v)
-    r = radius.reshape(-1).to(v.dtype)
-
-    # Bracket each boundary with searchsorted on v +- r widened by a few ulps (outside the
-    # bracket the rounded predicate cannot differ from the exact one), then binary-search
-    # the exact predicate inside the bracket, usually 0-2 elements wide.
-    slack = 8 * torch.finfo(v.dtype).eps * (v.abs() + r.abs()) + torch.finfo(v.dtype).tiny
-
-    def first_index(pred, centre):
-        lo = torch.searchsorted(s, centre - slack, side="left")
-        hi = torch.searchsorted(s, centre + slack, side="right")
-        width = int((hi - lo).max()) if n else 0
-        for _ in range(max(1, math.ceil(math.log2(width + 1)) + 1)):
-            active = lo < hi
-            mid = torch.clamp((lo + hi) // 2, max=n - 1)
-            ok = pred(s[mid] - v)
-            hi = torch.where(active & ok, mid, hi)
-            lo = torch.where(active & ~ok, mid + 1, lo)
-        return lo
-
-    if strict:
-        upper = first_index(lambda diff: diff >= r, v + r)
-        lower = first_index(lambda diff: diff > -r, v - r)
-        inside_self = (r > 0).to(torch.int64)
-    else:
-        upper = first_index(lambda diff: diff > r, v + r)
-        lower = first_index(lambda diff: diff >= -r, v - r)
-        inside_self = (r >= 0).to(torch.int64)
-    # strict with r = 0 gives an empty window (lower > upper)
-    return torch.clamp(upper - lower - inside_self, min=0)
 
 
 # --------------------------------------------------------------------------- trees
