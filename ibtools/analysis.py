@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from ibtools import results as results_io
+from ibtools import run_directory
 from ibtools.estimators.spec import EstimatorSpec, parse_estimator_specs
 
 DEFAULT_ESTIMATORS = ("binning:n_bins=30", "kde:noise_var=0.1", "ksg:k=3,transform='copula'")
@@ -102,7 +103,7 @@ def _flags(label, result, error):
 def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None, betas=(0.1,),
             reference="input", max_samples=2000, device="auto", seed=0, pool=None, ci=None,
             split="test", out_dir=None, overwrite=False, progress=None, arch_kwargs=None,
-            trust_pickle=False, threads="auto", trust_code=False):
+            trust_pickle=False, threads="auto", lock_timeout=None, trust_code=False):
     """Estimate information quantities of chosen layers of one or more checkpoints.
 
     Parameters
@@ -138,6 +139,11 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         Ask each estimator for its interval (kNN: subsampling, plug-in: bootstrap).
     out_dir : path, optional
         Write results.csv/json and config.json there after every step; resume from them.
+        The directory is locked while the run writes: a second run into it waits and then
+        adds its rows.  A resume recognises a checkpoint by its resolved path and content
+        (see :mod:`ibtools.run_directory`): the same file under another name is not analysed
+        again, a file replaced in place is, and rows that do not fit this run's settings are
+        dropped with a warning naming file and line.
     overwrite : bool
         Replace results of different settings found in ``out_dir`` instead of refusing.
     progress : bool or None
@@ -157,6 +163,10 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         and thread synchronisation costs more than it saves (3x slower with 2 threads on a
         busy 2-core machine at n = 450), while at 8192 rows the pairwise matmuls gain from
         every core (43 s vs 54 s for a 12-layer GPT); ``None`` keeps torch's setting.
+    lock_timeout : float or None
+        Seconds to wait when another run holds ``out_dir``: ``None`` waits until it is done,
+        ``0`` refuses at once (:class:`ibtools.run_directory.RunDirectoryBusyError` naming
+        the holder's pid and host).
 
     Returns
     -------
@@ -191,9 +201,11 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, split,
-                        out_dir, overwrite, show, arch, data, layers, arch_kwargs, trust_pickle,
-                        trust_code=trust_code)
+        with (run_directory.run_directory_lock(out_dir, lock_timeout) if out_dir is not None
+              else contextlib.nullcontext()):
+            return _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci,
+                            split, out_dir, overwrite, show, arch, data, layers, arch_kwargs,
+                            trust_pickle, trust_code=trust_code)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -205,15 +217,20 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
     settings = {"arch": arch, "data": str(data), "layers": layers,
                 "estimators": [s.spec_string for s in specs], "reference": reference,
                 "max_samples": max_samples, "seed": seed, "pool": pool, "ci": ci, "split": split}
-    existing = _open_run_dir(out_dir, settings, overwrite) if out_dir is not None else None
-    rows = [] if existing is None or existing.empty else existing.to_dict("records")
-    done = {(str(r["checkpoint"]), str(r["layer"]), str(r["setting"]), float(r["beta"]))
+    rows, old_config = (_open_run_dir(out_dir, settings, overwrite, specs)
+                        if out_dir is not None else ([], None))
+    sources = [run_directory.checkpoint_source(c) for c in ckpts]
+    rows, labels = run_directory.reconcile(rows, ckpts, sources)
+    done = {(run_directory.row_identity(r), str(r["layer"]), str(r["setting"]), float(r["beta"]))
             for r in rows}
-    if out_dir is not None:
-        results_io.save_config(_config(settings, ckpts, betas, dev), out_dir)
+    # config.json is written with the first result, so a run that fails before it (a bad
+    # layer name) leaves nothing that would block the corrected rerun
+    pending_config = [_config(settings, ckpts, betas, dev, old_config)]
 
-    for ckpt in _progress(ckpts, "checkpoints", show and len(ckpts) > 1, leave=True):
-        label = type(ckpt).__name__ if isinstance(ckpt, torch.nn.Module) else str(ckpt)
+    for ckpt, (ident, fp) in _progress(list(zip(ckpts, sources)), "checkpoints",
+                                       show and len(ckpts) > 1, leave=True):
+        label = labels.get(ident) or (type(ckpt).__name__ if isinstance(ckpt, torch.nn.Module)
+                                      else str(ckpt))
         if isinstance(ckpt, torch.nn.Module):
             model, info = ckpt, {"arch": type(ckpt).__name__, "meta": {}}
         else:
@@ -234,7 +251,8 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
                         max_rows=max_samples, pool=pool, seed=seed, device=dev)
         x, y = acts.x, acts.y
         names = list(acts.layers)
-        base = {"checkpoint": label, "model": info.get("arch"), "norm": norm,
+        base = {"checkpoint": label, "checkpoint_path": ident if fp is not None else None,
+                "checkpoint_fingerprint": fp, "model": info.get("arch"), "norm": norm,
                 "lam": float(lam) if lam is not None else float("nan"),
                 "seed": meta.get("seed", seed), "step": meta.get("step", meta.get("epoch")),
                 "reference": reference,
@@ -244,7 +262,7 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
                 base[key] = meta[key]
         for index, name in enumerate(_progress(names, "layers", show)):
             todo = [s for s in specs
-                    if any((label, name, s.label, b) not in done for b in betas)]
+                    if any((ident, name, s.label, b) not in done for b in betas)]
             if not todo:
                 continue
             t = acts[name]
@@ -254,19 +272,22 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
                                   reference)
                 for r in new:
                     r.update(base, layer=name, layer_index=index)
-                    key = (label, name, r["setting"], r["beta"])
+                    key = (ident, name, r["setting"], r["beta"])
                     if key not in done:
                         rows.append(r)
                         done.add(key)
                 if out_dir is not None:  # a journal line per step; Ctrl-C loses one step
+                    _flush_config(pending_config, out_dir)
                     results_io.append_journal(new, out_dir)
         del acts, model  # free before the next checkpoint is loaded
         if out_dir is not None:
+            _flush_config(pending_config, out_dir)
             results_io.save_results(pd.DataFrame(rows), out_dir)
             results_io.clear_journal(out_dir)
     table = results_io.order_columns(pd.DataFrame(rows)) if rows else pd.DataFrame(
         columns=results_io.COLUMNS)
     if out_dir is not None:
+        _flush_config(pending_config, out_dir)
         results_io.save_results(table, out_dir)
         results_io.clear_journal(out_dir)
     return table
@@ -321,30 +342,36 @@ def _layer_rows(spec: EstimatorSpec, x, y, t, t_prev, index, betas, seed, device
     return rows
 
 
-def _config(settings, ckpts, betas, device):
+def _config(settings, ckpts, betas, device, old=None):
     import ibtools
 
+    # a resumed or shared directory lists every checkpoint its table holds
+    names = list((old or {}).get("checkpoints") or [])
+    names += [c for c in (c if isinstance(c, str) else str(c) for c in ckpts) if c not in names]
     return {"ibtools_version": ibtools.__version__, "torch_version": torch.__version__,
-            "device": str(device),
-            "checkpoints": [c if isinstance(c, str) else str(c) for c in ckpts],
-            "betas": betas, "settings": settings}
+            "device": str(device), "checkpoints": names, "betas": betas, "settings": settings}
 
 
-def _open_run_dir(out_dir, settings, overwrite):
-    """Return the rows to resume from (or None), refusing a directory of other settings."""
+def _flush_config(pending, out_dir):
+    """Write the run's config.json once, with its first result."""
+    if pending:
+        results_io.save_config(pending.pop(), out_dir)
+
+
+def _open_run_dir(out_dir, settings, overwrite, specs):
+    """The rows to resume from and the old config (or ``([], None)``), refusing a directory
+    whose rows come from other settings."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={str(out)!r} exists and is not a directory")
-    old = results_io.load_config(out)
-    has_rows = (out / results_io.RESULTS_CSV).exists()
-    journal = results_io.read_journal(out)
-    if old is None and not has_rows and not journal:
-        return None
     if overwrite:
         for name in (results_io.RESULTS_CSV, results_io.RESULTS_JSON, results_io.RESULTS_PARQUET,
                      results_io.RESULTS_JOURNAL):
             (out / name).unlink(missing_ok=True)
-        return None
+        return [], None
+    if not (out / results_io.RESULTS_CSV).exists() and not (out / results_io.RESULTS_JOURNAL).exists():
+        return [], None  # a config.json without rows (a failed run) protects nothing
+    old = results_io.load_config(out)
     old_settings = (old or {}).get("settings", {})
     differ = {k: (old_settings.get(k), settings.get(k)) for k in _RUN_KEYS
               if _norm(old_settings.get(k)) != _norm(settings.get(k))}
@@ -352,8 +379,8 @@ def _open_run_dir(out_dir, settings, overwrite):
         detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
         raise ValueError(f"out_dir={str(out)!r} holds results of different settings ({detail}); "
                          f"use another directory or overwrite=True (--overwrite)")
-    saved = results_io.load_results(out) if has_rows else pd.DataFrame()
-    return pd.concat([saved, pd.DataFrame(journal)], ignore_index=True) if journal else saved
+    schema = run_directory.RunSchema.from_specs(specs, settings["reference"])
+    return run_directory.read_resume_rows(out, schema), old
 
 
 def _norm(value):

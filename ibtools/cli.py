@@ -295,11 +295,14 @@ def _write_report(out_dir, **kwargs):
 @click.option("--pdf", default="report.pdf", show_default=True, help="PDF file name.")
 @click.option("--no-pdf", is_flag=True, help="Skip the PDF.")
 @click.option("--bits", is_flag=True, help="Show values in bits instead of nats.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --html/--pdf file that no ibtools report wrote (the "
+              "run's results, config and journal are never replaced).")
 @_user_errors
-def report(run_dir, html, pdf, no_pdf, bits):
+def report(run_dir, html, pdf, no_pdf, bits, overwrite):
     """Write an HTML and a PDF report of the results in RUN_DIR (or a results CSV/JSON)."""
     _write_report(run_dir, html=html, pdf=None if no_pdf else pdf,
-                  units="bits" if bits else "nats")
+                  units="bits" if bits else "nats", overwrite=overwrite)
 
 
 def _load_array(spec: str):

@@ -39,6 +39,7 @@ def run_demo(out_dir="ibtools-demo", *, quick=False, device="auto", seed=0, prog
     """
     from ibtools.analysis import analyze
     from ibtools.models import train
+    from ibtools.models.training import training_complete
 
     out = Path(out_dir)
     models = QUICK_MODELS if quick else FULL_MODELS
@@ -53,11 +54,21 @@ def run_demo(out_dir="ibtools-demo", *, quick=False, device="auto", seed=0, prog
     for norm, lam in models:
         tag = f"{norm}_lam{lam:g}"
         run_dir = out / "checkpoints" / tag
-        existing = sorted(run_dir.glob("*.pt"))
-        if existing:  # resume: a finished training run is not repeated
-            checkpoints += existing
-            echo(f"[demo] {tag}: {len(existing)} checkpoints already in {run_dir}")
+        # resume: a training run is finished only when its completion marker says so (with
+        # these settings); checkpoints without it are an interrupted run, trained again
+        done = training_complete(run_dir, epochs=n_epochs, seed=seed, batch_size=batch_size,
+                                 checkpoint_every=every)
+        if done:
+            checkpoints += [run_dir / name for name in done["checkpoints"]]
+            echo(f"[demo] {tag}: finished training run in {run_dir} "
+                 f"({len(done['checkpoints'])} checkpoints)")
             continue
+        partial = sorted(run_dir.glob("step_*.pt"))
+        if partial:
+            echo(f"[demo] {tag}: {len(partial)} checkpoint(s) in {run_dir} but no completion "
+                 f"marker (interrupted, or other settings); training again")
+            for path in partial:
+                path.unlink()
         start = time.perf_counter()
         history = train("mlp", model_config={"norm": norm, "lam": lam}, data="digits", epochs=n_epochs, seed=seed, out_dir=run_dir,
                         checkpoint_every=every, batch_size=batch_size,

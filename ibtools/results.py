@@ -8,6 +8,8 @@ interrupted run leaves the previous complete table, never half a file.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -25,6 +27,12 @@ COLUMNS = [
 ]
 #: Columns that identify a row; a resumed run skips rows whose key is already present.
 KEY = ["checkpoint", "layer", "setting", "beta"]
+#: Where a row's checkpoint was read from: the resolved path and a content fingerprint
+#: (``ibtools.run_directory.fingerprint``), so a resume recognises the same file under another
+#: name and re-analyses a file replaced in place.  Empty for models passed in memory.
+SOURCE_COLUMNS = ["checkpoint_path", "checkpoint_fingerprint"]
+#: Model metrics copied from checkpoint metadata when present.
+METRIC_COLUMNS = ["test_accuracy", "val_loss", "train_loss", "epoch"]
 
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
@@ -134,18 +142,92 @@ def append_journal(rows: list[dict], out_dir) -> None:
         os.fsync(fh.fileno())
 
 
-def read_journal(out_dir) -> list[dict]:
-    """Rows in the run's journal; a last line cut short by an interruption is skipped."""
+def read_journal_lines(out_dir) -> tuple[list[tuple[int, object]], list[tuple[int, str]]]:
+    """The journal's lines as ``(line number, parsed JSON)`` and the unreadable ones as
+    ``(line number, reason)``: bytes that are not UTF-8, or text that is not JSON (a last line
+    cut short by an interruption is the usual case).  Nothing is checked against a schema."""
     path = Path(out_dir) / RESULTS_JOURNAL
     if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        return [], []
+    parsed, bad = [], []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not raw.strip():
             continue
-    return rows
+        try:
+            parsed.append((number, json.loads(raw.decode("utf-8"))))
+        except UnicodeDecodeError:
+            bad.append((number, "is not UTF-8 text"))
+        except json.JSONDecodeError:
+            bad.append((number, "is not valid JSON (cut short or damaged)"))
+    return parsed, bad
+
+
+def read_journal(out_dir) -> list[dict]:
+    """Rows in the run's journal; lines that are not JSON objects (a last line cut short by an
+    interruption, damaged bytes) are skipped."""
+    return [row for _, row in read_journal_lines(out_dir)[0] if isinstance(row, dict)]
+
+
+def read_table_lines(path) -> tuple[list[str], list[tuple[int, dict]], list[tuple[int, str]]]:
+    """A results CSV as its header, its rows as ``(line number, {column: text})`` and the rows
+    that cannot be rows as ``(line number, reason)`` (a different number of fields than the
+    header: a cut or damaged line).
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it is not UTF-8 text or has no header with the key columns
+        (for example a file overwritten by something else).
+    """
+    path = Path(path)
+    advice = "move it away or rerun with --overwrite (overwrite=True) to start afresh"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{str(path)!r} is not a results table: not UTF-8 text ({exc}); "
+                         f"{advice}") from exc
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise ValueError(f"{str(path)!r} line 1 is not a CSV header ({exc}); {advice}") from exc
+    missing = [c for c in KEY if c not in (header or [])]
+    if missing:
+        raise ValueError(f"{str(path)!r} is not a results table: its first line lacks the key "
+                         f"column(s) {missing}; {advice}")
+    rows, bad = [], []
+    while True:
+        start = reader.line_num + 1  # a quote left open by a cut runs a record over lines
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            bad.append((start, f"is not valid CSV ({exc})"))
+            continue
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            span = f", read as one record up to line {reader.line_num}" if (
+                reader.line_num > start) else ""
+            bad.append((start, f"has {len(fields)} fields where the header has "
+                               f"{len(header)} (a cut or damaged row{span})"))
+            continue
+        rows.append((start, dict(zip(header, fields))))
+    return header, rows, bad
+
+
+def records_from_text(header: list[str], records: list[dict]) -> list[dict]:
+    """Text rows (as :func:`read_table_lines` gives them) typed the way ``pandas.read_csv``
+    types a whole table, so resumed rows equal rows read back from a finished run."""
+    if not records:
+        return []
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(records)
+    buf.seek(0)
+    return pd.read_csv(buf).to_dict("records")
 
 
 def clear_journal(out_dir) -> None:

@@ -20,8 +20,14 @@ from torch import nn
 from ibtools.models.checkpoint_format import save_checkpoint
 from ibtools.models.data import TextData, VisionData, load_data
 from ibtools.norms import describe_norms
+from ibtools.results import write_atomic
 
-__all__ = ["TrainingHistory", "train", "evaluate"]
+__all__ = ["TrainingHistory", "train", "evaluate", "training_complete", "COMPLETE_MARKER"]
+
+#: Written atomically into ``out_dir`` after the final checkpoint and ``history.json``: a
+#: training run is finished only when this file exists (checkpoints alone may be the first
+#: few of an interrupted run).
+COMPLETE_MARKER = "training_complete.json"
 
 _DEFAULTS = {  # (epochs, batch_size) per input kind: each default run is well under a minute on a CPU
     "vector": (20, 64), "image": (20, 64), "tokens": (4, 32),
@@ -181,6 +187,9 @@ def _train(model, data, epochs, lr, batch_size, seed, out_dir, checkpoint_every,
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None:  # an earlier run's marker must not vouch for this one's checkpoints
+        (out / COMPLETE_MARKER).unlink(missing_ok=True)
+    written = []
     norm_info = describe_norms(model)
     base_meta = {"norm": norm_info["norm"], "lam": norm_info["lam"], "seed": seed, "data": dataset.name,
                  "lr": lr, "batch_size": batch_size}
@@ -192,6 +201,7 @@ def _train(model, data, epochs, lr, batch_size, seed, out_dir, checkpoint_every,
                     train_loss=sum(since_ckpt) / len(since_ckpt) if since_ckpt else None)
         meta.update(evaluate(model, dataset))
         save_checkpoint(model, out / f"step_{step:06d}.pt", name=model.name, meta=meta)
+        written.append(f"step_{step:06d}.pt")
         since_ckpt.clear()
 
     if out is not None:
@@ -233,6 +243,37 @@ def _train(model, data, epochs, lr, batch_size, seed, out_dir, checkpoint_every,
         if not (checkpoint_every and step % checkpoint_every == 0):
             checkpoint(step / steps_per_epoch)
         run = {"arch": f"ibtools:{model.name}", "config": model.config, "meta": base_meta, "history": list(history)}
-        (out / "history.json").write_text(json.dumps(run, indent=2))
+        write_atomic(out / "history.json", json.dumps(run, indent=2))
+        settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                    "checkpoint_every": checkpoint_every, "max_steps": max_steps,
+                    "weight_decay": weight_decay, "data": dataset.name}
+        marker = {"arch": f"ibtools:{model.name}", "config": model.config, "settings": settings,
+                  "final_step": step, "checkpoints": written}
+        write_atomic(out / COMPLETE_MARKER, json.dumps(marker, indent=2, default=str))
     history.model = model.eval()
     return history
+
+
+def training_complete(out_dir, **expected) -> dict | None:
+    """The completion record of a finished training run in ``out_dir``, or None.
+
+    None when the marker is missing or unreadable (the run was interrupted or never ran),
+    when one of the checkpoints it lists is gone, or when a keyword given here differs from
+    what the run recorded (``epochs=``, ``seed=``, ``batch_size=``, ``checkpoint_every=`` ...
+    from its settings, ``config=`` for the model configuration).
+    """
+    out = Path(out_dir)
+    try:
+        marker = json.loads((out / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or not isinstance(marker.get("checkpoints"), list):
+        return None
+    recorded = dict(marker.get("settings") or {}, config=marker.get("config"))
+    for key, value in expected.items():
+        if json.loads(json.dumps(recorded.get(key), default=str)) != json.loads(
+                json.dumps(value, default=str)):
+            return None
+    if not all((out / name).is_file() for name in marker["checkpoints"]):
+        return None
+    return marker
