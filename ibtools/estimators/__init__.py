@@ -7,10 +7,12 @@
 >>> round(r.value, 1)  # ground truth 2 * 0.5 * ln 2 = 0.69 nats
 0.7
 
-Methods: ``"binning"``, ``"kde"``, ``"ksg"``, ``"renyi"``, ``"gaussian"``, ``"mixture"``
-(Monte Carlo entropy of T + Gaussian noise) and the neural bounds ``"mine"``, ``"nwj"``,
-``"infonce"``, ``"smile"``.  Every estimator is also a class
-(``ibtools.estimators.KSG(k=5)``) whose methods return the same :class:`EstimateResult`.
+Methods: ``"auto"`` (the default: chooses among the others, see
+:class:`~ibtools.estimators.auto.Auto`), ``"binning"``, ``"kde"``, ``"ksg"``, ``"renyi"``,
+``"gaussian"``, ``"mixture"`` (Monte Carlo entropy of T + Gaussian noise) and the neural
+bounds ``"mine"``, ``"nwj"``, ``"infonce"``, ``"smile"``.
+Every estimator is also a class (``ibtools.estimators.KSG(k=5)``) whose methods return
+the same :class:`EstimateResult`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ibtools.estimators.transforms import TRANSFORMS, copula, standardize
 
 # method name -> (module, class); modules are imported on first use to keep import fast.
 _METHODS = {
+    "auto": ("auto", "Auto"),
     "binning": ("binning", "Binning"),
     "kde": ("kde", "KDE"),
     "mixture": ("mixture", "MixtureEntropy"),
@@ -51,7 +54,7 @@ def get_estimator(method: str, **settings) -> Estimator:
     return get_estimator_class(method)(**settings)
 
 
-def mutual_information(x, y, method: str = "ksg", *, discrete_x=None, discrete_y=None,
+def mutual_information(x, y, method: str = "auto", *, discrete_x=None, discrete_y=None,
                        **settings) -> EstimateResult:
     """Estimate I(X;Y) in nats with the named method.
 
@@ -60,8 +63,10 @@ def mutual_information(x, y, method: str = "ksg", *, discrete_x=None, discrete_y
     x, y : numpy array, torch tensor or list, shape (n, ...)
         Paired samples; trailing dimensions are flattened.  Integer, bool or string columns
         are discrete (class or token ids) unless ``discrete_x``/``discrete_y`` say otherwise.
-    method : str
-        One of ``ibtools.estimators.METHODS``.
+    method : str, default "auto"
+        One of ``ibtools.estimators.METHODS``.  ``"auto"`` picks the estimator from the
+        variables' kinds and two cheap estimates (:class:`~ibtools.estimators.auto.Auto`);
+        ``details["auto"]`` names the one used and why.
     **settings
         The estimator's settings (``k``, ``noise_var``, ``n_bins``, ``transform``, ``seed``,
         ``device``, ``ci``, ...); see the estimator class's docstring.
@@ -75,8 +80,10 @@ def mutual_information(x, y, method: str = "ksg", *, discrete_x=None, discrete_y
         x, y, discrete_x=discrete_x, discrete_y=discrete_y)
 
 
-def entropy(x, method: str = "ksg", *, discrete=None, **settings) -> EstimateResult:
-    """Estimate H(X) in nats (differential entropy for continuous X) with the named method."""
+def entropy(x, method: str = "auto", *, discrete=None, **settings) -> EstimateResult:
+    """Estimate H(X) in nats (differential entropy for continuous X) with the named method;
+    ``"auto"`` is Kozachenko-Leonenko for continuous X and the Miller-Madow plug-in for
+    discrete X."""
     return get_estimator(method, **settings).entropy(x, discrete=discrete)
 
 
