@@ -145,7 +145,7 @@ def test_config_file_cannot_name_code(tmp_path):
 @pytest.mark.parametrize("kind", ["pt", "safetensors"])
 @pytest.mark.parametrize("arch, config, named", [
     ("ibtools:mlp", {"widths": [10**6, 10**6]}, "widths=[1000000, 1000000]"),
-    ("ibtools:gpt", {"n_layer": 10**7, "n_embd": 64}, "n_layer=10000000"),
+    ("ibtools:gpt", {"n_embd": 10**5}, "n_embd=100000"),
     ("ibtools:llama", {"vocab_size": 10**9}, "vocab_size=1000000000"),
 ])
 def test_absurd_sizes_are_refused_before_allocation(tmp_path, kind, arch, config, named):
@@ -158,6 +158,18 @@ def test_absurd_sizes_are_refused_before_allocation(tmp_path, kind, arch, config
     res = _cli(path, tmp_path)
     assert res.exit_code == 2, res.output
     assert named in res.output
+
+
+@pytest.mark.parametrize("arch, config, named, match", [
+    ("ibtools:gpt", {"n_layer": 10**6, "n_embd": 4, "n_head": 1}, "n_layer=1000000", "blocks"),
+    ("ibtools:mlp", {"widths": [1] * 20_000}, "widths=[1, 1, 1", "blocks"),
+    ("ibtools:vit", {"mlp_ratio": float("inf")}, "mlp_ratio=inf", "budget"),
+])
+def test_absurd_depth_or_infinite_sizes_are_refused(tmp_path, arch, config, named, match):
+    path = _ibtools_pt(tmp_path / "deep.pt", arch, config)
+    with pytest.raises(ValueError, match=match) as err:
+        load_model(path)
+    assert named in str(err.value) and "Nothing was" in str(err.value)
 
 
 @pytest.mark.parametrize("config, named", [

@@ -28,8 +28,8 @@ from torch import nn
 from ibtools.norms import describe_norms
 from ibtools.results import write_atomic
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "MAX_PARAMETERS", "checkpoint_dict",
-           "save_checkpoint", "load_checkpoint_dict", "is_ibtools_checkpoint",
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "MAX_PARAMETERS", "MAX_BLOCKS",
+           "checkpoint_dict", "save_checkpoint", "load_checkpoint_dict", "is_ibtools_checkpoint",
            "read_checkpoint_fields", "check_config", "check_size", "estimate_parameters"]
 
 CHECKPOINT_FORMAT = "ibtools-checkpoint"
@@ -38,6 +38,11 @@ CHECKPOINT_VERSION = 1
 # 4 GB in float32, far beyond the reference models (10^4-10^5) and still loadable on a
 # workstation; a 10^6 x 10^6 layer (10^12) is refused before anything is allocated.
 MAX_PARAMETERS = 10**9
+# Blocks (layers) a stored config may ask for: each is a handful of Python modules, so 10^8
+# blocks of width 1 fit the parameter budget yet would take hours and many GB to build.
+MAX_BLOCKS = 10**4
+_BLOCK_KEYS = {"mlp": "widths", "cnn": "blocks_per_stage", "vit": "depth", "gpt": "n_layer",
+               "llama": "n_layer"}
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -230,7 +235,8 @@ def estimate_parameters(name: str, config: Mapping) -> int:
     """
     from ibtools.models import REFERENCE_MODELS
 
-    defaults = {k: p.default for k, p in inspect.signature(REFERENCE_MODELS[name]).parameters.items()}
+    params = inspect.signature(REFERENCE_MODELS[name]).parameters
+    defaults = {k: p.default for k, p in params.items()}
     c = {**defaults, **config}
     ints = lambda v: [int(x) for x in v]  # noqa: E731
     if name == "mlp":
@@ -252,7 +258,7 @@ def estimate_parameters(name: str, config: Mapping) -> int:
         patches = (int(c["image_size"]) // max(p, 1)) ** 2
         block = _norms(d, 2) + 3 * d * d + 3 * d + d * d + d + 2 * d * h + h + d
         return (int(c["in_channels"]) * d * p * p + d + d + (patches + 1) * d
-                + int(c["depth"]) * block + _norms(d) + d * int(c["n_classes"]) + int(c["n_classes"]))
+                + int(c["depth"]) * block + _norms(d) + (d + 1) * int(c["n_classes"]))
     if name == "gpt":
         d, v = int(c["n_embd"]), int(c["vocab_size"])
         block = _norms(d, 2) + 3 * d * d + 3 * d + d * d + d + 8 * d * d + 5 * d
@@ -263,14 +269,23 @@ def estimate_parameters(name: str, config: Mapping) -> int:
     return 2 * v * d + int(c["n_layer"]) * block + _norms(d)
 
 
-def _largest_pair(config: Mapping) -> tuple[int, list[str]]:
-    sizes = [(int(v), f"{k}={v!r}") for k, v in config.items()
-             if isinstance(v, int) and not isinstance(v, bool)]
-    sizes += [(int(x), f"{k}={v!r}") for k, v in config.items() if isinstance(v, (list, tuple))
-              for x in v if isinstance(x, int) and not isinstance(x, bool)]
-    top = sorted(sizes, reverse=True)[:2]
-    product = math.prod(abs(n) for n, _ in top) if len(top) == 2 else (abs(top[0][0]) if top else 0)
-    return product, list(dict.fromkeys(label for _, label in top))
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _largest_pair(config: Mapping) -> tuple[float, list[str]]:
+    """The product of the two largest numbers in ``config`` (lists included), and their keys
+    as ``key=value`` labels."""
+    sizes = []
+    for key, value in config.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        numbers = [abs(x) for x in items
+                   if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        sizes += [(n, key) for n in sorted(numbers, reverse=True)[:2]]
+    top = sorted(sizes, key=lambda t: t[0], reverse=True)[:2]
+    product = math.prod(n for n, _ in top) if top else 0
+    return product, [f"{key}={_short(config[key])}" for key in dict.fromkeys(k for _, k in top)]
 
 
 def check_size(arch: str, config: Mapping, *, where: str,
@@ -299,8 +314,17 @@ def check_size(arch: str, config: Mapping, *, where: str,
     if name in REFERENCE_MODELS:
         try:
             count = estimate_parameters(name, config)
+        except OverflowError:  # an infinite size
+            count = math.inf
         except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError):
             pass  # a malformed config: the model's own checks name the problem
+        key = _BLOCK_KEYS[name]
+        value = config.get(key)
+        blocks = len(value) if isinstance(value, (list, tuple)) else value
+        if isinstance(blocks, int) and blocks > MAX_BLOCKS:
+            raise ValueError(f"{where}: stored config {key}={_short(value)} asks {arch!r} for "
+                             f"{blocks} blocks, more than the {MAX_BLOCKS} a config from a file "
+                             f"may ask for.  Nothing was built.")
     if max_parameters is not None and count > max_parameters:
         raise ValueError(f"{where}: the stored config of {arch!r} would build about "
                          f"{count:.3g} parameters ({4 * count / 2**30:.3g} GiB in float32), more "
@@ -368,7 +392,8 @@ def read_checkpoint_fields(obj: Mapping, *, where: str = "checkpoint") -> dict:
         raise ValueError(f"{where}: the checkpoint's 'arch' must be a non-empty string such as "
                          f"'ibtools:mlp', got {arch!r}")
     if text_form:
-        config, meta, state = _json_field(obj, "config", where), _json_field(obj, "meta", where), None
+        config, meta = _json_field(obj, "config", where), _json_field(obj, "meta", where)
+        state = None
     else:
         config, meta, state = obj.get("config") or {}, obj.get("meta") or {}, obj.get("state_dict")
         if not isinstance(config, Mapping) or not isinstance(meta, Mapping) \
