@@ -74,15 +74,19 @@ class _SystemPayload:
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-@pytest.mark.parametrize("writer", ["torch", "pickle"])
+@pytest.mark.parametrize("writer", ["torch", "pickle", "protocol-0 INST"])
 def test_pickle_payload_never_runs(tmp_path, writer):
+    """The refusal names the global the payload wanted, also for the protocol-0 INST opcode
+    (which was reported as '(unknown)')."""
     marker, path = tmp_path / "PWNED", tmp_path / "evil.pt"
     obj = {"0.weight": torch.zeros(2, 2), "boom": _SystemPayload(marker)}
     if writer == "torch":
         torch.save(obj, path)
-    else:
+    elif writer == "pickle":
         with open(path, "wb") as f:
             pickle.dump(obj, f)
+    else:  # MARK, the command, INST os system: calls os.system(command)
+        path.write_bytes(b"(S'touch " + str(marker).encode() + b"'\nios\nsystem\n.")
     for call in _api_calls(path):
         with pytest.raises(UnsafePickleError, match=r"(posix|os)\.system.*trust_pickle=True"):
             call()
