@@ -26,7 +26,6 @@ such.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import pickle
 import pickletools
@@ -44,6 +43,7 @@ from ibtools.probes.architectures import UntrustedCodeError, build_architecture,
 
 __all__ = ["UnsafePickleError", "UntrustedCodeError", "load_model", "read_checkpoint",
            "pickle_globals", "unwrap_state_dict", "load_hf_directory"]
+
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "ema", "model_ema",
                 "state_dict_ema", "net", "network", "params")
 PREFIXES = ("module.", "_orig_mod.")
