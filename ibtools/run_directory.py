@@ -265,7 +265,8 @@ def read_resume_rows(out_dir, schema: RunSchema) -> list[dict]:
         header, records, dropped = results_io.read_table_lines(table)
         extra = [c for c in header if c not in _KNOWN]
         if extra:
-            dropped.append((1, f"has unknown column(s) {extra}; those columns are"))
+            _warn(f"{table} line 1 names unknown column(s) {extra}; those columns are dropped, "
+                  f"not carried into the table")
             records = [(n, {k: v for k, v in r.items() if k in _KNOWN}) for n, r in records]
             header = [c for c in header if c in _KNOWN]
         good = []

@@ -240,6 +240,21 @@ def test_resume_drops_rows_that_do_not_fit_and_names_them(checkpoints, tmp_path)
     pd.testing.assert_frame_equal(_stable(on_disk), _stable(reference))
 
 
+def test_unknown_table_column_is_dropped_and_rows_kept(checkpoints, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    first = _analyze(checkpoints[:1], run)
+    lines = _rows_by_line(run / "results.csv")
+    (run / "results.csv").write_text("\n".join([lines[0] + ",foo"] + [l + ",1" for l in lines[1:]])
+                                     + "\n")
+    calls = _count_steps(monkeypatch)
+    with pytest.warns(UserWarning, match=r"results\.csv line 1 names unknown column\(s\) "
+                                         r"\['foo'\]; those columns are dropped"):
+        again = _analyze(checkpoints[:1], run)
+    assert calls == [] and "foo" not in again.columns
+    assert "foo" not in pd.read_csv(run / "results.csv").columns
+    pd.testing.assert_frame_equal(_stable(again), _stable(first))
+
+
 def test_unreadable_results_file_is_named(checkpoints, tmp_path):
     run = tmp_path / "run"
     _analyze(checkpoints[:1], run)
