@@ -16,13 +16,18 @@ from statistics import NormalDist
 import torch
 
 from ibtools.estimators.base import Estimator, check_int, check_positive
-from ibtools.estimators.kde import (_CPU_BLOCK_BYTES, _CPU_MAX_ROWS, _CPU_MIN_ROWS,
-                                    SATURATION_FRACTION, _matmul_dtype, gaussian_noise_entropy)
+from ibtools.estimators.kde import (_MATMUL_TOLERANCE, SATURATION_FRACTION, _matmul_dtype,
+                                    gaussian_noise_entropy)
 
 #: Centres (with two draws each) of the first round of ``n_mc="auto"``.
 PILOT_CENTRES = 512
 #: Rounds of ``n_mc="auto"``: a pilot, then at most this many corrections of the design.
 _MAX_ROUNDS = 4
+#: Noise vectors per block on CPU.  Unlike KDE's blocks these are not sized to the cache:
+#: the matmul of a block runs faster on taller ones.  Measured (one thread, n = 10 000,
+#: 8000 vectors, seconds by rows 66 / 128 / 256 / 512 / 1024): d = 64: 1.39 / 1.20 / 1.15 /
+#: 1.29 / 1.85; d = 512: 6.69 / 5.84 / 4.64 / 4.51 / 4.77.
+_CPU_ROWS = 512
 #: Margin on the planned number of draws (the pilot's variances are themselves estimates).
 _PLAN_MARGIN = 1.15
 
@@ -36,19 +41,21 @@ class _Mixture:
     j = c.  One matmul with the augmented centres ``[t_j / s2, -|t_j|^2 / (2 s2)]`` gives
     the rows; the centres are centred first (exponent differences do not change, rounding
     shrinks with the norms), and the matmul runs in float64 when float32 rounding could
-    move an exponent by more than ``kde._MATMUL_TOLERANCE`` (see :func:`kde._matmul_dtype`).
+    move an exponent by more than ``tolerance`` (a tenth of the Monte Carlo error allowed:
+    a systematic error that small is lost in the random one; see :func:`kde._matmul_dtype`).
     """
 
-    def __init__(self, t: torch.Tensor, noise_var: float):
+    def __init__(self, t: torch.Tensor, noise_var: float, tolerance: float):
         self.t = t - t.mean(dim=0, keepdim=True)
         n, d = int(t.shape[0]), int(t.shape[1])
         # an entry u . t_j / s2 - |t_j|^2 / (2 s2) rounds by about eps (|u| |t_j| + |t_j|^2
         # / 2) / s2, and |u| <= |t_c| + |z| with |z| / sqrt(s2) below sqrt(d) + 4 but for
-        # one draw in about 10^7; _matmul_dtype widens when 4 eps times this exceeds
-        # kde._MATMUL_TOLERANCE
+        # one draw in about 10^7; widened when 4 eps times this exceeds ``tolerance``
+        # (_matmul_dtype's own tolerance is kde._MATMUL_TOLERANCE, hence the rescaling)
         top = math.sqrt(float((self.t * self.t).sum(dim=1).max()))
         reach = (top + math.sqrt(noise_var) * (math.sqrt(d) + 4.0) + 0.5 * top) * top
-        self.mm_dtype = _matmul_dtype(t.dtype, t.device, reach / noise_var)
+        self.mm_dtype = _matmul_dtype(t.dtype, t.device,
+                                      reach / noise_var * _MATMUL_TOLERANCE / tolerance)
         tw = self.t.to(self.mm_dtype)
         sq = (tw * tw).sum(dim=1, keepdim=True)
         self.right = torch.cat([tw / noise_var, -sq / (2.0 * noise_var)], dim=1).T.contiguous()
@@ -222,7 +229,7 @@ class MixtureEntropy(Estimator):
     construction; when every row is its own component it nears ln n whatever the data,
     and is flagged as saturated.  Cost O(n_mc n d): at the same n, ``n_mc`` of about n
     costs about what KDE's two bounds cost.  Memory: one block of draws by n, sized to
-    ``memory_budget`` (on CPU to the cache, as KDE's blocks); nothing n x n.
+    ``memory_budget`` (on CPU at most 512 rows); nothing n x n.
 
     References
     ----------
@@ -249,6 +256,10 @@ class MixtureEntropy(Estimator):
         for flag in ("deterministic", "noisy_x", "antithetic"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be True or False; got {getattr(self, flag)!r}")
+
+    def _rounding(self) -> float:
+        """Float32 rounding an exponent may carry: a tenth of ``mc_tolerance``."""
+        return 0.1 * float(self.mc_tolerance)
 
     def chain_information(self, t_prev, t):
         """I(T_prev + Z'; T + Z) of the noisy chain (``noisy_x=True``; see the class)."""
@@ -340,23 +351,16 @@ class MixtureEntropy(Estimator):
         return noisy
 
     def _block(self, d: int, t: torch.Tensor) -> int:
-        """Draws per block: each a row of n exponents and logsumexp's temporaries.
-
-        Within ``memory_budget``; on CPU also about ``kde._CPU_BLOCK_BYTES`` (cache-sized),
-        but never fewer than ``d + 2`` rows (from 32 to 256) for the matmul's sake.
-        """
-        per_row = 3 * int(t.shape[0]) * 8
-        rows = max(1, self._budget(t.device) // per_row)
-        if t.device.type == "cpu":
-            for_matmul = min(_CPU_MAX_ROWS, max(_CPU_MIN_ROWS, d + 2))
-            rows = min(rows, max(for_matmul, _CPU_BLOCK_BYTES // per_row))
-        return int(rows)
+        """Noise vectors per block, each a row of n exponents (and logsumexp's temporaries),
+        within ``memory_budget``, and at most ``_CPU_ROWS`` on CPU."""
+        rows = max(1, self._budget(t.device) // (3 * int(t.shape[0]) * 8))
+        return int(min(rows, _CPU_ROWS)) if t.device.type == "cpu" else int(rows)
 
     # -- estimator hooks ----------------------------------------------------------------
 
     def _single(self, t, rng):
         """Design over the one mixture of T, column 0: the per-draw pmi."""
-        mix = _Mixture(t, float(self.noise_var))
+        mix = _Mixture(t, float(self.noise_var), self._rounding())
         log_n = math.log(mix.n)
 
         def draw(c, zs):
@@ -395,7 +399,7 @@ class MixtureEntropy(Estimator):
 
     def _mi_labels(self, t, labels, rng):
         s2 = float(self.noise_var)
-        mix = _Mixture(t, s2)
+        mix = _Mixture(t, s2, self._rounding())
         counts = torch.bincount(labels, minlength=int(labels.max()) + 1)
         log_counts = counts.to(torch.float64).clamp(min=1).log()
         log_n = math.log(mix.n)
@@ -429,7 +433,7 @@ class MixtureEntropy(Estimator):
 
     def _mi_chain(self, s, t, rng):
         s2 = float(self.noise_var)
-        first, second = _Mixture(s, s2), _Mixture(t, s2)
+        first, second = _Mixture(s, s2, self._rounding()), _Mixture(t, s2, self._rounding())
         log_n = math.log(first.n)
 
         def draw(c, zs):
