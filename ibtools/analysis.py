@@ -308,7 +308,9 @@ def _capture(capture_activations, model, dataset, data, **kwargs):
 
 def _layer_rows(spec: EstimatorSpec, x, y, t, t_prev, index, betas, seed, device, ci,
                 reference):
-    est = spec.build(seed=seed, device=device, ci=ci)
+    # a layer's output is a deterministic function of the input and of the previous layer:
+    # KDE's I(X;T) = H(T+Z) - H(Z) needs that said (other estimators do not take the setting)
+    est = spec.build(seed=seed, device=device, ci=ci, deterministic=True)
     start = time.perf_counter()
     # KDE computes T's whole-sample entropy bounds once for the three quantities
     with getattr(est, "reuse_bounds", contextlib.nullcontext)():

@@ -356,7 +356,8 @@ def _load_array(spec: str):
               help=f"One of {', '.join(ibtools.METHODS)}; 'auto' picks the estimator from "
                    f"the data (--json shows which, in details.auto).")
 @click.option("--set", "settings", multiple=True, metavar="SETTING=VALUE",
-              help="Estimator setting, repeatable (k=5, noise_var=0.1, transform=copula).")
+              help="Estimator setting, repeatable (k=5, noise_var=0.1, transform=copula; "
+              "kde on two continuous arrays needs deterministic=true: B a function of A).")
 @click.option("--discrete-b", is_flag=True, help="Treat B as class ids.")
 @click.option("--bits", is_flag=True, help="Print bits instead of nats.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full results as JSON.")

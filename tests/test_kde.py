@@ -53,12 +53,14 @@ def test_deterministic_map_bounds_bracket_true_mi(s2):
     x = np.repeat(np.arange(4.0), 50)[:, None]
     t = points[np.repeat(np.arange(4), 50)]
     true_mi = _mixture_entropy_2d(points, s2) - gaussian_noise_entropy(2, s2)
-    r = ibtools.mutual_information(x, t, method="kde", noise_var=s2, dtype="float64")
+    r = ibtools.mutual_information(x, t, method="kde", noise_var=s2, deterministic=True,
+                                   dtype="float64")
     lo, hi = r.details["mi_lower"], r.details["mi_upper"]
     assert lo - 1e-4 <= true_mi <= hi + 1e-4, (lo, true_mi, hi)
     assert r.value == pytest.approx(hi, abs=1e-12)  # bound="upper" is the default
     assert "deterministic function" in r.details["assumes"]
-    low = ibtools.mutual_information(x, t, method="kde", noise_var=s2, bound="lower")
+    low = ibtools.mutual_information(x, t, method="kde", noise_var=s2,
+                                     deterministic=True, bound="lower")
     assert low.value == pytest.approx(lo, abs=1e-5)
 
 
@@ -69,7 +71,8 @@ def test_deterministic_map_tends_to_ln_n_points_as_noise_vanishes():
     x, t = rng.normal(size=(180, 2)), points[codes]
     previous = 0.0
     for s2 in (3.0, 0.3, 0.03, 1e-4):
-        r = ibtools.mutual_information(x, t, method="kde", noise_var=s2)
+        r = ibtools.mutual_information(x, t, method="kde", noise_var=s2,
+                                       deterministic=True)
         assert r.details["mi_lower"] <= r.details["mi_upper"] + 1e-6
         assert r.details["mi_lower"] >= previous - 1e-6  # less noise, more information
         previous = r.details["mi_lower"]
@@ -149,7 +152,8 @@ def test_saturation_flagged_for_tiny_noise_only():
     assert not wide.flags
     assert wide.details["resolved_upper"] < 0.5 * math.log(300)
     x = np.random.default_rng(6).normal(size=(300, 1))
-    mi = ibtools.mutual_information(x, t, method="kde", noise_var=1e-4)
+    mi = ibtools.mutual_information(x, t, method="kde", noise_var=1e-4,
+                                    deterministic=True)
     assert any("saturated" in f for f in mi.flags)
 
 
@@ -174,7 +178,8 @@ def test_float32_matches_float64_and_numpy_reference():
         assert r32.details["h_upper"] == pytest.approx(ref.entropy_upper_kl(t, s2), abs=1e-4)
         assert r32.details["h_lower"] == pytest.approx(ref.entropy_lower_bd(t, s2), abs=1e-4)
         assert r64.details["h_upper"] == pytest.approx(ref.entropy_upper_kl(t, s2), abs=1e-9)
-        mi = ibtools.mutual_information(t[:, :1], t, method="kde", noise_var=s2)
+        mi = ibtools.mutual_information(t[:, :1], t, method="kde", noise_var=s2,
+                                        deterministic=True)
         assert mi.value == pytest.approx(ref.mi_deterministic(t, s2), abs=1e-4)
 
 
@@ -233,7 +238,7 @@ def test_whole_sample_bounds_are_reused_and_invalidated_by_inplace_change():
     t = torch.randn(1500, 4, generator=gen)
     x = torch.randn(1500, 4, generator=gen)
     labels = torch.randint(0, 3, (1500,), generator=gen)
-    est = KDE(noise_var=0.2)
+    est = KDE(noise_var=0.2, deterministic=True)
     calls = []
     real = est._compute_bounds
     est._compute_bounds = lambda a: calls.append(a.shape[0]) or real(a)
@@ -258,13 +263,14 @@ def test_no_stale_bounds_when_a_numpy_input_changes_in_place():
     # version) served the old array's bounds after an in-place change (2.65 instead of 5.56
     # nats here); outside reuse_bounds() nothing is cached.
     rng = np.random.default_rng(12)
-    est = KDE(noise_var=0.5)
+    est = KDE(noise_var=0.5, deterministic=True)
     x0 = np.zeros((1500, 1), dtype=np.float32)
     a = rng.normal(size=(1500, 3)).astype(np.float32)
     before = est.mutual_information(x0, a).value
     a *= 3.0
     after = est.mutual_information(x0, a).value
-    assert after == pytest.approx(KDE(noise_var=0.5).mutual_information(x0, a).value, abs=1e-9)
+    assert after == pytest.approx(
+        KDE(noise_var=0.5, deterministic=True).mutual_information(x0, a).value, abs=1e-9)
     assert after > before + 1.0  # a 3x wider T resolves far more
 
 

@@ -299,6 +299,29 @@ def prepare(a, name: str, *, discrete, device: torch.device, dtype: torch.dtype)
     return t, False
 
 
+#: A float column read as continuous "looks like labels" when its values are integers and
+#: take from 2 to this many distinct values, with at least LABEL_LIKE_ROWS rows per value.
+LABEL_LIKE_MAX_VALUES, LABEL_LIKE_ROWS = 100, 5
+
+
+def label_like_flag(t: torch.Tensor, name: str, declared) -> str | None:
+    """A flag when an undeclared float column (``t`` as :func:`prepare` returns it) holds a
+    few integer values, like class ids stored as float64 (0., 1., ..., 9.): read as
+    continuous values, such labels can give another number than the same ids as int64
+    (KDE read them as a deterministic map: 1.60 nats where the labels gave 0.88)."""
+    if declared is not None or t.ndim != 2 or t.shape[1] != 1:
+        return None
+    col = t[:, 0]
+    if not bool((col == torch.round(col)).all()):
+        return None
+    k = int(torch.unique(col).numel())
+    if not 2 <= k <= min(LABEL_LIKE_MAX_VALUES, t.shape[0] // LABEL_LIKE_ROWS):
+        return None
+    return (f"{name} is a float column holding only {k} distinct integer values, read as a "
+            f"continuous variable: if these are class labels, pass discrete_{name}=True (or "
+            f"integer ids); as values they can give another number than as labels")
+
+
 # --------------------------------------------------------------------------- chunking
 
 _SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -512,6 +535,8 @@ class Estimator:
         dtype = resolve_dtype(self.dtype)
         xt, xd = prepare(x0, "x", discrete=discrete_x, device=device, dtype=dtype)
         yt, yd = prepare(y0, "y", discrete=discrete_y, device=device, dtype=dtype)
+        notes = [f for f in (label_like_flag(xt, "x", discrete_x),
+                             label_like_flag(yt, "y", discrete_y)) if f]
         if xt.shape[0] != yt.shape[0]:
             raise ValueError(f"x and y must have the same number of rows (samples); got "
                              f"x: {xt.shape[0]} and y: {yt.shape[0]}")
@@ -532,8 +557,10 @@ class Estimator:
         def run(xs, ys, offset):
             return self._mi(xs, ys, xd, yd, self._generator(device, offset))
 
-        return self._finish("mutual_information", run, (xt, yt), n, dims, device,
-                            extra={"swapped_arguments": swapped} if swapped else {})
+        result = self._finish("mutual_information", run, (xt, yt), n, dims, device,
+                              extra={"swapped_arguments": swapped} if swapped else {})
+        result.flags.extend(notes)
+        return result
 
     def entropy(self, x, *, discrete=None) -> EstimateResult:
         """Estimate the entropy H(X) (differential for continuous X) in nats."""

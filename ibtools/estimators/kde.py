@@ -236,12 +236,14 @@ class KDE(Estimator):
       ``I = H(T+Z) - sum_y p(y) H(T+Z | Y=y)``, each term bounded the same way on the rows of
       class y.  The difference of two upper (or two lower) bounds is not itself a bound; it is
       the estimator of Saxe et al. and Kolchinsky et al. (2019).
-    - ``mutual_information(X, T)`` with both continuous: the deterministic-map reading of
-      Saxe et al. (2018).  **T is the second argument** and is assumed to be a deterministic
-      function of X (a layer's output for input X), so ``H(T+Z | X) = h_Z`` exactly and
-      ``I(X; T+Z) = H(T+Z) - h_Z``.  X itself is not used beyond pairing the rows; here the
-      KL and BD values are true upper and lower bounds on ``I(X; T+Z)``.
-      ``details["assumes"]`` records the assumption.
+    - ``mutual_information(X, T, ...)`` with both continuous, only with
+      ``deterministic=True``: the deterministic-map reading of Saxe et al. (2018).  **T is
+      the second argument** and is a deterministic function of X (a layer's output for input
+      X), so ``H(T+Z | X) = h_Z`` exactly and ``I(X; T+Z) = H(T+Z) - h_Z``.  X itself is not
+      used beyond pairing the rows; here the KL and BD values are true upper and lower
+      bounds on ``I(X; T+Z)``.  Equal rows of X with different rows of T are flagged.
+      Otherwise two continuous arrays raise a ValueError: for other pairs ``H(T+Z) - h_Z``
+      is not their MI (independent 2 + 2-dim Gaussians read 3.3 nats); use "ksg"/"auto".
 
     Parameters
     ----------
@@ -252,6 +254,10 @@ class KDE(Estimator):
     bound : {"upper", "lower"}, default "upper"
         ``"upper"``: the KL bound (the number Saxe et al. report); ``"lower"``: the
         Bhattacharyya bound.
+    deterministic : bool, default False
+        Declare that the second of two continuous arguments (T) is a deterministic function
+        of the first (X); required for them (the analysis sets it for I(X;T), I(T_prev;T)).
+        CLI: ``ibtools estimate X T --method kde --set deterministic=true``.
     transform : None, "standardize" or "copula"
         Marginal transform of continuous inputs before estimating (see
         :mod:`ibtools.estimators.transforms`); s2 is then in standardized units.
@@ -293,7 +299,8 @@ class KDE(Estimator):
     """
 
     name = "kde"
-    defaults = {"noise_var": 0.1, "bound": "upper"}
+    bounded_by_sample_size = True
+    defaults = {"noise_var": 0.1, "bound": "upper", "deterministic": False}
     interval_kinds = ("subsample", "bootstrap")
     supports_transform = True
     handles_discrete_x = False
@@ -303,6 +310,8 @@ class KDE(Estimator):
     def _check_settings(self) -> None:
         check_positive(self.noise_var, "noise_var")
         check_choice(self.bound, "bound", ("upper", "lower"))
+        if not isinstance(self.deterministic, bool):
+            raise TypeError(f"deterministic must be True or False; got {self.deterministic!r}")
 
     # -- the pairwise bounds -------------------------------------------------------------------
 
@@ -373,32 +382,40 @@ class KDE(Estimator):
 
     # -- estimator hooks -------------------------------------------------------------------------
 
+    _SHARED_DETAILS = ("h_upper", "h_lower", "h_noise", "resolved_upper", "ceiling",
+                       "mean_self_weight", "chunk_rows", "engine", "pairs")
+
+    def _details(self, b: dict, **more) -> dict:
+        """The whole-sample bounds and diagnostics every result carries, plus ``more``."""
+        return {**{k: b[k] for k in self._SHARED_DETAILS},
+                "noise_var": float(self.noise_var), **more}
+
     def _entropy(self, x, discrete, rng):
         b = self._bounds(x)
-        details = {"h_upper": b["h_upper"], "h_lower": b["h_lower"], "h_noise": b["h_noise"],
-                   "resolved_upper": b["resolved_upper"], "ceiling": b["ceiling"],
-                   "mean_self_weight": b["mean_self_weight"], "chunk_rows": b["chunk_rows"],
-                   "engine": b["engine"], "pairs": b["pairs"],
-                   "noise_var": float(self.noise_var),
-                   "quantity": "H(T + N(0, noise_var I)), not H(T)"}
+        details = self._details(b, quantity="H(T + N(0, noise_var I)), not H(T)")
         return self._pick(b["h_upper"], b["h_lower"]), details, self._saturation_flags(b)
 
     def _mi(self, x, y, x_discrete, y_discrete, rng):
         if y_discrete:
             return self._mi_discrete(x, y)
+        if not self.deterministic:
+            raise ValueError(
+                "method='kde' on two continuous arrays measures I(X;T) only when T (the second "
+                "argument) is a deterministic function of X, such as a layer's output for input "
+                "X: it returns H(T+Z) - H(Z) and uses X only to pair the rows, so for any other "
+                "pair (independent or noisy variables) the number is not their MI. Pass "
+                "deterministic=True if T = f(X) (CLI: --set deterministic=true); if y holds "
+                "class labels, pass discrete_y=True; otherwise use method='ksg' or "
+                "method='auto'")
         # both continuous: I(X; T+Z) with T = y a deterministic function of X
         b = self._bounds(y)
-        details = {"mi_upper": b["resolved_upper"], "mi_lower": b["resolved_lower"],
-                   "h_upper": b["h_upper"], "h_lower": b["h_lower"], "h_noise": b["h_noise"],
-                   "resolved_upper": b["resolved_upper"], "ceiling": b["ceiling"],
-                   "mean_self_weight": b["mean_self_weight"], "chunk_rows": b["chunk_rows"],
-                   "engine": b["engine"], "pairs": b["pairs"],
-                   "noise_var": float(self.noise_var),
-                   "assumes": "T (the second argument) is a deterministic function of X, so "
-                              "H(T+Z|X) = d/2 ln(2 pi e noise_var); X enters only through the "
-                              "pairing of rows"}
+        details = self._details(
+            b, mi_upper=b["resolved_upper"], mi_lower=b["resolved_lower"],
+            assumes="T (the second argument) is a deterministic function of X, so "
+                    "H(T+Z|X) = d/2 ln(2 pi e noise_var); X enters only through the pairing "
+                    "of rows")
         value = self._pick(b["resolved_upper"], b["resolved_lower"])
-        return value, details, self._saturation_flags(b)
+        return value, details, self._saturation_flags(b) + _not_a_function(x, y)
 
     def _mi_discrete(self, t, labels):
         whole = self._bounds(t)
@@ -427,15 +444,9 @@ class KDE(Estimator):
         mi_lower = whole["h_lower"] - cond_lower
         p = counts[counts > 0].to(torch.float64) / n
         h_labels = float(-(p * p.log()).sum())
-        details = {"mi_upper": mi_upper, "mi_lower": mi_lower,
-                   "h_upper": whole["h_upper"], "h_lower": whole["h_lower"],
-                   "h_cond_upper": cond_upper, "h_cond_lower": cond_lower,
-                   "h_noise": whole["h_noise"], "h_labels": h_labels,
-                   "resolved_upper": whole["resolved_upper"], "ceiling": whole["ceiling"],
-                   "mean_self_weight": whole["mean_self_weight"],
-                   "chunk_rows": whole["chunk_rows"], "engine": whole["engine"],
-                   "pairs": whole["pairs"], "noise_var": float(self.noise_var),
-                   "n_classes": len(per_class)}
+        details = self._details(whole, mi_upper=mi_upper, mi_lower=mi_lower,
+                                h_cond_upper=cond_upper, h_cond_lower=cond_lower,
+                                h_labels=h_labels, n_classes=len(per_class))
         if len(per_class) <= 64:
             details["per_class"] = per_class
         flags = self._saturation_flags(whole)
@@ -443,3 +454,20 @@ class KDE(Estimator):
             flags.append(f"with every sample its own kernel, I(T;Y) goes to the plug-in label "
                          f"entropy H(Y) = {h_labels:.4f} nats whatever T holds")
         return self._pick(mi_upper, mi_lower), details, flags
+
+
+def _not_a_function(x: torch.Tensor, t: torch.Tensor) -> list:
+    """A flag when equal rows of x come with different rows of t, which contradicts
+    ``deterministic=True`` (a constant x with a varying t, say); O(n d log n)."""
+    _, group, counts = torch.unique(x, dim=0, return_inverse=True, return_counts=True)
+    if int(counts.max()) < 2:
+        return []
+    n = int(x.shape[0])
+    rows = torch.arange(n, device=x.device)
+    first = torch.full((len(counts),), n, device=x.device).scatter_reduce(0, group, rows, "amin")
+    bad = int((t != t[first[group]]).any(dim=1).sum())
+    if not bad:
+        return []
+    return [f"deterministic=True, but {bad} of {n} rows of T differ from another row with the "
+            f"same x: T is not a function of x here, so the value (H(T+Z) - H(Z)) is not "
+            f"I(X; T+Z); use method='ksg' or method='auto'"]

@@ -21,13 +21,13 @@ from ibtools.estimators.neighbours import (
 TIE_SHARE_FLAG = 0.01
 
 #: k above this fraction of n is refused: the kNN balls then hold a large share of the
-#: sample, so the estimate measures the smoothing, not the data, and is pulled toward 0
-#: whatever the dependence.  Measured on a 1 + 1-dim Gaussian pair of 0.69 nats (n = 500
-#: and 2000): -17 to -25 % at k = n/5, -60 % at n/2, -96 % at 0.9 n (0.017 nats at k = 450
-#: of 500).
+#: sample, so the estimate measures the smoothing more than the data and is pulled toward
+#: 0 whatever the dependence.  Measured on a 1 + 1-dim Gaussian pair of 0.69 nats (mean of
+#: 10 seeds, n = 500 and 2000): -32 % at k = n/4, -60 % at n/2, -96 % at 0.9 n (0.017 nats
+#: at k = 450 of 500).
 K_MAX_FRACTION = 0.25
-#: k above this fraction of n is flagged: the same pair reads -2 to -11 % at k = n/10 and
-#: within 4 % at n/20 (the bias from k alone; high dimension adds its own).
+#: k above this fraction of n is flagged: the same pair reads -4 % at k = n/20 and -10 % at
+#: n/10 (the bias from k alone; high dimension adds its own).
 K_FLAG_FRACTION = 0.05
 
 
@@ -103,7 +103,9 @@ class KSG(Estimator):
     Parameters
     ----------
     k : int, default 3
-        Neighbour order.  Larger k: less variance, more bias.
+        Neighbour order.  Larger k: less variance, more bias toward 0.  Refused above n/4
+        (``K_MAX_FRACTION``) and flagged above n/20 (``K_FLAG_FRACTION``) for MI: such wide
+        balls measure the smoothing more than the data.
     algorithm : {1, 2}, default 1
         KSG algorithm for two continuous variables (ignored for discrete Y and entropy).
     noise : float, default 1e-10
@@ -195,7 +197,7 @@ class KSG(Estimator):
         if mutual and k > K_FLAG_FRACTION * n:
             flags.append(f"k={k} is {100 * k / n:.0f}% of the n={n} rows: the kNN balls are "
                          f"wide, which biases the estimate toward 0 (a 1 + 1-dim Gaussian pair "
-                         f"reads up to 11% low at k = n/10); use a smaller k or more rows")
+                         f"reads 10% low at k = n/10, 32% at n/4); use a smaller k or more rows")
         dim = sum(int(t.shape[1]) for t in parts)
         if mutual and dim >= 8 and not enough_points(n, dim, 1000):
             flags.append(

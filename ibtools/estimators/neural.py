@@ -4,7 +4,9 @@ One critic (``"separable"`` or ``"joint"``, see :mod:`ibtools.estimators.neural_
 and one training loop serve all four bounds.  The rows are split once: the critic trains
 on one part, and every reported number is computed on the held-out part, never on the
 training rows.  Training stops early when the held-out estimate stops improving, and a
-run whose loss turns non-finite restarts with a ten times smaller learning rate.
+run whose loss turns non-finite, or whose held-out value is absurd (below -1 nat), restarts
+with a ten times smaller learning rate; when every try fails a
+:class:`~ibtools.estimators.neural_training.NeuralTrainingError` is raised, never a value.
 
 These estimators scale to activations with hundreds or thousands of dimensions, where
 kNN and binning estimators break down, but each number is a (possibly loose) lower
@@ -22,10 +24,12 @@ import torch
 
 from ibtools.estimators.base import Estimator, check_choice, check_int, check_positive
 from ibtools.estimators.neural_critics import CRITICS
-from ibtools.estimators.neural_training import SMOOTHING_WINDOW, CriticTraining
+from ibtools.estimators.neural_training import (
+    SMOOTHING_WINDOW,
+    CriticTraining,
+    NeuralTrainingError,
+)
 
-#: Learning-rate tries after a divergence: lr, lr/10, lr/100.
-_MAX_ATTEMPTS = 3
 #: InfoNCE values within this many nats of ln(batch size) are flagged.  On the 20 + 20-dim
 #: Gaussian with batch 256, even the exact critic reads 10 % low at 4 nats (3.60 = ln B - 1.9)
 #: and 22 % low at 6 nats (4.67 = ln B - 0.9): the bound bends well before its cap.
@@ -54,7 +58,9 @@ class NeuralEstimator(CriticTraining, Estimator):
     steps : int
         Maximum training steps (Adam).
     lr : float
-        Adam learning rate; divided by 10 (at most twice) if training diverges.
+        Adam learning rate; divided by 10 (at most twice) if training diverges or the
+        held-out value is absurd (not finite, or below -1 nat); if all three tries fail,
+        :class:`~ibtools.estimators.neural_training.NeuralTrainingError` is raised.
     val_fraction : float
         Fraction of rows held out; the estimate, early stopping and the ``"heldout"``
         interval use only these rows.
@@ -186,20 +192,8 @@ class NeuralEstimator(CriticTraining, Estimator):
         init_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=rng, device=device))
         y_classes = int(y.max()) + 1 if y_discrete else None
 
-        lr = float(self.lr)
-        diverged_at = []
-        for _ in range(_MAX_ATTEMPTS):
-            fit = self._train(x, y, y_classes, train_idx, eval_batches, lr, init_seed, rng)
-            if fit is not None:
-                break
-            diverged_at.append(lr)
-            lr /= 10.0
-        else:
-            raise RuntimeError(
-                f"{type(self).__name__} training diverged (non-finite loss or held-out value) at "
-                f"every learning rate tried: {diverged_at}. Standardize the inputs "
-                f"(transform='standardize'), lower lr, or use a smaller critic")
-
+        fit, lr, diverged_at = self._fit(x, y, y_classes, train_idx, eval_batches, init_seed,
+                                         rng)
         groups = self._groups(eval_batches)
         value = fit["value"]
         per_batch = fit["per_batch"]
@@ -434,4 +428,4 @@ class SMILE(NeuralEstimator):
         check_positive(self.tau, "tau")
 
 
-__all__ = ["NeuralEstimator", "MINE", "NWJ", "InfoNCE", "SMILE"]
+__all__ = ["NeuralEstimator", "NeuralTrainingError", "MINE", "NWJ", "InfoNCE", "SMILE"]

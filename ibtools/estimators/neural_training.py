@@ -3,8 +3,10 @@
 One run: Adam with a cosine learning-rate decay on shuffled epochs of the training rows,
 a held-out evaluation every ``eval_every`` steps, the critic with the best trailing mean
 of held-out evaluations kept, early stopping after ``patience`` evaluations without a new
-best, and ``None`` when the loss or the held-out value turns non-finite so the caller can
-restart with a smaller learning rate.
+best, and ``None`` when the loss or the held-out value turns non-finite.
+:meth:`CriticTraining._fit` restarts such a run, and one whose held-out value is absurd,
+with a ten times smaller learning rate, and raises :class:`NeuralTrainingError` when every
+try fails: such a number is never returned.
 """
 
 from __future__ import annotations
@@ -33,10 +35,50 @@ _GROUP_ROWS = 2048
 #: noisy evaluations and reporting that same number biases the result upward; comparing
 #: trailing means picks a good critic without rewarding a lucky evaluation.
 SMOOTHING_WINDOW = 3
+#: Learning-rate tries: lr, lr/10, lr/100.
+MAX_ATTEMPTS = 3
+#: A held-out value below this (nats) is a failed run, not an estimate.  Every bound here
+#: reads near 0 for a fresh critic, and the critic kept is the one with the best trailing
+#: mean of held-out evaluations, so a sound run cannot end far below 0; an overfit critic
+#: at independence reads a few hundredths below.  A blown-up one reads anything (lr=1e6
+#: gave -1.5e34 nats), which is not "no dependence".
+ABSURD_HELDOUT = -1.0
+
+
+class NeuralTrainingError(ValueError, RuntimeError):
+    """Critic training failed at every learning rate tried (non-finite or absurd held-out
+    values).  A ValueError because a setting (``lr``, the critic, the inputs' scale) is the
+    cause, so the CLI reports it as a user error; a RuntimeError for callers that catch
+    training failures as such."""
 
 
 class CriticTraining:
     """Training and held-out evaluation of a critic; reads the estimator's settings."""
+
+    def _fit(self, x, y, y_classes, train_idx, eval_batches, init_seed, rng):
+        """``(fit, lr used, learning rates that failed)``: :meth:`_train` from ``self.lr``,
+        restarted at a ten times smaller rate when a run diverges (non-finite loss or
+        held-out value) or ends with a held-out value below ``ABSURD_HELDOUT``.  SMILE is
+        judged by its unclipped DV reading of the same critic, a lower bound in
+        expectation: its clipped value is not a bound, and a blown-up critic can make it
+        absurdly high (lr=1e4 gave 1.3e27 nats, with a DV reading of -1.9e28)."""
+        lr, failed = float(self.lr), []
+        for _ in range(MAX_ATTEMPTS):
+            fit = self._train(x, y, y_classes, train_idx, eval_batches, lr, init_seed, rng)
+            worst = None if fit is None else min(
+                fit["value"], math.inf if fit["dv_value"] is None else fit["dv_value"])
+            if worst is not None and worst >= ABSURD_HELDOUT:
+                return fit, lr, [rate for rate, _ in failed]
+            failed.append((lr, worst))
+            lr /= 10.0
+        tried = "; ".join(f"lr={rate:g}: " + ("non-finite" if v is None else f"{v:.4g} nats")
+                          for rate, v in failed)
+        raise NeuralTrainingError(
+            f"{type(self).__name__} training diverged at every learning rate tried ({tried}); "
+            f"a held-out value that is not finite or below {ABSURD_HELDOUT:g} nat comes from a "
+            f"critic that blew up, not from the data. Lower lr (now lr={float(self.lr):g}; "
+            f"the default is 1e-3), standardize the inputs (transform='standardize'), or use "
+            f"a smaller critic")
 
     def _train(self, x, y, y_classes, train_idx, eval_batches, lr, init_seed, rng):
         """One training run; None if it diverged."""
