@@ -412,6 +412,9 @@ class Estimator:
     handles_entropy_of_discrete: ClassVar[bool] = False
     #: Whether seeds change the value (so "seeds" intervals make sense).
     stochastic: ClassVar[bool] = False
+    #: Whether the estimate is a function of the sample's empirical distribution, so it
+    #: cannot exceed ln n (see :mod:`ibtools.estimators.bounds`).
+    bounded_by_sample_size: ClassVar[bool] = False
 
     def __init__(self, **settings):
         accepted = self.accepted_settings()
@@ -560,6 +563,11 @@ class Estimator:
         result = self._finish("mutual_information", run, (xt, yt), n, dims, device,
                               extra={"swapped_arguments": swapped} if swapped else {})
         result.flags.extend(notes)
+        from ibtools.estimators.bounds import check_ceilings
+
+        discrete = {self._user_name(slot): t for slot, t, d in (("x", xt, xd), ("y", yt, yd))
+                    if d}
+        check_ceilings(result, n, discrete, self.bounded_by_sample_size)
         return result
 
     def entropy(self, x, *, discrete=None) -> EstimateResult:

@@ -347,6 +347,7 @@ class Binning(Estimator):
     """
 
     name = "binning"
+    bounded_by_sample_size = True
     defaults = {"n_bins": 30, "bin_width": None, "strategy": "uniform", "range": None,
                 "miller_madow": False}
     interval_kinds = ("bootstrap",)

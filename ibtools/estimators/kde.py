@@ -300,6 +300,7 @@ class KDE(Estimator):
 
     name = "kde"
     bounded_by_sample_size = True
+    bounded_by_sample_size = True
     defaults = {"noise_var": 0.1, "bound": "upper", "deterministic": False}
     interval_kinds = ("subsample", "bootstrap")
     supports_transform = True

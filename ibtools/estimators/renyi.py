@@ -214,6 +214,7 @@ class MatrixRenyi(Estimator):
     """
 
     name = "renyi"
+    bounded_by_sample_size = True
     defaults = {"alpha": 1.01, "sigma": None, "max_samples": 1000}
     interval_kinds = ("subsample",)
     supports_transform = True
