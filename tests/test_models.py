@@ -210,3 +210,66 @@ def test_train_on_cuda_and_load_on_cpu(tmp_path):
     assert_close(model(idx), history.model(idx.cuda()).cpu(), rtol=1e-4, atol=1e-4)
     cnn = train("cnn", max_steps=3, device="cuda", model_config=dict(TINY["cnn"], norm="ib-S"))
     assert 0.0 <= cnn[-1]["test_accuracy"] <= 1.0 and cnn.model.layers[0].norm1.running_mean.is_cuda
+
+
+# -- noisy networks (issue #17, train-time channel) ------------------------------------------
+
+
+def test_noisy_mlp_adds_seeded_noise_in_training_and_evaluation():
+    torch.manual_seed(0)
+    model = build_model("mlp", widths=[16, 12], noise_std=0.3, noise_seed=5)
+    assert model.config["noise_std"] == 0.3 and model.config["noise_seed"] == 5
+    x = torch.rand(2000, 64, generator=torch.Generator().manual_seed(1))
+    block = model.layers[0]
+    with torch.no_grad():
+        for mode in (model.train, model.eval):
+            mode()
+            clean = block.act(block.norm(block.linear(x)))
+            noise = block(x) - clean  # the block's output is act(...) + Z
+            assert abs(float(noise.std()) - 0.3) < 0.01 and abs(float(noise.mean())) < 0.01
+    first, second = model(x), model(x)  # fresh noise on every pass, eval included
+    assert not torch.equal(first, second)
+    # the same seed replays the same stream; another seed does not
+    twin = build_model("mlp", **model.config)
+    twin.load_state_dict(model.state_dict())
+    twin.eval()
+    model.noise_source.reseed()
+    assert_close(twin(x), model(x), rtol=0, atol=0)
+    other = build_model("mlp", **dict(model.config, noise_seed=6))
+    other.load_state_dict(model.state_dict())
+    other.eval()
+    assert not torch.equal(other(x), twin(x))
+
+
+def test_zero_noise_is_the_noiseless_mlp_exactly():
+    torch.manual_seed(3)
+    plain = build_model("mlp", widths=[16, 12])
+    torch.manual_seed(3)
+    zero = build_model("mlp", widths=[16, 12], noise_std=0.0, noise_seed=9)
+    assert zero.config == plain.config and "noise_std" not in zero.config
+    assert [n for n, _ in zero.named_modules()] == [n for n, _ in plain.named_modules()]
+    x = torch.rand(8, 64)
+    assert_close(zero(x), plain(x), rtol=0, atol=0)
+
+
+def test_noisy_mlp_checkpoint_reloads_with_its_noise(tmp_path):
+    history = train("mlp", max_steps=3, seed=0, out_dir=tmp_path, checkpoint_every=3,
+                    model_config={"widths": [8], "noise_std": 0.2, "noise_seed": 4})
+    ckpt = torch.load(tmp_path / "step_000003.pt", weights_only=True)
+    assert ckpt["config"]["noise_std"] == 0.2 and ckpt["config"]["noise_seed"] == 4
+    model = load_checkpoint_dict(ckpt)
+    model.eval()
+    x = torch.rand(5, 64)
+    trained = history.model.eval()
+    trained.noise_source.reseed()
+    assert_close(model(x), trained(x), rtol=0, atol=0)  # same weights, same noise stream
+    assert not torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("kwargs,match", [({"noise_std": -0.1}, "noise_std must be a finite"),
+                                          ({"noise_std": float("nan")}, "noise_std must be"),
+                                          ({"noise_std": 0.1, "noise_seed": 1.5},
+                                           "noise_seed must be an integer")])
+def test_noise_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("mlp", **kwargs)

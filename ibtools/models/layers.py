@@ -9,15 +9,17 @@ class such as :class:`ibtools.norms.IBBatchNorm1d` to choose another flavour.
 from __future__ import annotations
 
 import importlib
+import math
 
+import torch
 from torch import nn
 
 from ibtools.norms import IBBatchNorm1d, IBBatchNorm2d, IBNorm, IBNormMixin, IBRMSNorm
 from ibtools.norms import functional as IBF
 from ibtools.norms.state import adapt_norm_state_dict
 
-__all__ = ["NORM_CHOICES", "LAYOUTS", "MovedDimNorm", "ReferenceModel", "make_norm", "norm_config",
-           "resolve_lam"]
+__all__ = ["NORM_CHOICES", "LAYOUTS", "GaussianNoise", "MovedDimNorm", "NoiseSource",
+           "ReferenceModel", "make_norm", "noise_config", "norm_config", "resolve_lam"]
 
 NORM_CHOICES = ("layer", "rms", "batch", "none", "ib-S", "ib-L", "ib-T")
 LAYOUTS = ("vector", "sequence", "image")  # (N, C), (B, T, C), (N, C, H, W)
@@ -46,6 +48,71 @@ class MovedDimNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"source={self.source}, destination={self.destination}"
+
+
+class NoiseSource:
+    """One seeded random stream per device, shared by the noise layers of one model.
+
+    The first draw on a device seeds that device's generator with ``seed``, so a model
+    built (or reloaded) with the same seed adds the same noise to the same inputs in the
+    same order.  :meth:`reseed` starts every stream again.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self._generators: dict = {}
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            g = torch.Generator(device=device)
+            g.manual_seed(self.seed)
+            self._generators[key] = g
+        return self._generators[key]
+
+    def reseed(self, seed: int | None = None) -> None:
+        """Restart the streams, from ``seed`` if given (else the seed they began with)."""
+        if seed is not None:
+            self.seed = int(seed)
+        self._generators.clear()
+
+
+class GaussianNoise(nn.Module):
+    """``x + N(0, std^2)`` elementwise, in training and in evaluation alike.
+
+    The noisy channel of Goldfeld et al. (2019): a block's output ``T = f(.) + Z`` is a
+    random variable given the input, so ``I(X; T)`` is finite.  Unlike dropout the noise
+    stays in ``eval()``: it is part of the model.  ``std = 0`` returns the input itself.
+    Draws come from ``source`` (one stream per model, see :class:`NoiseSource`).
+    """
+
+    def __init__(self, std: float, source: NoiseSource) -> None:
+        super().__init__()
+        self.std = float(std)
+        self.source = source
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.std == 0.0:
+            return x
+        z = torch.randn(x.shape, generator=self.source.generator(x.device), device=x.device,
+                        dtype=x.dtype)
+        return x + self.std * z
+
+    def extra_repr(self) -> str:
+        return f"std={self.std:g}"
+
+
+def noise_config(noise_std, noise_seed) -> dict:
+    """Check a model's noise arguments; the config entries that rebuild them (none when
+    ``noise_std`` is 0, so a noiseless model's config is what it was before noise existed)."""
+    if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or \
+            not math.isfinite(noise_std) or noise_std < 0:
+        raise ValueError(f"noise_std must be a finite number >= 0 (the standard deviation of the "
+                         f"Gaussian noise added after every block; 0 for none), got {noise_std!r}")
+    if isinstance(noise_seed, bool) or not isinstance(noise_seed, int):
+        raise ValueError(f"noise_seed must be an integer (it seeds the model's noise stream), "
+                         f"got {noise_seed!r}")
+    return {"noise_std": float(noise_std), "noise_seed": int(noise_seed)} if noise_std else {}
 
 
 def _import_norm_class(path: str) -> type:
