@@ -6,7 +6,7 @@
 
 The ground truth is jointly Gaussian X, Y with d coordinates per side, coordinate pairs
 correlated with rho = sqrt(1 - exp(-2/d)), so that I(X;Y) = 1 nat whatever d (closed form 1
-of ESTIMATORS.md): the table shows how each estimator degrades with dimension at fixed
+of docs/estimators.md): the table shows how each estimator degrades with dimension at fixed
 information.  Each row runs in its own Python subprocess, which reports its own peak
 resident memory (``getrusage(RUSAGE_SELF).ru_maxrss``, which includes the interpreter,
 torch and the data: the ``base MiB`` column is the same process's peak before the estimate,

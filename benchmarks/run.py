@@ -9,7 +9,7 @@ Families: ksg, kde, binning, gaussian, renyi, neural, analyze, scaling.  Each pr
 markdown table: for every case, ibtools' row and the reference's row on the same data, with
 the median time of several runs (fewer when a run is long; the table says how many), the CPU
 time, the peak memory the call added, the error against the closed-form ground truth of
-ESTIMATORS.md, and on ibtools' row the ratios ibtools / reference.  Targets of the issue get
+docs/estimators.md, and on ibtools' row the ratios ibtools / reference.  Targets of the issue get
 a PASS/FAIL line with the measured number.  The whole report, with a description of the
 machine and its load, goes to ``--out`` (default benchmarks/RESULTS.md).
 
@@ -146,7 +146,7 @@ def family_ksg(ctx: Context) -> Section:
     from benchmarks.estimators import gaussian_data, reference_ksg
 
     sec = Section("KSG (k = 3, max-norm)", intro=[
-        "Gaussian X, Y with d coordinates each, I = 1 nat (ESTIMATORS.md case 1); "
+        "Gaussian X, Y with d coordinates each, I = 1 nat (docs/estimators.md case 1); "
         "binary Y with T = Y + U(0, 2), I = ln(2)/2 (case 6).  The cKDTree reference gets "
         "the exact geometry ibtools builds (float32, scaled, the same seeded 1e-10 noise), so "
         "the two must agree to 1e-3 nats; scikit-learn adds its own noise."])
@@ -288,7 +288,7 @@ def family_binning(ctx: Context) -> Section:
     sec = Section("Binning (30 bins per unit, plug-in)", intro=[
         "T: a 64-d embedding of X uniform on 256 symbols (a deterministic layer); Y = the "
         f"low bit of X sent through a binary symmetric channel with flip {flip}, so "
-        f"I(T;Y) = ln 2 - H_b({flip}) = {truth:.4f} nats (ESTIMATORS.md case 5) when the bins "
+        f"I(T;Y) = ln 2 - H_b({flip}) = {truth:.4f} nats (docs/estimators.md case 5) when the bins "
         "keep the 256 symbols apart."])
     n, d = ctx.size(1_000_000, 100_000), 64
     rng = np.random.default_rng(ctx.seed)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-#: Columns every results table has (DESIGN.md's contract), in display order.
+#: Columns every results table has (the contract between analysis and reports), in display order.
 COLUMNS = [
     "checkpoint", "model", "norm", "lam", "seed", "step", "layer", "layer_index",
     "estimator", "setting", "params", "reference", "ib_kind",

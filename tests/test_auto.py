@@ -95,7 +95,7 @@ def test_student_t_dependence_the_gaussian_copula_misses_is_read_by_ksg():
 def test_continuous_against_labels_uses_ross_ksg(labels_first):
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 2, 5000)
-    t = (labels + rng.uniform(0, 2.0, 5000))[:, None]  # I = ln(2) / 2 (ESTIMATORS.md case 6)
+    t = (labels + rng.uniform(0, 2.0, 5000))[:, None]  # I = ln(2) / 2 (docs/estimators.md case 6)
     args = (labels, t) if labels_first else (t, labels)
     r = ibtools.mutual_information(*args)
     assert r.details["auto"]["chosen"] == MIXED_KSG

@@ -1,5 +1,5 @@
 """KDE pairwise-distance bounds: ground truth from mixture entropies computed by quadrature,
-the deterministic-map case 9 of ESTIMATORS.md, chunking, precision and the NumPy reference."""
+the deterministic-map case 9 of docs/estimators.md, chunking, precision and the NumPy reference."""
 
 import importlib.util
 import math

@@ -1,5 +1,5 @@
 """KSG mutual information, Ross's mixed variant, Kozachenko-Leonenko entropy and the exact
-max-norm neighbour search behind them, against the closed forms of ESTIMATORS.md."""
+max-norm neighbour search behind them, against the closed forms of docs/estimators.md."""
 
 import math
 

@@ -3,7 +3,8 @@ r"""The math of IBNorm: bounded compression followed by (re-)standardization.
 IBNorm-S, IBNorm-L and IBNorm-T **as defined by ibtools**.  Zou & Zhou (2025) describe a
 normalization layer that compresses activations toward their group mean with strength
 ``lam`` before standardizing them, in three saturating variants; their exact formulas were
-not public, so ibtools defines them as follows (see ``IBNORM.md`` in the project notes).
+not public, so ibtools defines them as follows (``docs/ibnorm.md`` in the repository says
+what the paper states and what is ibtools' choice).
 Within one normalization group with mean :math:`\mu` and variance :math:`\sigma^2`:
 
 .. math::

@@ -6,7 +6,7 @@ a multi-page PDF.
 {'html': PosixPath('runs/analysis/report.html'), 'pdf': PosixPath('runs/analysis/report.pdf')}
 
 The plot functions take the table (or a filtered view of it) and return a matplotlib
-Figure, for notebooks.  Reports know the table's columns and nothing else (DESIGN.md).
+Figure, for notebooks.  Reports know the table's columns (:mod:`ibtools.results`) and nothing else.
 """
 
 from ibtools.reports.content import ReportContent, build_report_content

@@ -74,7 +74,7 @@ def build_report_content(table, *, config=None, environment=None, units: str = "
     Parameters
     ----------
     table : pandas.DataFrame
-        Results table (DESIGN.md contract).
+        Results table (columns of :mod:`ibtools.results`).
     config : dict, optional
         The run's configuration, shown verbatim and searched for the environment.
     environment : dict, optional

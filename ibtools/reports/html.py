@@ -279,7 +279,7 @@ def render_html(table, path, *, config=None, environment=None, units: str = "nat
     Parameters
     ----------
     table : pandas.DataFrame
-        Results table (DESIGN.md contract); ignored when ``content`` is given.
+        Results table (columns of :mod:`ibtools.results`); ignored when ``content`` is given.
     path : str or os.PathLike
         Output file; written atomically (temporary file, then ``os.replace``).
     config, environment : dict, optional

@@ -1,6 +1,6 @@
 """The results table as reports read it: validation, units, labels and seed aggregation.
 
-The table is the contract between analysis and reports (DESIGN.md): long format, one row
+The table is the analysis-to-reports contract (:mod:`ibtools.results`): long format, one row
 per (checkpoint, layer, estimator, quantity setting), values in nats.  Reports never look
 past its columns, so everything a plot or a summary needs is derived here, once.
 """
@@ -50,7 +50,7 @@ def validate_table(df) -> None:
     Parameters
     ----------
     df : pandas.DataFrame
-        Results table in the long format of DESIGN.md.
+        Results table in the long format of :mod:`ibtools.results`.
 
     Raises
     ------
@@ -152,7 +152,7 @@ def prepare_table(df, units: str = "nats") -> pd.DataFrame:
     Parameters
     ----------
     df : pandas.DataFrame
-        Results table (DESIGN.md contract).
+        Results table (columns of :mod:`ibtools.results`).
     units : {"nats", "bits"}
         Unit of every information column in the returned copy (rows in bits are read as
         bits, whatever the target).
