@@ -241,15 +241,29 @@ def test_noisy_mlp_adds_seeded_noise_in_training_and_evaluation():
     assert not torch.equal(other(x), twin(x))
 
 
-def test_zero_noise_is_the_noiseless_mlp_exactly():
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_zero_noise_is_the_noiseless_model_exactly(name):
     torch.manual_seed(3)
-    plain = build_model("mlp", widths=[16, 12])
+    plain = build_model(name, **TINY[name])
     torch.manual_seed(3)
-    zero = build_model("mlp", widths=[16, 12], noise_std=0.0, noise_seed=9)
+    zero = build_model(name, **TINY[name], noise_std=0.0, noise_seed=9)
     assert zero.config == plain.config and "noise_std" not in zero.config
     assert [n for n, _ in zero.named_modules()] == [n for n, _ in plain.named_modules()]
-    x = torch.rand(8, 64)
+    x = _input(plain, n=8)
     assert_close(zero(x), plain(x), rtol=0, atol=0)
+
+
+def test_noisy_cnn_has_noise_after_stem_and_every_block():
+    torch.manual_seed(0)
+    model = build_model("cnn", **TINY["cnn"], noise_std=0.1, noise_seed=2).eval()
+    names = [n for n, m in model.named_modules() if type(m).__name__ == "GaussianNoise"]
+    assert names == ["stem.noise", "layers.0.noise", "layers.1.noise"]
+    x = _input(model, n=8)
+    assert not torch.equal(model(x), model(x))
+    twin = build_model("cnn", **model.config)
+    twin.load_state_dict(model.state_dict())
+    model.noise_source.reseed()
+    assert_close(twin.eval()(x), model(x), rtol=0, atol=0)
 
 
 def test_noisy_mlp_checkpoint_reloads_with_its_noise(tmp_path):
