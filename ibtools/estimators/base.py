@@ -241,6 +241,8 @@ def encode_discrete(a, name: str, declared: bool) -> torch.Tensor:
     """Turn class ids (ints, bools, strings, integral floats when ``declared``) into int64
     codes 0..K-1 of shape (n,). Rows of several columns are treated as one joint symbol."""
     if isinstance(a, torch.Tensor):
+        if a.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+            a = a.float()
         arr = a.cpu().numpy()
     else:
         arr = np.asarray(a)
@@ -254,7 +256,8 @@ def encode_discrete(a, name: str, declared: bool) -> torch.Tensor:
             raise TypeError(f"{name} was declared discrete but holds non-integer values such "
                             f"as {sample.tolist()}; discrete variables take integer class ids "
                             f"(or strings/bools), or declare it continuous")
-        arr = arr.astype(np.int64)
+        # integral floats stay floats: a cast to int64 would merge every id beyond 2**63
+        # into one class; np.unique below codes float ids the same way as integer ones
     elif arr.dtype.kind not in "biuUSO":
         raise TypeError(f"{name}: dtype {arr.dtype} cannot be read as class ids")
     rows = arr.reshape(len(arr), -1)
