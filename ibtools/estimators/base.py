@@ -18,6 +18,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ibtools.estimators.intervals import (
+    CI_METHODS,
+    bias_dominates,
+    bias_flag,
+    independence_flag,
+    null_summary,
+    resample_interval,
+)
 from ibtools.estimators.transforms import TRANSFORMS, apply_transform
 
 LN2 = math.log(2.0)
@@ -372,7 +380,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "ci": None,
     "n_resamples": 20,
     "confidence": 0.95,
-    "n_permutations": 0,
+    "n_permutations": "auto",
 }
 
 
@@ -397,10 +405,14 @@ class Estimator:
         Resamples (or seeds) behind the interval.
     confidence : float
         Interval coverage, in (0, 1).
-    n_permutations : int
+    n_permutations : int or "auto"
         If > 0, estimate the value under a permutation null (y rows shuffled) that many times
-        and report its mean, spread and a p-value in ``details["null"]``: the estimator's
-        bias at independence.
+        and report its mean, spread, 95% quantile and a p-value in ``details["null"]``: the
+        estimator's bias at independence; a p-value above 0.05 adds the flag "not
+        distinguishable from independence".  ``"auto"`` (the default) runs the estimator's
+        own small check (``auto_permutations`` shuffles, or :meth:`_independence_check`) when
+        its value is positive and within reach of its bias at independence, and nothing
+        for estimators too costly to rerun; ``0`` turns every check off.
     """
 
     name: ClassVar[str] = ""
@@ -418,6 +430,9 @@ class Estimator:
     #: Whether the estimate is a function of the sample's empirical distribution, so it
     #: cannot exceed ln n (see :mod:`ibtools.estimators.bounds`).
     bounded_by_sample_size: ClassVar[bool] = False
+    #: Shuffles of the permutation null run by ``n_permutations="auto"``; 0 for estimators
+    #: too costly to rerun that often (they may override :meth:`_independence_check`).
+    auto_permutations: ClassVar[int] = 0
 
     def __init__(self, **settings):
         accepted = self.accepted_settings()
@@ -456,7 +471,8 @@ class Estimator:
             raise ValueError(f"ci={self.ci!r} is not offered by {type(self).__name__}; use None, "
                              f"'auto' or one of {list(self.interval_kinds)}")
         check_int(self.n_resamples, "n_resamples", minimum=2)
-        check_int(self.n_permutations, "n_permutations", minimum=0)
+        if self.n_permutations != "auto":
+            check_int(self.n_permutations, "n_permutations", minimum=0)
         if not (isinstance(self.confidence, (float, int)) and 0 < self.confidence < 1):
             raise ValueError(f"confidence={self.confidence!r} must be a number in (0, 1)")
         if self.supports_transform and self.transform not in TRANSFORMS:
@@ -608,67 +624,105 @@ class Estimator:
                                 params=_jsonable(self.get_params()), n=n, dims=tuple(dims),
                                 seconds=seconds, flags=flags, details=details)
         if self.ci is not None:
-            kind = self.interval_kinds[0] if self.ci == "auto" else self.ci
-            low, high, samples = self._interval(kind, run, tensors, n, value, device)
-            result.ci, result.ci_kind, result.confidence = (low, high), kind, float(self.confidence)
-            result.details["resample_values"] = samples
-        if self.n_permutations and quantity == "mutual_information":
-            result.details["null"] = self._permutation_null(run, tensors, value, device)
-            null = result.details["null"]
-            if null["p_value"] > 0.05 and value > 0:
-                result.flags.append(
-                    f"not distinguishable from independence: the value under shuffled pairs "
-                    f"averages {null['mean']:.4f} nats (sd {null['std']:.4f}); "
-                    f"permutation p = {null['p_value']:.3f}")
+            self._attach_interval(result, run, tensors, device)
+        if quantity == "mutual_information":
+            self._attach_null(result, run, tensors, device)
         return result
+
+    def _attach_interval(self, result, run, tensors, device) -> None:
+        """Interval, ``ci_method`` and bias details; it always contains the value."""
+        kind = self.interval_kinds[0] if self.ci == "auto" else self.ci
+        out = self._interval(kind, run, tensors, result.n, result.value, device)
+        low, high, samples = out[:3]
+        if low is None:  # resamples of the base kinds: build the interval from them
+            rows = out[3]["resample_rows"]
+            low, high, info = resample_interval(
+                kind, result.value, samples, float(self.confidence), n=result.n,
+                rows_point=int(result.details.get("rows_used", result.n)),
+                rows_resample=min(rows) if kind == "subsample" else None)
+        else:
+            info = {"ci_method": CI_METHODS.get(kind, kind)}
+        low, high = min(float(low), result.value), max(float(high), result.value)
+        result.ci, result.ci_kind, result.confidence = (low, high), kind, float(self.confidence)
+        result.details["resample_values"] = samples
+        result.details.update(info)
+        result.flags.extend(self._interval_flags(result, info))
+
+    def _interval_flags(self, result, info) -> list:
+        """Flags about what the interval means; by default, that it is of the estimator's
+        value when the bias the resamples reveal exceeds their spread."""
+        return [bias_flag(info, result.n, result.quantity)] if bias_dominates(info) else []
+
+    def _attach_null(self, result, run, tensors, device) -> None:
+        """The permutation null (``n_permutations`` > 0) or the automatic check."""
+        if self.n_permutations == "auto":
+            if result.value > 0:
+                check = self._independence_check(run, tensors, result, device)
+                if check is not None:
+                    result.details["null"] = check
+        elif self.n_permutations:
+            result.details["null"] = self._permutation_null(run, tensors, result.value, device,
+                                                            self.n_permutations)
+        null = result.details.get("null")
+        if null is not None and null["p_value"] > 0.05 and result.value > 0:
+            result.flags.append(independence_flag(null, null.get("statistic", "the value "
+                                                                  "under shuffled pairs")))
+
+    def _independence_check(self, run, tensors, result, device) -> dict | None:
+        """The ``n_permutations="auto"`` check: ``auto_permutations`` shuffles when
+        :meth:`_null_needed` says the value is within reach of the bias at independence."""
+        if not self.auto_permutations or not self._null_needed(result):
+            return None
+        null = self._permutation_null(run, tensors, result.value, device,
+                                      self.auto_permutations)
+        null["automatic"] = True
+        return null
+
+    def _null_needed(self, result) -> bool:
+        """Whether the value could come from independent data (default: always)."""
+        return True
 
     # -- intervals and null ---------------------------------------------------------------
 
     def _interval(self, kind, run, tensors, n, value, device):
-        alpha = 1.0 - float(self.confidence)
+        """``(None, None, resampled values, {"resample_rows": [...]})``: the estimates on
+        ``n_resamples`` resamples and the rows each used; :meth:`_attach_interval` turns
+        them into the interval (:mod:`ibtools.estimators.intervals`).  An override for a
+        kind of its own returns ``(low, high, values)`` instead."""
         g = torch.Generator(device="cpu")
         g.manual_seed(int(self.seed) + 7919)
-        samples = []
-        if kind == "seeds":
-            for b in range(1, self.n_resamples + 1):
-                samples.append(float(run(*tensors, b)[0]))
-            arr = np.asarray(samples)
-            lo, hi = np.quantile(arr, [alpha / 2, 1 - alpha / 2])
-            return float(lo), float(hi), samples
-        if kind == "bootstrap":
-            for b in range(1, self.n_resamples + 1):
+        samples, rows = [], []
+        if kind not in ("seeds", "bootstrap", "subsample"):
+            raise ValueError(f"unknown interval kind {kind!r}")
+        m = max(self._min_samples() + 1, n // 2)
+        if kind == "subsample" and m >= n:
+            raise ValueError(f"n={n} is too small for a subsampling interval")
+        for b in range(1, self.n_resamples + 1):
+            if kind == "seeds":
+                parts = tensors
+            elif kind == "bootstrap":
                 idx = torch.randint(0, n, (n,), generator=g).to(device)
-                samples.append(float(run(*[t[idx] for t in tensors], b)[0]))
-            arr = np.asarray(samples)
-            # basic (reverse-percentile) bootstrap: corrects the plug-in's resample bias
-            lo, hi = np.quantile(arr, [alpha / 2, 1 - alpha / 2])
-            return float(2 * value - hi), float(2 * value - lo), samples
-        if kind == "subsample":
-            m = max(self._min_samples() + 1, n // 2)
-            if m >= n:
-                raise ValueError(f"n={n} is too small for a subsampling interval")
-            for b in range(1, self.n_resamples + 1):
+                parts = [t[idx] for t in tensors]
+            else:
                 idx = torch.randperm(n, generator=g)[:m].to(device)
-                samples.append(float(run(*[t[idx] for t in tensors], b)[0]))
-            arr = np.asarray(samples)
-            # m-out-of-n: the spread of sqrt(m)(theta_m - mean) scaled to n rows
-            dev = (arr - arr.mean()) * math.sqrt(m / n)
-            lo, hi = np.quantile(dev, [alpha / 2, 1 - alpha / 2])
-            return float(value + lo), float(value + hi), samples
-        raise ValueError(f"unknown interval kind {kind!r}")
+                parts = [t[idx] for t in tensors]
+            out = run(*parts, b)
+            samples.append(float(out[0]))
+            rows.append(int(out[1].get("rows_used", parts[0].shape[0])))
+        return None, None, samples, {"resample_rows": rows}
 
-    def _permutation_null(self, run, tensors, value, device):
+    def _permutation_null(self, run, tensors, value, device, count):
+        """``count`` values with y's rows shuffled (same shuffles for every estimator)."""
         x, y = tensors
         g = torch.Generator(device="cpu")
         g.manual_seed(int(self.seed) + 104729)
-        vals = []
-        for b in range(1, self.n_permutations + 1):
-            perm = torch.randperm(y.shape[0], generator=g).to(device)
-            vals.append(float(run(x, y[perm], 10_000 + b)[0]))
-        arr = np.asarray(vals)
-        p = (1 + int((arr >= value).sum())) / (1 + len(arr))
-        return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
-                "values": vals, "p_value": float(p)}
+        perms = [torch.randperm(y.shape[0], generator=g).to(device) for _ in range(count)]
+        return null_summary(self._null_values(run, x, y, perms), value)
+
+    def _null_values(self, run, x, y, perms) -> list:
+        """The estimate on ``(x, y[perm])`` for each shuffle; estimators that can reuse
+        work across shuffles (binning's symbols) override this."""
+        return [float(run(x, y[perm], 10_000 + b)[0]) for b, perm in enumerate(perms, 1)]
 
 
 # --------------------------------------------------------------------------- small checks

@@ -42,6 +42,12 @@ MAX_BINS = 65536
 #: A binned variable whose distinct symbols reach this fraction of n is saturated.
 SATURATION_FRACTION = 0.5
 
+#: Shuffles of the automatic permutation null (p-values down to 1/31).
+AUTO_PERMUTATIONS = 30
+
+#: The automatic null runs when the value is below the G-test null mean plus this many sds.
+NULL_REACH_SDS = 4.0
+
 # Odd 64-bit multiplier (the golden-ratio constant) of the polynomial row hash, as int64.
 _MULTIPLIER = 0x9E3779B97F4A7C15 - 2**64
 
@@ -332,10 +338,28 @@ class Binning(Estimator):
     (``details["differential_entropy_approx"]`` adds d ln(width) for fixed-width grids).
     When the bins are fine enough that every row is its own symbol the value saturates at
     ln n (flagged).  Assumptions: rows are i.i.d.; discrete variables are exact class ids.
-    ``entropy`` of continuous data returns that discrete entropy.  Deterministic; the
-    interval is a bootstrap.  Large inputs stream through row blocks sized to
-    ``memory_budget``; for activations that do not fit in memory at all, use
-    :class:`BinningAccumulator`.
+    ``entropy`` of continuous data returns that discrete entropy.  Deterministic.  Large
+    inputs stream through row blocks sized to ``memory_budget``; for activations that do not
+    fit in memory at all, use :class:`BinningAccumulator`.
+
+    Interval (``ci="bootstrap"``): Efron's bias-corrected bootstrap.  A resample duplicates
+    rows, so its histogram has fewer occupied cells and a larger plug-in bias than the
+    estimate; percentile intervals of the resamples therefore sit above the estimate (and
+    the reflected "basic" interval below it).  The interval is centred on the value minus
+    the bootstrap bias estimate (mean of resamples - value), has half-width t(B - 1) times
+    the resample sd (widened by the error of the bias estimate), and is stretched to contain
+    the value (:mod:`ibtools.estimators.intervals`; ``details["ci_method"]``,
+    ``"ci_bias"``, ``"ci_center"``).  With a continuous variable the interval is of the MI
+    of the binned variables, and when the bias exceeds the spread of the resamples it is an
+    interval of this estimator's value, not of the true MI; both are flagged.
+
+    Independence (``n_permutations="auto"``, the default): when the value is within reach
+    of the plug-in bias at independence -- below the G-test's null mean plus four null sds,
+    ``(df + 4 sqrt(2 df)) / (2n)`` with ``df = (K_x - 1)(K_y - 1)`` occupied symbols (Wilks:
+    ``2n I`` is chi-square with df degrees of freedom) -- 30 shuffles of y's symbols give a
+    permutation null (each costs one regrouping of n pairs, not a re-binning); a p-value
+    above 0.05 is flagged "not distinguishable from independence" and ``details["null"]``
+    holds the null's mean, sd, 95% quantile and p-value.
 
     References
     ----------
@@ -353,6 +377,7 @@ class Binning(Estimator):
     interval_kinds = ("bootstrap",)
     handles_discrete_x = True
     handles_entropy_of_discrete = True
+    auto_permutations = AUTO_PERMUTATIONS
 
     def _check_settings(self) -> None:
         check_int(self.n_bins, "n_bins", minimum=2, maximum=MAX_BINS)
@@ -420,6 +445,43 @@ class Binning(Estimator):
                 flags.append(flag)
         _finish_clip_details(details)
         return value, details, flags
+
+    # -- intervals and the independence check -----------------------------------------------
+
+    def _interval_flags(self, result, info) -> list:
+        flags = super()._interval_flags(result, info)
+        binned = "bins_x" in result.details or "bins_y" in result.details
+        if binned and not flags:
+            flags.append("interval of the estimator's value, not of the true "
+                         f"{'MI' if result.quantity == 'mutual_information' else 'entropy'}: "
+                         "with continuous data it covers the plug-in value of the binned "
+                         "variables at these bins, which depends on the bins (information "
+                         "lost in a bin reads low, sparse bins read high)")
+        return flags
+
+    def _null_needed(self, result) -> bool:
+        """Whether the value is within the G-test's reach of the plug-in bias at
+        independence: ``2n I`` is about chi-square with ``(K_x - 1)(K_y - 1)`` degrees of
+        freedom there, so a value above its mean plus ``NULL_REACH_SDS`` sds cannot come
+        from independent data and needs no permutations."""
+        d = result.details
+        df = max(1, (d["symbols_x"] - 1) * (d["symbols_y"] - 1))
+        return result.value <= (df + NULL_REACH_SDS * math.sqrt(2.0 * df)) / (2.0 * result.n)
+
+    def _null_values(self, run, x, y, perms) -> list:
+        """The plug-in MI of each shuffle from the symbols binned once (binning a shuffled
+        variable gives the same grid and the same symbols, shuffled)."""
+        n = x.shape[0]
+        lx, cx = self._symbols(x, x.ndim == 1, "x", {}, [])
+        ly, cy = self._symbols(y, y.ndim == 1, "y", {}, [])
+        ky = int(cy.shape[0])
+        dense = int(cx.shape[0]) * ky <= 4 * n
+        out = []
+        for perm in perms:
+            joint = lx * ky + ly[perm]
+            cxy = torch.bincount(joint) if dense else torch.unique(joint, return_counts=True)[1]
+            out.append(float(plugin_mi(cx, cy, cxy, n, self.miller_madow)[0]))
+        return out
 
     def _entropy(self, x, discrete, rng):
         details, flags = {}, []

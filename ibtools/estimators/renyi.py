@@ -12,6 +12,10 @@ import math
 import torch
 
 from ibtools.estimators.base import Estimator, check_int, check_positive
+from ibtools.estimators.intervals import hsic_null
+
+#: Shuffles of the automatic independence check (p-values down to 1/51).
+HSIC_PERMUTATIONS = 50
 
 SIGMA_RULES = ("median", "silverman")
 
@@ -202,7 +206,16 @@ class MatrixRenyi(Estimator):
     entropy of one) needs no eigendecomposition and uses every row.  Gram matrices and
     eigenvalues are float64 whatever ``dtype`` says (it only sets how inputs are read), and
     eigenvalues below the rank tolerance ``m eps lambda_max`` count as 0.  Intervals: subsampling
-    (duplicated rows of a bootstrap would add identical Gram rows).
+    (duplicated rows of a bootstrap would add identical Gram rows) of half the rows; the
+    estimate's bias falls about like 1/m (at independence in 1-d: 0.018 nats at m = 500,
+    0.009 at m = 1000), so the shift of the half-size values extrapolated at that rate is
+    taken off the centre, and the interval is stretched to contain the value
+    (:mod:`ibtools.estimators.intervals`).  Independence: at independence the value is
+    positive and grows with the dimension under the median width (about 0.02 nats in 1-d,
+    0.2-0.3 in 10-d, 0.8-0.9 in 64-d at m = 500-1000), so by default
+    (``n_permutations="auto"``) an HSIC permutation test on the same Gram matrices (50
+    shuffles, O(m^2) each; Gretton et al. 2008) decides whether the value can be told from
+    independence; ``details["null"]`` holds the test and a p-value above 0.05 is flagged.
 
     References
     ----------
@@ -221,6 +234,29 @@ class MatrixRenyi(Estimator):
     handles_discrete_x = True
     handles_entropy_of_discrete = True
     stochastic = False
+    auto_permutations = HSIC_PERMUTATIONS
+
+    def _independence_check(self, run, tensors, result, device):
+        """HSIC permutation test on the point estimate's own rows and Gram matrices
+        (label-only inputs: shuffles of the count-based value itself, which are cheap)."""
+        x, y = tensors
+        if x.ndim == 1 and y.ndim == 1:
+            return super()._independence_check(run, tensors, result, device)
+        idx = self._subsample(int(x.shape[0]), self._generator(device, 0))
+        if idx is not None:
+            x, y = x[idx], y[idx]
+        a, _ = self._gram(x, x.ndim == 1)
+        b, _ = self._gram(y, y.ndim == 1)
+        g = torch.Generator(device="cpu")
+        g.manual_seed(int(self.seed) + 104729)
+        perms = [torch.randperm(int(b.shape[0]), generator=g).to(b.device)
+                 for _ in range(HSIC_PERMUTATIONS)]
+        null = hsic_null(a, b, perms)
+        null.update(automatic=True, test="HSIC permutation test (Gretton et al. 2008) on the "
+                    "Gram matrices of the estimate",
+                    statistic="the HSIC statistic of the same Gram matrices under shuffled "
+                    f"pairs (observed {null['hsic']:.3g})")
+        return null
 
     def _check_settings(self) -> None:
         check_positive(self.alpha, "alpha")
