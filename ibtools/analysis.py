@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ibtools import inputs as inputs_io
 from ibtools import results as results_io
 from ibtools import run_directory
 from ibtools.estimators.spec import EstimatorSpec, parse_estimator_specs
@@ -76,12 +77,30 @@ def _progress(iterable, desc, enabled, total=None, leave=False):
     return tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True)
 
 
-def _estimate(est, a, b, **kw):
-    """One estimate, or NaN with the reason when the estimator cannot handle the pair."""
+class EstimatorFailedWarning(UserWarning):
+    """An estimator could not compute a quantity of one layer; its row holds NaN and a flag."""
+
+
+#: What an estimator raises on data it cannot handle (bad shapes or values, a singular or
+#: overflowing computation, memory it cannot get): the step becomes a NaN row with a flag.
+#: Programming errors (AttributeError, NameError, KeyError, IndexError, ...) still propagate.
+ESTIMATOR_FAILURES = (ValueError, TypeError, RuntimeError, ArithmeticError, MemoryError)
+
+
+def _estimate(est, a, b, where=None, quantity=None, **kw):
+    """One estimate, or NaN with the reason when the estimator cannot handle the pair; with
+    ``where`` (checkpoint, layer, setting) the failure is also a warning naming them."""
     try:
         return est.mutual_information(a, b, **kw), None
-    except (ValueError, TypeError, RuntimeError) as exc:
-        return None, f"{type(exc).__name__}: {exc}"
+    except ESTIMATOR_FAILURES as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        if where is not None:
+            import warnings
+
+            warnings.warn(f"{where}: {quantity or 'a quantity'} not computed ({reason}); its "
+                          f"row holds NaN and a flag, the run goes on", EstimatorFailedWarning,
+                          stacklevel=2)
+        return None, reason
 
 
 def _value(result):
@@ -103,19 +122,27 @@ def _flags(label, result, error):
 def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None, betas=(0.1,),
             reference="input", max_samples=2000, device="auto", seed=0, pool=None, ci=None,
             split="test", out_dir=None, overwrite=False, progress=None, arch_kwargs=None,
-            trust_pickle=False, threads="auto", lock_timeout=None, trust_code=False):
+            trust_pickle=False, threads="auto", lock_timeout=None, trust_code=False,
+            memory_budget="auto", spill_dir=None, batch_size=64, strict=True):
     """Estimate information quantities of chosen layers of one or more checkpoints.
 
     Parameters
     ----------
-    checkpoints : path, model, or list of them
+    checkpoints : path, model, list of them, or dict of named ones
         Checkpoint files (any format :func:`ibtools.probes.load_model` reads) or
-        ``nn.Module`` objects already in memory.
+        ``nn.Module`` objects already in memory.  A dict ``{"layernorm": m1, "ib-S": m2}``
+        names them; models in a list are named by their class, made unique
+        (``GPT2LMHeadModel``, ``GPT2LMHeadModel-2``).  The name is the rows' ``checkpoint``
+        and ``model``, so two models of one class are never merged (see
+        :mod:`ibtools.inputs`).
     arch : str, optional
         Architecture for plain state_dicts (``"ibtools:mlp"``, ``"package.module:factory"``,
         ``"hf:DIR"``); ibtools checkpoints carry their own.
-    data : str
-        Data source (``"digits"``, ``"text:PATH"``, ``"npz:PATH"``, ``"package.module:fn"``).
+    data : str, tuple or iterable
+        Data source (``"digits"``, ``"text:PATH"``, ``"npz:PATH"``, ``"package.module:fn"``),
+        a tuple ``(inputs, targets)`` of tensors or arrays, or a DataLoader (any re-iterable
+        of ``(inputs, targets)`` batches), as :func:`ibtools.capture_activations` takes.
+        ``split`` applies to spec strings only.
     layers : str, list or None
         Layer names, dotted globs (``"blocks.*.ln_1"``), module types or the groups
         ``"norms"`` / ``"blocks"`` (see :mod:`ibtools.probes.layers`); ``None`` picks every
@@ -168,15 +195,29 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         ``0`` refuses at once (:class:`ibtools.run_directory.RunDirectoryBusyError` naming
         the holder's pid and host).
 
+    memory_budget : "auto", int, str or None
+        RAM the captured activations of one checkpoint may take (``"2GiB"``); above it they
+        are spilled to disk and memory-mapped.  ``"auto"``: a quarter of the machine's RAM;
+        ``None``: keep everything in memory.
+    spill_dir : path, optional
+        Spill activations under this directory always (a temporary directory otherwise, and
+        only when over ``memory_budget``); each capture's files are removed when its
+        checkpoint is done.
+    batch_size : int
+        Samples per forward pass of the capture (lower it to bound the forward pass's memory).
+    strict : bool
+        Refuse a checkpoint whose keys do not all match the architecture; ``False`` loads what
+        matches and warns, naming the keys left out (tied weights a file does not store).
+
     Returns
     -------
     pandas.DataFrame
         The results table (``ibtools.results.COLUMNS`` plus model metrics from the checkpoint
-        metadata), in nats.
+        metadata), in nats.  An estimator that fails on one layer leaves NaN in that row with
+        a flag, and an :class:`EstimatorFailedWarning` naming checkpoint, layer and setting;
+        the run goes on.
     """
-    ckpts = _as_list(checkpoints, "checkpoints")
-    if not ckpts:
-        raise ValueError("checkpoints is empty; give at least one checkpoint path or model")
+    ckpts = inputs_io.normalize_checkpoints(checkpoints)
     specs = parse_estimator_specs(list(estimators) if estimators is not None
                                   else list(DEFAULT_ESTIMATORS))
     if not specs:
@@ -205,21 +246,39 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
               else contextlib.nullcontext()):
             return _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci,
                             split, out_dir, overwrite, show, arch, data, layers, arch_kwargs,
-                            trust_pickle, trust_code=trust_code)
+                            trust_pickle, trust_code=trust_code,
+                            capture_options=_capture_options(memory_budget, spill_dir,
+                                                             batch_size),
+                            strict=strict)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, split, out_dir,
-             overwrite, show, arch, data, layers, arch_kwargs, trust_pickle, trust_code=False):
-    from ibtools.probes import capture_activations, load_dataset, load_model
+def _capture_options(memory_budget, spill_dir, batch_size) -> dict:
+    """The capture's memory controls, checked before any model is loaded."""
+    from ibtools.estimators.base import parse_bytes
+    from ibtools.probes.storage import check_spill_dir
 
-    settings = {"arch": arch, "data": str(data), "layers": layers,
+    if memory_budget not in (None, "auto"):
+        parse_bytes(memory_budget, "memory_budget")
+    check_spill_dir(spill_dir)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is not accepted; use an int >= 1")
+    return {"memory_budget": inputs_io.capture_budget(memory_budget), "spill_dir": spill_dir,
+            "batch_size": batch_size, "keep_spill": False}
+
+
+def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, split, out_dir,
+             overwrite, show, arch, data, layers, arch_kwargs, trust_pickle, trust_code=False,
+             capture_options=None, strict=True):
+    from ibtools.probes import capture_activations, load_model
+
+    settings = {"arch": arch, "data": inputs_io.describe_data(data), "layers": layers,
                 "estimators": [s.spec_string for s in specs], "reference": reference,
                 "max_samples": max_samples, "seed": seed, "pool": pool, "ci": ci, "split": split}
     rows, old_config = (_open_run_dir(out_dir, settings, overwrite, specs)
                         if out_dir is not None else ([], None))
-    sources = [run_directory.checkpoint_source(c) for c in ckpts]
+    sources = [inputs_io.checkpoint_source(c) for c in ckpts]
     rows, labels = run_directory.reconcile(rows, ckpts, sources)
     done = {(run_directory.row_identity(r), str(r["layer"]), str(r["setting"]), float(r["beta"]))
             for r in rows}
@@ -229,13 +288,10 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
 
     for ckpt, (ident, fp) in _progress(list(zip(ckpts, sources)), "checkpoints",
                                        show and len(ckpts) > 1, leave=True):
-        label = labels.get(ident) or (type(ckpt).__name__ if isinstance(ckpt, torch.nn.Module)
-                                      else str(ckpt))
-        if isinstance(ckpt, torch.nn.Module):
-            model, info = ckpt, {"arch": type(ckpt).__name__, "meta": {}}
-        else:
-            model, info = load_model(ckpt, arch=arch, trust_pickle=trust_pickle,
-                                     trust_code=trust_code, **(arch_kwargs or {}))
+        label = labels.get(ident) or inputs_io.checkpoint_label(ckpt)
+        model, info = inputs_io.open_checkpoint(ckpt, load_model, arch=arch,
+                                                trust_pickle=trust_pickle, trust_code=trust_code,
+                                                strict=strict, **(arch_kwargs or {}))
         model = model.to(dev).eval()
         meta = dict(info.get("meta") or {})
         norm, lam = meta.get("norm"), meta.get("lam")
@@ -246,9 +302,10 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
             norm, lam = desc["norm"], desc["lam"] if lam is None else lam
         if lam is None and norm in ("layer", "rms", "batch"):
             lam = 0.0  # a plain norm is IBNorm's lam = 0 limit
-        dataset = load_dataset(data, model=model, split=split, seed=seed)
-        acts = _capture(capture_activations, model, dataset, data, layers=layers,
-                        max_rows=max_samples, pool=pool, seed=seed, device=dev)
+        dataset = inputs_io.resolve_data(data, model=model, split=split, seed=seed)
+        acts = _capture(capture_activations, model, dataset, settings["data"], layers=layers,
+                        max_rows=max_samples, pool=pool, seed=seed, device=dev,
+                        **(capture_options or {}))
         x, y = acts.x, acts.y
         names = list(acts.layers)
         base = {"checkpoint": label, "checkpoint_path": ident if fp is not None else None,
@@ -269,7 +326,8 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
             t_prev = x if index == 0 else acts[names[index - 1]]
             for spec in _progress(todo, name, show):
                 new = _layer_rows(spec, x, y, t, t_prev, index, betas, seed, dev, ci,
-                                  reference)
+                                  reference,
+                                  where=f"checkpoint {label!r}, layer {name!r}, {spec.label}")
                 for r in new:
                     r.update(base, layer=name, layer_index=index)
                     key = (ident, name, r["setting"], r["beta"])
@@ -279,6 +337,7 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
                 if out_dir is not None:  # a journal line per step; Ctrl-C loses one step
                     _flush_config(pending_config, out_dir)
                     results_io.append_journal(new, out_dir)
+        acts.close()  # spilled files go now, not when the garbage collector gets to them
         del acts, model  # free before the next checkpoint is loaded
         if out_dir is not None:
             _flush_config(pending_config, out_dir)
@@ -307,19 +366,19 @@ def _capture(capture_activations, model, dataset, data, **kwargs):
 
 
 def _layer_rows(spec: EstimatorSpec, x, y, t, t_prev, index, betas, seed, device, ci,
-                reference):
+                reference, where=None):
     # a layer's output is a deterministic function of the input and of the previous layer:
     # KDE's I(X;T) = H(T+Z) - H(Z) needs that said (other estimators do not take the setting)
     est = spec.build(seed=seed, device=device, ci=ci, deterministic=True)
     start = time.perf_counter()
     # KDE computes T's whole-sample entropy bounds once for the three quantities
     with getattr(est, "reuse_bounds", contextlib.nullcontext)():
-        r_ty, e_ty = _estimate(est, t, y, discrete_y=True)
-        r_xt, e_xt = _estimate(est, x, t)
+        r_ty, e_ty = _estimate(est, t, y, where, "I(T;Y)", discrete_y=True)
+        r_xt, e_xt = _estimate(est, x, t, where, "I(X;T)")
         if index == 0:
             r_prev, e_prev = r_xt, e_xt
         else:
-            r_prev, e_prev = _estimate(est, t_prev, t)
+            r_prev, e_prev = _estimate(est, t_prev, t, where, "I(T_prev;T)")
     seconds = time.perf_counter() - start
     flags = _flags("I(T;Y)", r_ty, e_ty) + _flags("I(X;T)", r_xt, e_xt)
     if index > 0:

@@ -14,10 +14,9 @@ from pathlib import Path
 import click
 
 import ibtools
-
-
-class UserError(click.ClickException):
-    exit_code = 2
+from ibtools.cli_helpers import UserError, arch_args as _arch_args, cli_wording
+from ibtools.cli_helpers import cwd_importable as _cwd_importable
+from ibtools.cli_helpers import merge_warnings as _merge_warnings
 
 
 def _user_errors(fn):
@@ -32,7 +31,7 @@ def _user_errors(fn):
             raise
         except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, KeyError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            raise UserError(str(message)) from exc
+            raise UserError(cli_wording(str(message))) from exc
         except KeyboardInterrupt:
             click.echo("interrupted; results written so far are kept (rerun to resume)", err=True)
             sys.exit(130)
@@ -205,11 +204,26 @@ def main():
               help="Write report.html and report.pdf next to the results.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: only on a terminal).")
+@click.option("--arch-arg", "arch_args", multiple=True, metavar="KEY=VALUE",
+              help="Keyword argument of the --arch factory, repeatable; VALUE is read as JSON "
+              "when it parses (3, true, [64,64]), else as text (tiny).")
+@click.option("--strict/--no-strict", default=True, show_default=True,
+              help="Refuse checkpoints whose keys do not all match the architecture; "
+              "--no-strict loads what matches and names the keys left out (e.g. tied weights).")
+@click.option("--memory-budget", default="auto", show_default=True,
+              help="RAM the captured activations may take (e.g. 2GiB; auto: a quarter of the "
+              "RAM); above it they are spilled to disk and memory-mapped.")
+@click.option("--spill-dir", type=click.Path(file_okay=False),
+              help="Always spill captured activations under this directory (removed per "
+              "checkpoint when done).")
+@click.option("--batch-size", type=int, default=64, show_default=True,
+              help="Samples per forward pass while capturing.")
 @click.pass_context
 @_user_errors
 def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, max_samples,
             pool, ci, split, device, seed, out_dir, config_file, overwrite, threads, trust_pickle,
-            trust_code, report, progress):
+            trust_code, report, progress, arch_args, strict, memory_budget, spill_dir,
+            batch_size):
     """Estimate I(X;T), I(T_prev;T), I(T;Y) and IB values per layer of CHECKPOINTS.
 
     Writes results.csv, results.json and config.json into --out after every step; rerunning
@@ -243,10 +257,17 @@ def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, 
     for c in opts["checkpoints"]:
         if not Path(c).exists():
             raise UserError(f"checkpoint {c!r} does not exist")
-    table = ibtools.analyze(opts.pop("checkpoints"), betas=opts.pop("betas") or [0.1],
-                            out_dir=out_dir, overwrite=overwrite, progress=progress,
-                            trust_pickle=trust_pickle, trust_code=trust_code,
-                            threads=_threads(threads), **opts)
+    arch_kwargs = _arch_args(arch_args)
+    if arch_kwargs and not opts["arch"]:
+        raise UserError("--arch-arg needs --arch (the factory the arguments are for)")
+    memory = None if memory_budget.lower() == "none" else memory_budget
+    with _cwd_importable(opts["arch"]), _cwd_importable(opts["data"]):
+        table = ibtools.analyze(opts.pop("checkpoints"), betas=opts.pop("betas") or [0.1],
+                                out_dir=out_dir, overwrite=overwrite, progress=progress,
+                                trust_pickle=trust_pickle, trust_code=trust_code,
+                                threads=_threads(threads), arch_kwargs=arch_kwargs or None,
+                                strict=strict, memory_budget=memory, spill_dir=spill_dir,
+                                batch_size=batch_size, **opts)
     _print_summary(table)
     click.echo(f"results: {Path(out_dir) / 'results.csv'}")
     if report:
@@ -289,7 +310,32 @@ def _write_report(out_dir, **kwargs):
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True))
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Directory for the merged results.csv/json and config.json.")
+@click.option("--on-duplicate", type=click.Choice(["warn", "error"]), default="warn",
+              show_default=True, help="A row two runs both hold: keep the first run's with a "
+              "warning, or refuse.")
+@click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
+@click.option("--report/--no-report", default=False, show_default=True,
+              help="Also write report.html and report.pdf into --out.")
+@_user_errors
+def merge(runs, out_dir, on_duplicate, overwrite, report):
+    """Merge the results of several run directories (or results files) RUNS into one table
+    in --out: rows keep their run (column 'run'), layers keep each model's order across
+    runs, and a row two runs both hold is kept once."""
+    from ibtools.merge import write_merged
+
+    with _merge_warnings():
+        table, paths = write_merged(list(runs), out_dir, on_duplicate=on_duplicate,
+                                    overwrite=overwrite)
+    click.echo(f"merged {len(table)} rows from {len(runs)} runs: {paths['csv']}")
+    if report:
+        _write_report(out_dir)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--html", default="report.html", show_default=True,
               help="HTML file name (inside RUN_DIR unless a path).")
 @click.option("--pdf", default="report.pdf", show_default=True, help="PDF file name.")
@@ -298,11 +344,31 @@ def _write_report(out_dir, **kwargs):
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing --html/--pdf file that no ibtools report wrote (the "
               "run's results, config and journal are never replaced).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="With several RUN_DIRs: the directory for the merged table and the report "
+              "(as `ibtools merge RUN_DIR... --out DIR`).")
 @_user_errors
-def report(run_dir, html, pdf, no_pdf, bits, overwrite):
-    """Write an HTML and a PDF report of the results in RUN_DIR (or a results CSV/JSON)."""
-    _write_report(run_dir, html=html, pdf=None if no_pdf else pdf,
-                  units="bits" if bits else "nats", overwrite=overwrite)
+def report(run_dirs, html, pdf, no_pdf, bits, overwrite, out_dir):
+    """Write an HTML and a PDF report of the results in RUN_DIR (or a results CSV/JSON).
+
+    Several RUN_DIRs are merged first into --out (see `ibtools merge`), so runs with other
+    layer sets, estimators or architectures land in one report.
+    """
+    units = "bits" if bits else "nats"
+    if len(run_dirs) == 1 and out_dir is None:
+        _write_report(run_dirs[0], html=html, pdf=None if no_pdf else pdf, units=units,
+                      overwrite=overwrite)
+        return
+    if out_dir is None:
+        raise UserError(f"{len(run_dirs)} runs given: add --out DIR for the merged table and "
+                        f"its report")
+    from ibtools.merge import write_merged
+
+    with _merge_warnings():
+        table, paths = write_merged(list(run_dirs), out_dir, overwrite=overwrite)
+    click.echo(f"merged {len(table)} rows from {len(run_dirs)} runs: {paths['csv']}")
+    _write_report(out_dir, html=html, pdf=None if no_pdf else pdf, units=units,
+                  overwrite=overwrite)
 
 
 def _load_array(spec: str):

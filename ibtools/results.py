@@ -110,6 +110,8 @@ def load_results(path) -> pd.DataFrame:
     path = Path(path)
     if path.is_dir():
         found = [path / name for name in RESULT_FILES if (path / name).is_file()]
+        if not found and (path / RESULTS_JOURNAL).is_file():
+            return _journal_table(path)
         if not found:
             raise ValueError(f"results directory {str(path)!r} holds none of "
                              f"{list(RESULT_FILES)}; run `ibtools analyze ... --out {path}` first")
@@ -129,6 +131,21 @@ def load_results(path) -> pd.DataFrame:
         # pandas names neither the file nor that it is a results table
         raise ValueError(f"{str(path)!r} cannot be read as a results table ({type(exc).__name__}: "
                          f"{exc}); it is empty, damaged or not a {suffix[1:]} table") from exc
+
+
+def _journal_table(out_dir: Path) -> pd.DataFrame:
+    """The rows of a run that stopped before its first checkpoint was finished (only the
+    journal exists), with a warning saying so; unreadable lines are skipped."""
+    import warnings
+
+    rows = read_journal(out_dir)
+    if not rows:
+        raise ValueError(f"results directory {str(out_dir)!r} holds only {RESULTS_JOURNAL}, and "
+                         f"no row in it can be read; rerun `ibtools analyze ... --out {out_dir}`")
+    warnings.warn(f"{str(out_dir)!r} holds no {RESULTS_CSV}: the run stopped before finishing "
+                  f"a checkpoint; reading the {len(rows)} row(s) of {RESULTS_JOURNAL} (rerun "
+                  f"the analysis into it to resume)", UserWarning, stacklevel=3)
+    return order_columns(pd.DataFrame(rows))
 
 
 def append_journal(rows: list[dict], out_dir) -> None:
