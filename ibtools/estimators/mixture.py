@@ -16,123 +16,10 @@ from statistics import NormalDist
 import torch
 
 from ibtools.estimators.base import Estimator, check_int, check_positive
-from ibtools.estimators.kde import (_MATMUL_TOLERANCE, SATURATION_FRACTION, _matmul_dtype,
-                                    gaussian_noise_entropy)
-
-#: Centres (with two draws each) of the first round of ``n_mc="auto"``.
-PILOT_CENTRES = 512
-#: Rounds of ``n_mc="auto"``: a pilot, then at most this many corrections of the design.
-_MAX_ROUNDS = 4
-#: Noise vectors per block on CPU.  Unlike KDE's blocks these are not sized to the cache:
-#: the matmul of a block runs faster on taller ones.  Measured (one thread, n = 10 000,
-#: 8000 vectors, seconds by rows 66 / 128 / 256 / 512 / 1024): d = 64: 1.39 / 1.20 / 1.15 /
-#: 1.29 / 1.85; d = 512: 6.69 / 5.84 / 4.64 / 4.51 / 4.77.
-_CPU_ROWS = 512
-#: Margin on the planned number of draws (the pilot's variances are themselves estimates).
-_PLAN_MARGIN = 1.15
-
-
-class _Mixture:
-    """The centres of one mixture, prepared for exponents ``-||u - t_j||^2 / (2 s2)``.
-
-    For a draw ``u = t_c + z`` the row ``u . (t_j / s2) - |t_j|^2 / (2 s2)`` is, up to a
-    term that is the same for every j, that exponent; subtracting the entry of the draw's
-    own centre c gives ``e_j = (||u - t_c||^2 - ||u - t_j||^2) / (2 s2)``, exactly 0 at
-    j = c.  One matmul with the augmented centres ``[t_j / s2, -|t_j|^2 / (2 s2)]`` gives
-    the rows; the centres are centred first (exponent differences do not change, rounding
-    shrinks with the norms), and the matmul runs in float64 when float32 rounding could
-    move an exponent by more than ``tolerance`` (a tenth of the Monte Carlo error allowed:
-    a systematic error that small is lost in the random one; see :func:`kde._matmul_dtype`).
-    """
-
-    def __init__(self, t: torch.Tensor, noise_var: float, tolerance: float):
-        self.t = t - t.mean(dim=0, keepdim=True)
-        n, d = int(t.shape[0]), int(t.shape[1])
-        # an entry u . t_j / s2 - |t_j|^2 / (2 s2) rounds by about eps (|u| |t_j| + |t_j|^2
-        # / 2) / s2, and |u| <= |t_c| + |z| with |z| / sqrt(s2) below sqrt(d) + 4 but for
-        # one draw in about 10^7; widened when 4 eps times this exceeds ``tolerance``
-        # (_matmul_dtype's own tolerance is kde._MATMUL_TOLERANCE, hence the rescaling)
-        top = math.sqrt(float((self.t * self.t).sum(dim=1).max()))
-        reach = (top + math.sqrt(noise_var) * (math.sqrt(d) + 4.0) + 0.5 * top) * top
-        self.mm_dtype = _matmul_dtype(t.dtype, t.device,
-                                      reach / noise_var * _MATMUL_TOLERANCE / tolerance)
-        tw = self.t.to(self.mm_dtype)
-        sq = (tw * tw).sum(dim=1, keepdim=True)
-        self.right = torch.cat([tw / noise_var, -sq / (2.0 * noise_var)], dim=1).T.contiguous()
-        self.n, self.d = n, d
-
-    def exponents(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``e`` of shape (b, n) for draws ``t_c + z`` (float64 if the matmul is)."""
-        u = self.t[c].to(self.mm_dtype) + z.to(self.mm_dtype)
-        ones = torch.ones(u.shape[0], 1, dtype=self.mm_dtype, device=u.device)
-        rows = torch.cat([u, ones], dim=1) @ self.right                   # (b, n)
-        return rows.sub_(rows.gather(1, c[:, None]))
-
-
-#: Shifted exponents are clamped here before ``exp``: e^-85 ~ 1e-37 is nothing next to the
-#: row's largest term e^0, and below about -87 float32 goes denormal, which makes the
-#: vectorised exponential an order of magnitude slower (see kde._MIN_EXPONENT).
-_MIN_SHIFTED = -85.0
-
-
-def _kernel_(e: torch.Tensor):
-    """``exp(e - max)`` row-wise, in place, and the (b, 1) maxima."""
-    top = e.amax(dim=1, keepdim=True)
-    return e.sub_(top).clamp_(min=_MIN_SHIFTED).exp_(), top
-
-
-def _pmi_(e: torch.Tensor, log_n: float) -> torch.Tensor:
-    """``ln N(z) - ln p(t_c + z)`` per draw: ln n minus a row's log-sum-exp (e is spent)."""
-    k, top = _kernel_(e)
-    return log_n - (k.sum(dim=1).to(torch.float64).log_() + top[:, 0].to(torch.float64))
-
-
-class _Design:
-    """Which centres were drawn how often, and the per-centre sums of each column.
-
-    Centres are taken in a random ``order``: the first m, each with ``counts[c]`` draws.
-    Two designs occur.  Part of the centres (m < n), two draws each: with ``f = m / n``,
-    ``s_b^2`` the spread of the centres' means and ``s_w^2`` the mean within-centre
-    variance, the standard error of the grand mean is (Cochran, two-stage sampling)
-    ``se^2 = (1 - f) s_b^2 / m + f s_w^2 / (2 m)``, unbiased.  Every centre (m = n), r_c
-    draws on centre c: the spread between centres costs nothing, ``se^2 = s_w^2 sum_c
-    (1 / r_c) / n^2``, with ``s_w^2`` from the centres drawn at least twice (at least the
-    first ``min(n, PILOT_CENTRES)``, a random subset).
-    """
-
-    def __init__(self, n: int, columns: int, order: torch.Tensor):
-        self.n, self.m, self.order = n, 0, order
-        self.sums = torch.zeros(columns, n, dtype=torch.float64, device=order.device)
-        self.squares = torch.zeros_like(self.sums)
-        self.counts = torch.zeros(n, dtype=torch.int64, device=order.device)
-
-    @property
-    def draws(self) -> int:
-        return int(self.counts.sum())
-
-    def add(self, centres: torch.Tensor, values: torch.Tensor) -> None:
-        """Add (columns, b) per-draw values of draws made at ``centres`` (b,)."""
-        self.sums.index_add_(1, centres, values)
-        self.squares.index_add_(1, centres, values * values)
-        self.counts.index_add_(0, centres, torch.ones_like(centres))
-
-    def stats(self):
-        """(mean, se, s_b^2, s_w^2) per column, as float64 tensors of shape (columns,)."""
-        used = self.order[:self.m]
-        r = self.counts[used].to(torch.float64)
-        sums, squares = self.sums[:, used], self.squares[:, used]
-        means = sums / r
-        multi = r >= 2
-        within = ((squares[:, multi] - sums[:, multi] * means[:, multi]) / (r[multi] - 1))
-        within = within.clamp_(min=0.0).mean(dim=1)
-        between = means.var(dim=1) if self.m > 1 else torch.zeros_like(within)
-        if self.m < self.n:
-            f = self.m / self.n
-            var = (1.0 - f) * between / self.m + f * within / (2.0 * self.m)
-        else:
-            var = within * float((1.0 / r).sum()) / self.n ** 2
-        return means.mean(dim=1), var.sqrt(), between, within
-
+from ibtools.estimators.kde import SATURATION_FRACTION, gaussian_noise_entropy
+from ibtools.estimators.mixture_sampling import (MIN_SHIFTED, MixtureExponents, TwoStageDesign,
+                                                 block_rows, pointwise_mi_, run_design,
+                                                 shifted_kernel_)
 
 class MixtureEntropy(Estimator):
     r"""Sample-propagation (Monte Carlo) estimate of H(T + noise), and the MI built on it.
@@ -181,10 +68,10 @@ class MixtureEntropy(Estimator):
         Noise draws.  An int fixes them: below n, 2 draws on each of ``n_mc // 2`` centres
         taken without replacement; from n on, ``n_mc // n`` on every centre (and 2 on the
         first ``min(n, 512)``, to measure the spread within a centre).  ``"auto"`` draws 2
-        on each of ``min(n, 512)`` centres, then plans from the measured spreads (see
-        :class:`_Design`) the cheaper of more centres at 2 draws or every centre at r
-        draws that brings the standard error to ``mc_tolerance``, and replans at most four
-        times, within ``max_mc`` draws.
+        on each of ``min(n, 512)`` centres, then plans from the measured spreads the
+        cheaper of more centres at 2 draws or every centre at r draws that brings the
+        standard error to ``mc_tolerance``, and replans at most four times, within
+        ``max_mc`` draws (see :mod:`ibtools.estimators.mixture_sampling`).
     mc_tolerance : float, default 0.01
         Target Monte Carlo standard error, in nats; a result whose error is larger is
         flagged.
@@ -269,67 +156,16 @@ class MixtureEntropy(Estimator):
 
     # -- the Monte Carlo -------------------------------------------------------------------
 
-    def _run(self, t: torch.Tensor, dims: tuple, columns: int, draw, rng) -> _Design:
-        """Draw per the ``n_mc`` setting.
-
-        ``draw(c, zs)`` gives the (columns, b) per-draw values of draws at centres c (b,)
-        with noise ``zs``, one (b, d_k) tensor for each of the mixtures' dimensions ``dims``.
-        """
-        n = int(t.shape[0])
-        design = _Design(n, columns, torch.randperm(n, generator=rng, device=t.device))
-        block = max(1, self._block(sum(dims), t) // (2 if self.antithetic else 1))
-        noisy = self._noise_maker(draw, dims, t, rng)
-
-        def grow(m: int, r: int) -> None:
-            self._extend(design, m, r, block, noisy)
-
-        pilot = max(2, min(n, PILOT_CENTRES))
-        if self.n_mc != "auto":
-            total = int(self.n_mc)
-            if total < n:
-                grow(min(n, max(2, total // 2)), 2)
-            else:  # every centre; two draws on the pilot centres to measure their spread
-                grow(pilot, max(2, total // n))
-                grow(n, total // n)
-            return design
-        cap = int(self.max_mc)
-        grow(max(2, min(pilot, cap // 2)), 2)
-        for _ in range(_MAX_ROUNDS):
-            _, se, between, within = (float(v[0]) for v in design.stats())
-            if se <= float(self.mc_tolerance):
-                break
-            m, r = self._plan(design, between, within, cap)
-            if m <= design.m and r <= int(design.counts[design.order[:design.m]].min()):
-                break
-            grow(m, r)
-        return design
-
-    def _plan(self, design: _Design, between: float, within: float, cap: int):
-        """(m, r): centres, and least draws per centre, that should bring the se to
-        ``mc_tolerance`` at the fewest draws (see :class:`_Design` for the se).
-
-        Part of the centres at two draws each needs ``m = s_b^2 / (tol^2 + s_b^2 / n -
-        s_w^2 / (2 n))``; every centre, ``r = s_w^2 / (n tol^2)`` draws each (at least one).
-        """
-        n, tol2 = design.n, float(self.mc_tolerance) ** 2
-        full = max(1, math.ceil(_PLAN_MARGIN * within / (n * tol2)))
-        if design.m < n:
-            room = tol2 + between / n - within / (2.0 * n)
-            part = math.ceil(_PLAN_MARGIN * between / room) if room > 0 else n
-            if 2 * part < n * full or cap < n:
-                return min(max(part, design.m + 1), n, max(design.m, cap // 2)), 2
-        floor = int(design.counts.min()) if design.m == n else 0
-        return n, max(floor + (design.m == n), min(full, cap // n))
-
-    def _extend(self, design: _Design, m: int, r: int, block: int, draw) -> None:
-        """Bring each of the first m centres of the order to at least r draws."""
-        centres = design.order[:max(m, design.m)]
-        more = (r - design.counts[centres]).clamp_(min=0)
-        design.m = max(m, design.m)
-        c_all = centres.repeat_interleave(more)
-        for i0 in range(0, int(c_all.numel()), block):
-            c = c_all[i0:i0 + block]
-            design.add(c, draw(c))
+    def _run(self, t: torch.Tensor, dims: tuple, columns: int, draw, rng) -> TwoStageDesign:
+        """Draw per the settings; ``draw(c, zs)`` gives the (columns, b) per-draw values of
+        draws at centres c (b,) with noise ``zs``, one (b, d_k) tensor for each of the
+        mixtures' dimensions ``dims``."""
+        rows = block_rows(int(t.shape[0]), self._budget(t.device), t.device)
+        block = max(1, rows // (2 if self.antithetic else 1))
+        return run_design(int(t.shape[0]), columns, self._noise_maker(draw, dims, t, rng),
+                          rng=rng, device=t.device, n_mc=self.n_mc,
+                          tolerance=float(self.mc_tolerance), max_mc=int(self.max_mc),
+                          block=block)
 
     def _noise_maker(self, draw, dims: tuple, t: torch.Tensor, rng):
         """``draw`` with its noise made here: ``c -> (columns, b)``.
@@ -350,21 +186,15 @@ class MixtureEntropy(Estimator):
             return 0.5 * (values[:, :b] + values[:, b:])
         return noisy
 
-    def _block(self, d: int, t: torch.Tensor) -> int:
-        """Noise vectors per block, each a row of n exponents (and logsumexp's temporaries),
-        within ``memory_budget``, and at most ``_CPU_ROWS`` on CPU."""
-        rows = max(1, self._budget(t.device) // (3 * int(t.shape[0]) * 8))
-        return int(min(rows, _CPU_ROWS)) if t.device.type == "cpu" else int(rows)
-
     # -- estimator hooks ----------------------------------------------------------------
 
     def _single(self, t, rng):
         """Design over the one mixture of T, column 0: the per-draw pmi."""
-        mix = _Mixture(t, float(self.noise_var), self._rounding())
+        mix = MixtureExponents(t, float(self.noise_var), self._rounding())
         log_n = math.log(mix.n)
 
         def draw(c, zs):
-            return _pmi_(mix.exponents(c, zs[0]), log_n)[None]
+            return pointwise_mi_(mix.exponents(c, zs[0]), log_n)[None]
         return mix, self._run(t, (mix.d,), 1, draw, rng)
 
     def _entropy(self, x, discrete, rng):
@@ -399,7 +229,7 @@ class MixtureEntropy(Estimator):
 
     def _mi_labels(self, t, labels, rng):
         s2 = float(self.noise_var)
-        mix = _Mixture(t, s2, self._rounding())
+        mix = MixtureExponents(t, s2, self._rounding())
         counts = torch.bincount(labels, minlength=int(labels.max()) + 1)
         log_counts = counts.to(torch.float64).clamp(min=1).log()
         log_n = math.log(mix.n)
@@ -408,9 +238,9 @@ class MixtureEntropy(Estimator):
             e = mix.exponents(c, zs[0])
             own = labels[c]
             other = labels[None, :] != own[:, None]
-            far = e.amax(dim=1) > -_MIN_SHIFTED / 2  # the own term e = 0 could be clamped
+            far = e.amax(dim=1) > -MIN_SHIFTED / 2  # the own term e = 0 could be clamped
             exact = torch.logsumexp(e[far].masked_fill(other[far], -math.inf), dim=1)
-            k, top = _kernel_(e)
+            k, top = shifted_kernel_(e)
             top = top[:, 0].to(torch.float64)
             pmi = log_n - (k.sum(dim=1).to(torch.float64).log_() + top)
             log_class = k.masked_fill_(other, 0.0).sum(dim=1).to(torch.float64).log_() + top
@@ -433,14 +263,15 @@ class MixtureEntropy(Estimator):
 
     def _mi_chain(self, s, t, rng):
         s2 = float(self.noise_var)
-        first, second = _Mixture(s, s2, self._rounding()), _Mixture(t, s2, self._rounding())
+        first = MixtureExponents(s, s2, self._rounding())
+        second = MixtureExponents(t, s2, self._rounding())
         log_n = math.log(first.n)
 
         def draw(c, zs):
             e1, e2 = first.exponents(c, zs[0]), second.exponents(c, zs[1])
-            joint = _pmi_(torch.add(e1, e2.to(e1.dtype)) if e1.dtype == torch.float64 else
+            joint = pointwise_mi_(torch.add(e1, e2.to(e1.dtype)) if e1.dtype == torch.float64 else
                           torch.add(e1.to(e2.dtype), e2), log_n)
-            p1, p2 = _pmi_(e1, log_n), _pmi_(e2, log_n)
+            p1, p2 = pointwise_mi_(e1, log_n), pointwise_mi_(e2, log_n)
             return torch.stack([p1 + p2 - joint, p1, p2, joint])
 
         design = self._run(t, (first.d, second.d), 4, draw, rng)
@@ -455,7 +286,8 @@ class MixtureEntropy(Estimator):
 
     # -- results ---------------------------------------------------------------------------
 
-    def _details(self, design: _Design, n: int, mean: float, se: float, h_noise: float) -> dict:
+    def _details(self, design: TwoStageDesign, n: int, mean: float, se: float,
+                 h_noise: float) -> dict:
         self._last_mc = se
         draws = design.draws
         counts = design.counts[design.order[:design.m]]
