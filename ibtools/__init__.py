@@ -27,7 +27,9 @@ _LAZY = {"capture_activations": "ibtools.probes", "Activations": "ibtools.probes
          "load_model": "ibtools.probes", "load_dataset": "ibtools.probes",
          "swap_norms": "ibtools.norms", "describe_norms": "ibtools.norms",
          "IBNorm": "ibtools.norms", "build_model": "ibtools.models", "train": "ibtools.models",
-         "write_report": "ibtools.reports", "load_results": "ibtools.results"}
+         "write_report": "ibtools.reports", "load_results": "ibtools.results",
+         "merge_runs": "ibtools.merge", "save_model": "ibtools.saving",
+         "load_saved_model": "ibtools.saving"}
 
 
 def __getattr__(name):

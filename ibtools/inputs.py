@@ -116,7 +116,13 @@ def open_checkpoint(ckpt, load_model, **load_kwargs):
     if isinstance(ckpt, NamedCheckpoint) and ckpt.in_memory:
         return ckpt.source, {"arch": ckpt.name, "meta": {}}
     path = ckpt.source if isinstance(ckpt, NamedCheckpoint) else ckpt
-    model, info = load_model(path, **load_kwargs)
+    from ibtools import saving
+
+    if saving.read_saved_model(path) is not None:  # save_model's file: rebuild swapped norms
+        kwargs = {k: v for k, v in load_kwargs.items() if k != "trust_pickle"}
+        model, info = saving.load_saved_model(path, **kwargs)
+    else:
+        model, info = load_model(path, **load_kwargs)
     if isinstance(ckpt, NamedCheckpoint):
         info = dict(info, arch=ckpt.name)
     return model, info
