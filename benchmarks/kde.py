@@ -31,7 +31,7 @@ t = np.random.default_rng(n * 1000 + d).normal(size=(n, d)).astype(np.float32)
 if which == "ibtools":
     import torch
     from ibtools.estimators.kde import KDE
-    est = KDE(noise_var=s2)
+    est = KDE(noise_var=s2, deterministic=True)
     x = np.zeros((n, 1), dtype=np.float32)
     est.mutual_information(x[:200], t[:200])  # warm the code paths
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

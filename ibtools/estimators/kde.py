@@ -17,6 +17,7 @@ import torch
 
 from ibtools.estimators import _jit
 from ibtools.estimators.base import Estimator, check_choice, check_positive, chunk_rows
+from ibtools.estimators.determinism import not_a_function_flag
 
 #: Fraction of the ln n ceiling above which the kernel no longer resolves any structure.
 SATURATION_FRACTION = 0.95
@@ -300,7 +301,6 @@ class KDE(Estimator):
 
     name = "kde"
     bounded_by_sample_size = True
-    bounded_by_sample_size = True
     defaults = {"noise_var": 0.1, "bound": "upper", "deterministic": False}
     interval_kinds = ("subsample", "bootstrap")
     supports_transform = True
@@ -416,7 +416,7 @@ class KDE(Estimator):
                     "H(T+Z|X) = d/2 ln(2 pi e noise_var); X enters only through the pairing "
                     "of rows")
         value = self._pick(b["resolved_upper"], b["resolved_lower"])
-        return value, details, self._saturation_flags(b) + _not_a_function(x, y)
+        return value, details, self._saturation_flags(b) + not_a_function_flag(x, y)
 
     def _mi_discrete(self, t, labels):
         whole = self._bounds(t)
@@ -456,19 +456,3 @@ class KDE(Estimator):
                          f"entropy H(Y) = {h_labels:.4f} nats whatever T holds")
         return self._pick(mi_upper, mi_lower), details, flags
 
-
-def _not_a_function(x: torch.Tensor, t: torch.Tensor) -> list:
-    """A flag when equal rows of x come with different rows of t, which contradicts
-    ``deterministic=True`` (a constant x with a varying t, say); O(n d log n)."""
-    _, group, counts = torch.unique(x, dim=0, return_inverse=True, return_counts=True)
-    if int(counts.max()) < 2:
-        return []
-    n = int(x.shape[0])
-    rows = torch.arange(n, device=x.device)
-    first = torch.full((len(counts),), n, device=x.device).scatter_reduce(0, group, rows, "amin")
-    bad = int((t != t[first[group]]).any(dim=1).sum())
-    if not bad:
-        return []
-    return [f"deterministic=True, but {bad} of {n} rows of T differ from another row with the "
-            f"same x: T is not a function of x here, so the value (H(T+Z) - H(Z)) is not "
-            f"I(X; T+Z); use method='ksg' or method='auto'"]
