@@ -1,0 +1,458 @@
+"""Information-bottleneck tracking during training.
+
+>>> tracker = ibtools.track(model, "digits", layers="layers.*", every=20, out="ib-run")
+>>> for step, (x, y) in enumerate(loader):            # doctest: +SKIP
+...     ...  # forward, backward, optimizer step
+...     tracker.step(step)
+>>> tracker.close()                                     # doctest: +SKIP
+
+At every ``every``-th step the tracker captures the chosen layers on a fixed, seeded probe set
+(the same rows each time), in eval mode and without gradients, and estimates I(X;T),
+I(T_prev;T), I(T;Y) and the IB values exactly as :func:`ibtools.analyze` does for a checkpoint
+(the same per-layer row function), so the table it writes is an ordinary results table with a
+``step`` column and ``ibtools report DIR`` draws the information plane over training.
+
+A measurement leaves training as it found it: the torch (CPU and CUDA), numpy and Python
+random states, every module's train/eval flag and the grad-enabled state are restored, so a
+run with tracking gives bit-identical weights to one without.  With ``background=True`` the
+capture stays on the training thread (the hooks copy the probe rows) and the estimators run in
+a worker thread, so training is blocked only for the probe forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ibtools import results as results_io
+from ibtools.estimators.spec import parse_estimator_specs
+
+#: Estimators whose critic initialisation forks the process-wide torch RNG; from a worker
+#: thread that would race with the training thread's random draws.
+_GLOBAL_RNG_METHODS = ("mine", "nwj", "infonce", "smile")
+#: Binning (30 bins) and KDE (noise_var 0.1), the two cheapest of analyze's defaults, without
+#: the permutation check against independence: it reruns the estimate on shuffled labels
+#: (binning 7x slower per layer) and matters less for a trend over training than for one number.
+DEFAULT_ESTIMATORS = ("binning:n_bins=30,n_permutations=0", "kde:noise_var=0.1,n_permutations=0")
+#: Quantities exported to TensorBoard, per layer and estimator setting.
+_SCALARS = ("i_xt", "i_ty", "i_prev_t", "ib_value")
+#: Background measurements queued before :meth:`Tracker.step` waits for the oldest.
+_MAX_PENDING = 4
+#: Settings whose change makes a tracked directory's old rows incomparable.
+_RUN_KEYS = ("probe_data", "layers", "estimators", "reference", "max_samples", "seed", "pool",
+             "ci", "betas", "name")
+
+
+@contextlib.contextmanager
+def preserved_training_state(model: nn.Module):
+    """Restore RNG states, every module's train/eval flag and grad mode on exit.
+
+    The torch CPU generator, the CUDA generators (when CUDA is initialised), numpy's global
+    ``RandomState`` and Python's ``random`` are saved and put back, so whatever runs inside
+    (a forward pass of a model with stochastic layers, an estimator drawing random numbers)
+    changes nothing the training loop will draw next.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    grad = torch.is_grad_enabled()
+    cpu_state = torch.get_rng_state()
+    cuda_states = (torch.cuda.get_rng_state_all()
+                   if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        torch.set_grad_enabled(grad)
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def _check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r} is not accepted; use an integer >= {minimum}")
+    return int(value)
+
+
+def _probe_set(probe_data, model, split, seed, max_samples, pool):
+    """The fixed probe set as in-memory data: a seeded subset big enough for ``max_samples``
+    rows, chosen once so every measurement sees the same samples."""
+    from ibtools.probes.datasets import AnalysisData, as_analysis_data, load_dataset
+
+    if isinstance(probe_data, str):
+        data = load_dataset(probe_data, model=model, split=split, seed=seed)
+    elif isinstance(probe_data, (list, tuple)) and len(probe_data) == 2:
+        data = AnalysisData(*(torch.as_tensor(np.asarray(a)) if not isinstance(a, torch.Tensor)
+                              else a.detach().cpu() for a in probe_data), name="probe_data")
+    else:
+        data = as_analysis_data(probe_data, model=model)
+    if not isinstance(data, AnalysisData):  # an iterable of batches: materialise it once
+        xs, ys, seen = [], [], 0
+        for inputs, targets in data.batches(64):
+            xs.append(torch.as_tensor(inputs).detach().cpu())
+            ys.append(torch.as_tensor(targets).detach().cpu())
+            seen += xs[-1].shape[0] * (xs[-1].shape[1] if data.kind == "language" else 1)
+            if seen >= 4 * max_samples:
+                break
+        if not xs:
+            raise ValueError("probe_data yielded no batches")
+        data = AnalysisData(torch.cat(xs), torch.cat(ys), kind=data.kind, name=data.name)
+    per_sample = (int(data.inputs.shape[1]) if data.kind == "language" and pool is None else 1)
+    wanted = math.ceil(max_samples / per_sample)
+    if data.n_samples > wanted:
+        keep = np.sort(np.random.default_rng(seed).choice(data.n_samples, wanted, replace=False))
+        keep = torch.as_tensor(keep)
+        data = AnalysisData(data.inputs[keep], data.targets[keep], kind=data.kind,
+                            name=data.name, meta=data.meta)
+    return data
+
+
+class Tracker:
+    """Measures a model's layers every ``every`` steps; see :func:`track`.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        Every row finished so far (in background mode, measurements still running are not
+        in it; :meth:`wait` waits for them).
+    steps : list of int
+        Steps measured (or queued) by this tracker, in order; rows of a resumed directory
+        are in :attr:`table` but not here.
+    """
+
+    def __init__(self, model, probe_data, *, layers=None, estimators=None, every=20, out=None,
+                 betas=(0.1,), seed=0, max_samples=1000, reference="input", pool=None, ci=None,
+                 device=None, split="test", name=None, tensorboard=False, background=False,
+                 overwrite=False, resume=False, batch_size=512):
+        from ibtools.analysis import REFERENCES, _check_betas
+        from ibtools.probes.layers import select_layers
+
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        self.every = _check_int(every, "every", 1)
+        self.max_samples = _check_int(max_samples, "max_samples", 10)
+        self.seed = _check_int(seed, "seed", 0)
+        self.batch_size = _check_int(batch_size, "batch_size", 1)
+        if reference not in REFERENCES:
+            raise ValueError(f"reference={reference!r} is not accepted; use one of "
+                             f"{list(REFERENCES)}")
+        if pool not in (None, "mean", "last"):
+            raise ValueError(f"pool={pool!r} is not accepted; use None, 'mean' or 'last'")
+        if ci not in (None, "auto"):
+            raise ValueError(f"ci={ci!r} is not accepted; use None or 'auto'")
+        self.specs = parse_estimator_specs(list(estimators) if estimators is not None
+                                           else list(DEFAULT_ESTIMATORS))
+        if not self.specs:
+            raise ValueError("estimators is empty; give at least one estimator spec")
+        risky = [s.method for s in self.specs if s.method in _GLOBAL_RNG_METHODS]
+        if background and risky:
+            raise ValueError(f"background=True cannot run {risky}: their critic initialisation "
+                             f"uses the process-wide torch RNG, which a worker thread would "
+                             f"share with training; use background=False for them")
+        self.betas = _check_betas(betas)
+        self.model, self.reference, self.pool, self.ci = model, reference, pool, ci
+        self.layers = select_layers(model, layers)  # a bad layer name fails now, not at step 20
+        if device is None:
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        from ibtools.analysis import _resolve_device
+
+        self.device = _resolve_device(device)
+        self.name = str(name) if name is not None else type(model).__name__
+        self.data = _probe_set(probe_data, model, split, self.seed, self.max_samples, pool)
+        self._base = self._base_columns(model)
+        self.settings = {"probe_data": probe_data if isinstance(probe_data, str) else
+                         f"{self.data.name} {tuple(self.data.inputs.shape)}",
+                         "layers": self.layers, "estimators": [s.spec_string for s in self.specs],
+                         "reference": reference, "max_samples": self.max_samples,
+                         "seed": self.seed, "pool": pool, "ci": ci, "betas": self.betas,
+                         "name": self.name, "every": self.every}
+        self.steps: list[int] = []
+        self._rows: list[dict] = []
+        self._lock = threading.Lock()
+        self._stack = contextlib.ExitStack()
+        self._pending: list = []
+        self._closed = False
+        self.out = None if out is None else Path(out)
+        try:
+            if self.out is not None:
+                self._open_out(overwrite, resume)
+            self._writer, self._own_writer = self._tensorboard(tensorboard)
+            self._executor = (ThreadPoolExecutor(1, thread_name_prefix="ibtools-track")
+                              if background else None)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _base_columns(self, model):
+        from ibtools.norms import describe_norms
+
+        desc = describe_norms(model)
+        lam = desc["lam"]
+        if lam is None and desc["norm"] in ("layer", "rms", "batch"):
+            lam = 0.0  # a plain norm is IBNorm's lam = 0 limit
+        return {"model": self.name, "norm": desc["norm"],
+                "lam": float(lam) if lam is not None else float("nan"), "seed": self.seed,
+                "reference": self.reference, "unit": "nats",
+                "ib_kind": "classic" if self.reference == "input" else "layerwise"}
+
+    def _open_out(self, overwrite, resume):
+        from ibtools import run_directory
+
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"out={str(self.out)!r} exists and is not a directory")
+        self._stack.enter_context(run_directory.run_directory_lock(self.out, timeout=0))
+        files = [self.out / n for n in (*results_io.RESULT_FILES, results_io.RESULTS_JOURNAL)]
+        if not any(f.exists() for f in files):
+            return
+        if overwrite:
+            for f in files:
+                f.unlink(missing_ok=True)
+            return
+        if not resume:
+            raise ValueError(f"out={str(self.out)!r} already holds results; pass resume=True to "
+                             f"add to them (a step measured again replaces its rows) or "
+                             f"overwrite=True to start afresh")
+        old = (results_io.load_config(self.out) or {}).get("settings", {})
+        differ = [k for k in _RUN_KEYS if json.dumps(old.get(k), default=str)
+                  != json.dumps(self.settings.get(k), default=str)]
+        if differ:
+            raise ValueError(f"out={str(self.out)!r} holds results of other tracking settings "
+                             f"({', '.join(f'{k}: {old.get(k)!r} there, {self.settings[k]!r} now' for k in differ)}); "
+                             f"use another directory or overwrite=True")
+        rows = (results_io.load_results(self.out).to_dict("records")
+                if any((self.out / n).exists() for n in results_io.RESULT_FILES) else [])
+        rows += results_io.read_journal(self.out)
+        self._rows = rows
+
+    def _tensorboard(self, tensorboard):
+        if tensorboard is False or tensorboard is None:
+            return None, False
+        if tensorboard is True:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ImportError("tensorboard=True needs the tensorboard package: pip install "
+                                  "'ibtools[tensorboard]'") from exc
+            log_dir = None if self.out is None else str(self.out / "tensorboard")
+            return SummaryWriter(log_dir=log_dir), True
+        if not callable(getattr(tensorboard, "add_scalar", None)):
+            raise TypeError(f"tensorboard={tensorboard!r} is not accepted; use True, False or a "
+                            f"torch.utils.tensorboard.SummaryWriter")
+        return tensorboard, False
+
+    # -- measuring -------------------------------------------------------------------------
+
+    def step(self, step, **metrics) -> bool:
+        """Measure if ``step`` is a multiple of ``every``; return whether it was measured.
+
+        ``metrics`` (numbers such as ``train_loss=...``) are stored in that step's rows.
+        """
+        step = _check_int(step, "step", 0)
+        if step % self.every:
+            self._raise_background_error()
+            return False
+        return self.measure(step, **metrics)
+
+    def measure(self, step, **metrics) -> bool:
+        """Measure now, whatever ``every`` says; a step already measured is skipped (False)."""
+        from ibtools.probes import capture_activations
+
+        step = _check_int(step, "step", 0)
+        if self._closed:
+            raise RuntimeError("the tracker is closed; create a new one with ibtools.track")
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise TypeError(f"metric {key}={value!r} is not accepted; metrics are numbers")
+            if key in results_io.COLUMNS:
+                raise ValueError(f"metric name {key!r} is a results-table column; choose "
+                                 f"another name (e.g. train_loss)")
+        self._raise_background_error()
+        with self._lock:
+            if step in self.steps:
+                return False
+            self.steps.append(step)
+        try:
+            with preserved_training_state(self.model):
+                acts = capture_activations(self.model, self.data, self.layers,
+                                           max_rows=self.max_samples, pool=self.pool,
+                                           seed=self.seed, batch_size=self.batch_size)
+                if self._executor is None:
+                    self._estimate(acts, step, metrics)
+                    return True
+        except BaseException:
+            with self._lock:
+                self.steps.remove(step)
+            raise
+        while len(self._pending) >= _MAX_PENDING:  # bound the captures held in memory
+            self._pending.pop(0).result()
+        self._pending.append(self._executor.submit(self._estimate, acts, step, metrics))
+        return True
+
+    def _estimate(self, acts, step, metrics):
+        from ibtools.analysis import _layer_rows
+
+        base = dict(self._base, checkpoint=f"{self.name}@step{step}", step=step, **metrics)
+        names = list(acts.layers)
+        new = []
+        with torch.no_grad():
+            for index, layer in enumerate(names):
+                t = acts[layer]
+                t_prev = acts.x if index == 0 else acts[names[index - 1]]
+                for spec in self.specs:
+                    rows = _layer_rows(spec, acts.x, acts.y, t, t_prev, index, self.betas,
+                                       self.seed, self.device, self.ci, self.reference)
+                    for r in rows:
+                        r.update(base, layer=layer, layer_index=index)
+                    new += rows
+                    if self.out is not None:  # an interruption loses at most this estimate
+                        results_io.append_journal(rows, self.out)
+        acts.close()
+        self._record(step, new)
+
+    def _record(self, step, new):
+        with self._lock:
+            # a resumed run measuring a step again replaces that step's old rows
+            self._rows = [r for r in self._rows if r.get("step") != step] + new
+            if self.out is not None:
+                if not (self.out / results_io.CONFIG_JSON).exists():
+                    self._save_config()
+                results_io.save_results(pd.DataFrame(self._rows), self.out)
+                results_io.clear_journal(self.out)
+        if self._writer is not None:
+            several = len(self.betas) > 1
+            for r in new:
+                for q in _SCALARS:
+                    if q != "ib_value" and r["beta"] != self.betas[0]:
+                        continue
+                    tag = f"ib/{r['setting']}/{r['layer']}/{q}"
+                    if q == "ib_value" and several:
+                        tag += f"/beta={r['beta']:g}"
+                    if math.isfinite(r[q]):
+                        self._writer.add_scalar(tag, r[q], global_step=step)
+
+    def _save_config(self):
+        import ibtools
+
+        results_io.save_config({"ibtools_version": ibtools.__version__,
+                                "torch_version": torch.__version__, "device": str(self.device),
+                                "tracking": True, "settings": self.settings,
+                                "betas": self.betas}, self.out)
+
+    def _raise_background_error(self):
+        for future in list(self._pending):
+            if future.done():
+                self._pending.remove(future)
+                future.result()  # re-raises the worker's exception here, on the training thread
+
+    # -- results and shutdown --------------------------------------------------------------
+
+    def wait(self) -> None:
+        """Wait for background measurements in flight (re-raising their errors)."""
+        while self._pending:
+            self._pending.pop(0).result()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run (a closed tracker measures nothing more)."""
+        return self._closed
+
+    @property
+    def table(self) -> pd.DataFrame:
+        with self._lock:
+            if not self._rows:
+                return pd.DataFrame(columns=results_io.COLUMNS)
+            return results_io.order_columns(pd.DataFrame(self._rows))
+
+    def close(self) -> pd.DataFrame:
+        """Wait for background work, write the final table, release the run directory and
+        return the table."""
+        if self._closed:
+            return self.table
+        try:
+            self.wait()
+        finally:
+            self._closed = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            if self._writer is not None:
+                self._writer.flush()
+                if self._own_writer:
+                    self._writer.close()
+            self._stack.close()
+        return self.table
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self) -> str:
+        return (f"Tracker({self.name}, every={self.every}, layers={self.layers}, "
+                f"estimators={[s.label for s in self.specs]}, steps measured={len(self.steps)}, "
+                f"out={None if self.out is None else str(self.out)!r})")
+
+
+def track(model, probe_data, layers=None, estimators=None, every=20, out=None, betas=(0.1,),
+          seed=0, **kwargs) -> Tracker:
+    """Track I(X;T), I(T_prev;T), I(T;Y) and IB values of ``model``'s layers during training.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model being trained (measured in place; nothing about it is changed).
+    probe_data : str, tuple or iterable
+        A dataset spec :func:`ibtools.analyze` accepts (``"digits"``, ``"text:PATH"``,
+        ``"npz:PATH"``, ...), a pair ``(inputs, targets)`` of tensors or arrays, or an
+        iterable of ``(inputs, targets)`` batches (read once).  A seeded subset of it, fixed
+        at creation, is the probe set of every measurement.
+    layers : see :func:`ibtools.probes.select_layers`
+        ``None``: every block of the model.
+    estimators : list of spec, optional
+        Estimator specs as in :func:`ibtools.analyze`; default :data:`DEFAULT_ESTIMATORS`,
+        binning (30 bins) and KDE (noise_var 0.1) without the permutation check.
+    every : int
+        :meth:`Tracker.step` measures when ``step % every == 0``.
+    out : path, optional
+        Run directory: ``results.csv``/``.json`` rewritten atomically after each
+        measurement, the journal while one is in progress, ``config.json``; locked while the
+        tracker is open.  ``None`` keeps the rows in memory (:attr:`Tracker.table`).
+    betas : float or list of float
+        IB trade-off weights; one row per beta.
+    seed : int
+        Seeds the probe subset and every estimator.
+    **kwargs
+        ``max_samples`` (rows per measurement, default 1000), ``reference`` (``"input"`` or
+        ``"previous"``), ``pool``, ``ci``, ``split`` (of a named dataset, default
+        ``"test"``), ``device`` (of the estimators; default the model's), ``name`` (the
+        ``model`` column; default the class name), ``tensorboard`` (True: a SummaryWriter in
+        ``out/tensorboard``, or your own writer; scalars ``ib/<setting>/<layer>/<quantity>``
+        at each step), ``background`` (run the estimators in a worker thread; at most four
+        measurements queue before :meth:`Tracker.step` waits), ``overwrite``/``resume``
+        (what to do with results already in ``out``), ``batch_size`` (probe forward pass).
+
+    Returns
+    -------
+    Tracker
+        Call ``tracker.step(step)`` after each optimizer step and ``tracker.close()`` (or use
+        it as a context manager) at the end.
+    """
+    return Tracker(model, probe_data, layers=layers, estimators=estimators, every=every, out=out,
+                   betas=betas, seed=seed, **kwargs)
