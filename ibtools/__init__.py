@@ -29,7 +29,8 @@ _LAZY = {"capture_activations": "ibtools.probes", "Activations": "ibtools.probes
          "IBNorm": "ibtools.norms", "build_model": "ibtools.models", "train": "ibtools.models",
          "write_report": "ibtools.reports", "load_results": "ibtools.results",
          "merge_runs": "ibtools.merge", "save_model": "ibtools.saving",
-         "load_saved_model": "ibtools.saving"}
+         "load_saved_model": "ibtools.saving",
+         "track": "ibtools.tracking", "Tracker": "ibtools.tracking"}
 
 
 def __getattr__(name):
@@ -38,7 +39,8 @@ def __getattr__(name):
 
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in ("estimators", "norms", "models", "probes", "reports", "analysis", "results"):
+    if name in ("estimators", "norms", "models", "probes", "reports", "analysis", "results",
+                "tracking", "integrations"):
         return importlib.import_module(f"ibtools.{name}")
     raise AttributeError(f"module 'ibtools' has no attribute {name!r}")
 
