@@ -176,10 +176,13 @@ def test_independence_is_flagged(method, d, target):
     x, y, labels = independent(n, seed=40 + d, d=d)
     r = ibtools.mutual_information(x, labels if target == "labels" else y, method=method)
     if r.value > 0.05:
-        assert any(f.startswith(INDEPENDENCE_FLAG) for f in r.flags), (r.value, r.flags)
-    if r.value > 0:
-        null = r.details["null"]
+        assert r.flags, r.value
+    null = r.details.get("null")
+    if null is not None:  # the automatic check ran: it must not call this dependence
         assert null["automatic"] and {"mean", "q95", "p_value"} <= set(null)
+        assert any(f.startswith(INDEPENDENCE_FLAG) for f in r.flags), (r.value, r.flags)
+    else:  # skipped only where the value is beyond the Wilks reach, with its own flags
+        assert r.value <= 0 or (r.value > 0.05 and len(r.flags) >= 2), (r.value, r.flags)
 
 
 def test_binning_null_reuses_symbols_exactly():
@@ -205,7 +208,8 @@ def test_dependence_is_not_flagged_and_far_values_skip_the_null():
     r = ibtools.mutual_information(a, a, method="binning")
     assert r.value == pytest.approx(math.log(4)) and "null" not in r.details
     r = ibtools.mutual_information(x, y, method="gaussian")
-    assert r.details["null"]["p_value"] < 0.05 and not r.flags
+    # Wilks: 2n I ~ chi-square(1) at independence, reach (1 + 4 sqrt 2) / 4000 = 0.0017
+    assert r.value > 0.1 and "null" not in r.details and not r.flags
 
 
 def test_n_permutations_setting():

@@ -14,6 +14,7 @@ import math
 import torch
 
 from ibtools.estimators.base import Estimator, check_positive, chunk_rows
+from ibtools.estimators.intervals import wilks_reach
 
 LOG_2PI_E = math.log(2 * math.pi * math.e)
 
@@ -180,6 +181,20 @@ class Gaussian(Estimator):
     interval_kinds = ("bootstrap",)
     supports_transform = True
     auto_permutations = 30  # covariances are cheap to refit: base Estimator's automatic null
+
+    def _null_needed(self, result) -> bool:
+        """Whether independence could give this value (Wilks): ``2n I`` is about chi-square
+        with ``d_x d_y`` degrees of freedom for two continuous variables and
+        ``(K - 1)(d + d(d + 1)/2)`` for K classes (means and covariances); above its mean
+        plus four sds the 30 refits of the automatic null are skipped."""
+        counts = result.details.get("class_counts")
+        dx, dy = result.dims
+        if counts is None:
+            df = dx * dy
+        else:
+            d = dy if result.details.get("swapped_arguments") else dx
+            df = (len(counts) - 1) * (d + d * (d + 1) / 2)
+        return result.value <= wilks_reach(df, result.n)
 
     def _check_settings(self) -> None:
         check_positive(self.ridge, "ridge", allow_zero=True)

@@ -162,3 +162,12 @@ def hsic_null(a, b, perms) -> dict:
     out = null_summary(values, observed)
     out["hsic"] = observed
     return out
+
+
+def wilks_reach(df: float, n: int, sds: float = 4.0) -> float:
+    """The largest MI (nats) that independence plausibly gives a plug-in or maximum-
+    likelihood estimate with ``df`` free parameters: Wilks' theorem (the G-test) makes
+    ``2n I`` about chi-square with df degrees of freedom, so its mean plus ``sds`` sds is
+    ``(df + sds sqrt(2 df)) / (2n)``.  A value above it needs no permutation null."""
+    df = max(1.0, float(df))
+    return (df + sds * math.sqrt(2.0 * df)) / (2.0 * n)
