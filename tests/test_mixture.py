@@ -209,3 +209,23 @@ def test_registered_and_settings_checked():
     x = np.random.default_rng(0).normal(size=(100, 2))
     with pytest.raises(ValueError, match="deterministic=True"):
         ibtools.mutual_information(x, x, method="mixture")
+
+
+def test_reuse_draws_shares_the_label_run_with_i_xt():
+    g = torch.Generator().manual_seed(9)
+    y = torch.randint(0, 3, (1500,), generator=g)
+    t = y[:, None].float() + 0.8 * torch.randn(1500, 5, generator=g)
+    x = torch.randn(1500, 2, generator=g)
+    est = MixtureEntropy(noise_var=0.5, deterministic=True)
+    with est.reuse_bounds():  # the name analyze() looks for
+        i_ty = est.mutual_information(t, y)
+        i_xt = est.mutual_information(x, t)
+        h = est.entropy(t)
+    assert i_xt.details["shared_draws"] and h.details["shared_draws"]
+    assert i_xt.value == i_ty.details["mi_xt"] and i_xt.details["mc_se"] == i_ty.details["mi_xt_se"]
+    assert h.value == pytest.approx(i_ty.details["h"])
+    assert i_xt.details["mc_se"] <= 0.01  # the label run went on until I(X;T) met it too
+    fresh = est.mutual_information(x, t)  # outside the block: its own run (the seed's draws)
+    assert "shared_draws" not in fresh.details
+    assert abs(fresh.value - i_xt.value) <= 4 * math.hypot(fresh.details["mc_se"],
+                                                           i_xt.details["mc_se"])

@@ -10,6 +10,7 @@ mixture's entropy with an error that the draws themselves measure.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from statistics import NormalDist
 
@@ -156,16 +157,18 @@ class MixtureEntropy(Estimator):
 
     # -- the Monte Carlo -------------------------------------------------------------------
 
-    def _run(self, t: torch.Tensor, dims: tuple, columns: int, draw, rng) -> TwoStageDesign:
+    def _run(self, t: torch.Tensor, dims: tuple, columns: int, draw, rng,
+             watch: tuple = (0,)) -> TwoStageDesign:
         """Draw per the settings; ``draw(c, zs)`` gives the (columns, b) per-draw values of
         draws at centres c (b,) with noise ``zs``, one (b, d_k) tensor for each of the
-        mixtures' dimensions ``dims``."""
+        mixtures' dimensions ``dims``; ``"auto"`` draws until every column in ``watch``
+        meets ``mc_tolerance``."""
         rows = block_rows(int(t.shape[0]), self._budget(t.device), t.device)
         block = max(1, rows // (2 if self.antithetic else 1))
         return run_design(int(t.shape[0]), columns, self._noise_maker(draw, dims, t, rng),
                           rng=rng, device=t.device, n_mc=self.n_mc,
                           tolerance=float(self.mc_tolerance), max_mc=int(self.max_mc),
-                          block=block)
+                          block=block, watch=watch)
 
     def _noise_maker(self, draw, dims: tuple, t: torch.Tensor, rng):
         """``draw`` with its noise made here: ``c -> (columns, b)``.
@@ -188,22 +191,62 @@ class MixtureEntropy(Estimator):
 
     # -- estimator hooks ----------------------------------------------------------------
 
-    def _single(self, t, rng):
-        """Design over the one mixture of T, column 0: the per-draw pmi."""
+    @contextlib.contextmanager
+    def reuse_draws(self):
+        """Within this block, I(X;T) and H(T) of a T whose I(T;Y) was just estimated come
+        from that estimate's draws.
+
+        Every draw of I(T;Y) also gives T's pointwise ``ln N(z) / p(t_c + z)``, whose mean is
+        I(X; T+Z), so an analysis asking for I(T;Y) then I(X;T) of one layer pays for one
+        Monte Carlo run::
+
+            est = MixtureEntropy(noise_var=0.1, deterministic=True)
+            with est.reuse_draws():
+                i_ty = est.mutual_information(t, labels)
+                i_xt = est.mutual_information(x, t)   # details["shared_draws"] is True
+
+        Inside the block I(T;Y)'s draws continue until I(X; T+Z) meets ``mc_tolerance``
+        too, which costs what I(X;T) alone would.  Shared only when it did (or ``n_mc`` is
+        fixed), for the same
+        T (the same tensor, unchanged, as KDE's :meth:`~ibtools.estimators.kde.KDE.reuse_bounds`
+        checks it), noise and seed.  Outside such a block nothing is kept.
+        """
+        self._reuse_depth = getattr(self, "_reuse_depth", 0) + 1
+        try:
+            yield self
+        finally:
+            self._reuse_depth -= 1
+            if not self._reuse_depth:
+                self._shared = None
+
+    #: The name :func:`ibtools.analyze` looks for (KDE's, which shares its bounds likewise).
+    reuse_bounds = reuse_draws
+
+    def _share_key(self, t, rng):
+        return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device, t._version,
+                float(self.noise_var), rng.initial_seed())
+
+    def _whole(self, t, rng):
+        """(mean, se, details) of the per-draw pmi of T's mixture, whose mean is I(X; T+Z)."""
+        shared = getattr(self, "_shared", None) if getattr(self, "_reuse_depth", 0) else None
+        if shared is not None and shared[0] == self._share_key(t, rng):
+            mean, se, details = shared[2]
+            self._last_mc = se
+            return mean, se, dict(details, shared_draws=True)
         mix = MixtureExponents(t, float(self.noise_var), self._rounding())
         log_n = math.log(mix.n)
 
         def draw(c, zs):
             return pointwise_mi_(mix.exponents(c, zs[0]), log_n)[None]
-        return mix, self._run(t, (mix.d,), 1, draw, rng)
-
-    def _entropy(self, x, discrete, rng):
-        mix, design = self._single(x, rng)
+        design = self._run(t, (mix.d,), 1, draw, rng)
         mean, se, _, _ = (float(v[0]) for v in design.stats())
         h_noise = gaussian_noise_entropy(mix.d, float(self.noise_var))
-        details = self._details(design, mix.n, mean, se, h_noise)
+        return mean, se, self._details(design, mix.n, mean, se, h_noise)
+
+    def _entropy(self, x, discrete, rng):
+        mean, se, details = self._whole(x, rng)
         details["quantity"] = "H(T + N(0, noise_var I)), not H(T)"
-        return h_noise + mean, details, self._flags(mean, se, mix.n)
+        return details["h_noise"] + mean, details, self._flags(mean, se, int(x.shape[0]))
 
     def _mi(self, x, y, x_discrete, y_discrete, rng):
         if y_discrete:
@@ -218,14 +261,11 @@ class MixtureEntropy(Estimator):
                 "deterministic=True if T = f(X), or noisy_x=True for the noisy chain "
                 "I(X+Z'; T+Z) (CLI: --set deterministic=true); if y holds class labels, pass "
                 "discrete_y=True; otherwise use method='ksg' or method='auto'")
-        mix, design = self._single(y, rng)
-        mean, se, _, _ = (float(v[0]) for v in design.stats())
-        h_noise = gaussian_noise_entropy(mix.d, float(self.noise_var))
-        details = self._details(design, mix.n, mean, se, h_noise)
+        mean, se, details = self._whole(y, rng)
         details["assumes"] = ("T (the second argument) is a deterministic function of X, so "
                               "H(T+Z|X) = d/2 ln(2 pi e noise_var); X enters only through the "
                               "pairing of rows")
-        return mean, details, self._flags(mean, se, mix.n)
+        return mean, details, self._flags(mean, se, int(y.shape[0]))
 
     def _mi_labels(self, t, labels, rng):
         s2 = float(self.noise_var)
@@ -247,10 +287,16 @@ class MixtureEntropy(Estimator):
             log_class[far] = exact.to(torch.float64)
             return torch.stack([pmi - (log_counts[own] - log_class), pmi])
 
-        design = self._run(t, (mix.d,), 2, draw, rng)
+        # inside reuse_draws, I(X; T+Z) (column 1) is drawn to the tolerance as well
+        design = self._run(t, (mix.d,), 2, draw, rng,
+                           watch=(0, 1) if getattr(self, "_reuse_depth", 0) else (0,))
         mean, se, _, _ = design.stats()
         p = counts[counts > 0].to(torch.float64) / mix.n
         h_noise = gaussian_noise_entropy(mix.d, s2)
+        if getattr(self, "_reuse_depth", 0) and (self.n_mc != "auto"
+                                                 or float(se[1]) <= float(self.mc_tolerance)):
+            whole = self._details(design, mix.n, float(mean[1]), float(se[1]), h_noise)
+            self._shared = (self._share_key(t, rng), t, (float(mean[1]), float(se[1]), whole))
         details = self._details(design, mix.n, float(mean[0]), float(se[0]), h_noise)
         details.update({"h": h_noise + float(mean[1]), "mi_xt": float(mean[1]),
                         "mi_xt_se": float(se[1]),

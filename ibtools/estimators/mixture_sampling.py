@@ -143,8 +143,10 @@ class TwoStageDesign:
 
 
 def run_design(n: int, columns: int, draw, *, rng: torch.Generator, device: torch.device,
-               n_mc, tolerance: float, max_mc: int, block: int) -> TwoStageDesign:
-    """Draw per ``n_mc`` (an int, or ``"auto"``: to a standard error of ``tolerance``).
+               n_mc, tolerance: float, max_mc: int, block: int,
+               watch: tuple = (0,)) -> TwoStageDesign:
+    """Draw per ``n_mc`` (an int, or ``"auto"``: to a standard error of ``tolerance`` on
+    each column in ``watch``).
 
     ``draw(c)`` gives the (columns, b) per-draw values of draws at centres c (b,), making its
     own noise; blocks of at most ``block`` draws.  ``"auto"``: 2 draws on each of ``min(n,
@@ -164,7 +166,9 @@ def run_design(n: int, columns: int, draw, *, rng: torch.Generator, device: torc
         return design
     design.extend(max(2, min(pilot, max_mc // 2)), 2, block, draw)
     for _ in range(_MAX_ROUNDS):
-        _, se, between, within = (float(v[0]) for v in design.stats())
+        stats = design.stats()
+        k = max(watch, key=lambda col: float(stats[1][col]))  # the column furthest off
+        _, se, between, within = (float(v[k]) for v in stats)
         if se <= tolerance:
             break
         m, r = plan(design, between, within, tolerance, max_mc)
