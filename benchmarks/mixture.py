@@ -1,8 +1,8 @@
 """Speed of the Monte Carlo mixture entropy ("mixture") against KDE's two bounds.
 
-    python benchmarks/mixture.py                 # n = 10 000, d in {64, 512}
-    python benchmarks/mixture.py --quick         # n = 2 000, d in {16, 64}
-    python benchmarks/mixture.py --device cuda   # the same on a GPU
+    python -m benchmarks.mixture                 # n = 10 000, d in {64, 512}
+    python -m benchmarks.mixture --quick         # n = 2 000, d in {16, 64}
+    python -m benchmarks.mixture --device cuda   # the same on a GPU
 
 Issue #17's row: n = 10 000 centres, d = 64 and d = 512, as many draws as bring the Monte
 Carlo standard error below 0.01 nat (``n_mc="auto"``, ``mc_tolerance=0.01``), in at most
