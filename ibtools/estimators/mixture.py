@@ -104,9 +104,9 @@ class MixtureEntropy(Estimator):
         ``details``: ``mc_se`` (standard error of the value), ``n_mc`` (draws made),
         ``evaluations`` (noise vectors: twice ``n_mc`` with ``antithetic``),
         ``centres_drawn``, ``draws_per_centre`` (least, most), ``h`` (H(T+Z)), ``h_noise``,
-        ``ceiling`` (ln n); for discrete Y also ``h_cond`` (sum_y p(y) H(T+Z|Y=y)), ``mi_xt`` (I(X;
-        T+Z) of the same draws) and ``h_labels``; for the chain ``mi_x``, ``mi_t``,
-        ``mi_joint`` (each mixture's ``H - h_Z``).
+        ``ceiling`` (ln n); for discrete Y also ``h_cond`` (sum_y p(y) H(T+Z|Y=y)),
+        ``mi_xt`` and ``mi_xt_se`` (I(X; T+Z) of the same draws) and ``h_labels``; for the
+        chain ``mi_x``, ``mi_t``, ``mi_joint`` (each mixture's ``H - h_Z``).
 
     Notes
     -----
@@ -115,9 +115,12 @@ class MixtureEntropy(Estimator):
     treats the rows as the whole distribution, and how far that is from the population's
     ``T + Z`` is what ``ci="subsample"`` shows.  The value depends on ``s2`` by
     construction; when every row is its own component it nears ln n whatever the data,
-    and is flagged as saturated.  Cost O(n_mc n d): at the same n, ``n_mc`` of about n
-    costs about what KDE's two bounds cost.  Memory: one block of draws by n, sized to
-    ``memory_budget`` (on CPU at most 512 rows); nothing n x n.
+    and is flagged as saturated.  Cost O(evaluations n d): a noise vector costs about what
+    a row of KDE's kernel matrix costs, and KDE computes half of its n rows, so about n/2
+    ``evaluations`` take KDE's time.  How many the tolerance needs depends on the spread of
+    the draws, not on n or d: few when the components barely overlap or nearly coincide,
+    most in between (``benchmarks/mixture.py`` times the three regimes).  Memory: one block
+    of draws by n, sized to ``memory_budget`` (on CPU at most 512 rows); nothing n x n.
 
     References
     ----------
