@@ -398,7 +398,7 @@ def _layer_rows(spec: EstimatorSpec, x, y, t, t_prev, index, betas, seed, device
             "ci_low_xt": xt_lo, "ci_high_xt": xt_hi, "ci_low_ty": ty_lo, "ci_high_ty": ty_hi,
             "ci_low_prev_t": pv_lo, "ci_high_prev_t": pv_hi,
             "n_samples": int(t.shape[0]), "dim": int(t[0].numel()), "seconds": seconds,
-            "flags": json.dumps(flags),
+            results_io.FLAG_COLUMN: json.dumps(flags),
         })
     return rows
 

@@ -23,8 +23,13 @@ COLUMNS = [
     "estimator", "setting", "params", "reference", "ib_kind",
     "i_xt", "i_ty", "i_prev_t", "ib_value", "beta", "unit", "ci_low", "ci_high",
     "ci_low_xt", "ci_high_xt", "ci_low_ty", "ci_high_ty", "ci_low_prev_t", "ci_high_prev_t",
-    "n_samples", "dim", "seconds", "flags",
+    "n_samples", "dim", "seconds", "flag_text",
 ]
+#: The column of each row's flags (a JSON list of strings).  Tables written before it was
+#: renamed call it ``flags``, which pandas shadows (``table.flags`` is ``DataFrame.flags``);
+#: every reader here takes the old name as the new one.
+FLAG_COLUMN = "flag_text"
+OLD_FLAG_COLUMN = "flags"
 #: Columns that identify a row; a resumed run skips rows whose key is already present.
 KEY = ["checkpoint", "layer", "setting", "beta"]
 #: Where a row's checkpoint was read from: the resolved path and a content fingerprint
@@ -67,6 +72,21 @@ def write_atomic(path, data) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def rename_old_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """A table written before the flag column's rename, with ``flags`` read as
+    ``flag_text`` (a table holding both keeps both)."""
+    if OLD_FLAG_COLUMN in df.columns and FLAG_COLUMN not in df.columns:
+        return df.rename(columns={OLD_FLAG_COLUMN: FLAG_COLUMN})
+    return df
+
+
+def _rename_old_keys(row):
+    if isinstance(row, dict) and OLD_FLAG_COLUMN in row and FLAG_COLUMN not in row:
+        row = dict(row)
+        row[FLAG_COLUMN] = row.pop(OLD_FLAG_COLUMN)
+    return row
 
 
 def order_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -126,7 +146,7 @@ def load_results(path) -> pd.DataFrame:
         raise ValueError(f"path={str(path)!r} has suffix {suffix!r}; accepted: .csv, .json, "
                          f".parquet")
     try:
-        return readers[suffix](path)
+        return rename_old_columns(readers[suffix](path))
     except (ValueError, OSError) as exc:  # pandas' parse errors are ValueErrors
         # pandas names neither the file nor that it is a results table
         raise ValueError(f"{str(path)!r} cannot be read as a results table ({type(exc).__name__}: "
@@ -145,7 +165,7 @@ def _journal_table(out_dir: Path) -> pd.DataFrame:
     warnings.warn(f"{str(out_dir)!r} holds no {RESULTS_CSV}: the run stopped before finishing "
                   f"a checkpoint; reading the {len(rows)} row(s) of {RESULTS_JOURNAL} (rerun "
                   f"the analysis into it to resume)", UserWarning, stacklevel=3)
-    return order_columns(pd.DataFrame(rows))
+    return order_columns(rename_old_columns(pd.DataFrame(rows)))
 
 
 def append_journal(rows: list[dict], out_dir) -> None:
@@ -171,7 +191,7 @@ def read_journal_lines(out_dir) -> tuple[list[tuple[int, object]], list[tuple[in
         if not raw.strip():
             continue
         try:
-            parsed.append((number, json.loads(raw.decode("utf-8"))))
+            parsed.append((number, _rename_old_keys(json.loads(raw.decode("utf-8")))))
         except UnicodeDecodeError:
             bad.append((number, "is not UTF-8 text"))
         except json.JSONDecodeError:
@@ -208,6 +228,8 @@ def read_table_lines(path) -> tuple[list[str], list[tuple[int, dict]], list[tupl
         header = next(reader, None)
     except csv.Error as exc:
         raise ValueError(f"{str(path)!r} line 1 is not a CSV header ({exc}); {advice}") from exc
+    if header and OLD_FLAG_COLUMN in header and FLAG_COLUMN not in header:
+        header = [FLAG_COLUMN if c == OLD_FLAG_COLUMN else c for c in header]
     missing = [c for c in KEY if c not in (header or [])]
     if missing:
         raise ValueError(f"{str(path)!r} is not a results table: its first line lacks the key "
@@ -269,3 +291,4 @@ def load_config(out_dir) -> dict | None:
     if not isinstance(config, dict):
         raise ValueError(f"{str(path)!r} must hold a JSON object; got {type(config).__name__}")
     return config
+

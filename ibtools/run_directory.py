@@ -47,7 +47,7 @@ _NUMERIC = ("lam", "seed", "step", "layer_index", "i_xt", "i_ty", "i_prev_t", "i
             "ci_low_prev_t", "ci_high_prev_t", "n_samples", "dim", "seconds",
             *results_io.METRIC_COLUMNS)
 _REQUIRED = ("checkpoint", "layer", "layer_index", "estimator", "setting", "params", "beta",
-             "reference", "unit", "n_samples", "dim", "flags")
+             "reference", "unit", "n_samples", "dim", results_io.FLAG_COLUMN)
 _KNOWN = set(results_io.COLUMNS) | set(results_io.SOURCE_COLUMNS) | set(results_io.METRIC_COLUMNS)
 
 
@@ -237,8 +237,9 @@ def row_problem(row, schema: RunSchema) -> str | None:
     if str(row["reference"]) != schema.reference or str(row["unit"]) != "nats":
         return (f"has reference={row['reference']!r}, unit={row['unit']!r}; this run uses "
                 f"reference={schema.reference!r} in nats")
-    if not isinstance(_json(row["flags"]), list):
-        return f"has flags={row['flags']!r}, not a JSON list (a cut or damaged row)"
+    if not isinstance(_json(row[results_io.FLAG_COLUMN]), list):
+        return (f"has {results_io.FLAG_COLUMN}={row[results_io.FLAG_COLUMN]!r}, not a JSON "
+                f"list (a cut or damaged row)")
     key = (row_identity(row), str(row["layer"]), setting, beta)
     if key in schema.seen:
         return "repeats a row already read (same checkpoint, layer, setting and beta)"

@@ -68,7 +68,7 @@ def test_table_contract_and_values(checkpoints):
     assert set(table.loc[table["norm"] == "layer", "lam"]) == {0.0}
     assert set(table["step"]) == {0, 8}
     assert "test_accuracy" in table.columns
-    json.loads(table["flags"].iloc[0])
+    json.loads(table["flag_text"].iloc[0])
     assert json.loads(table["params"].iloc[0]) in ({"n_bins": 10}, {"noise_var": 0.1})
 
 

@@ -6,6 +6,7 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -125,7 +126,7 @@ def test_a_failing_estimator_is_a_nan_row_with_a_flag(data, monkeypatch, tmp_pat
     assert len(table) == 3  # old code: OverflowError ended the run
     wide = table[table["layer"] == "0"].iloc[0]
     assert math.isnan(wide["i_ty"])
-    assert any("OverflowError" in f for f in json.loads(wide["flags"]))
+    assert any("OverflowError" in f for f in json.loads(wide["flag_text"]))
     message = str(caught[0].message)
     assert "'net'" in message and "layer '0'" in message and "binning" in message
     last = table[table["layer"] == "2"].iloc[0]
@@ -160,3 +161,13 @@ def test_a_journal_alone_reads_as_a_table(data, tmp_path):
 
         content = build_report_content(partial)
     assert content.summary
+
+
+def test_no_result_column_is_shadowed_by_a_pandas_attribute(data):
+    from ibtools.results import COLUMNS
+
+    table = _run(_net(0), data)
+    shadowed = [c for c in COLUMNS if hasattr(pd.DataFrame, c)]
+    assert shadowed == []  # old code: 'flags' (table.flags is pandas' DataFrame.flags)
+    assert isinstance(table.flag_text, pd.Series)
+    assert all(isinstance(json.loads(v), list) for v in table.flag_text)

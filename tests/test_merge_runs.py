@@ -95,3 +95,25 @@ def test_cli_merge_and_report_of_several_runs(runs, tmp_path):
     assert res.exit_code == 0, res.output
     html = (rep / "report.html").read_text()
     assert "other" in html and "net" in html
+
+
+def test_a_run_written_before_the_flag_rename_merges_and_resumes(runs, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    table = pd.read_csv(runs / "a" / "results.csv").rename(columns={"flag_text": "flags"})
+    table.to_csv(old / "results.csv", index=False)
+    merged = merge_runs([old, runs / "b"])
+    assert "flags" not in merged.columns
+    assert merged["flag_text"].notna().all()
+    assert (merged.loc[merged["run"] == str(old), "flag_text"].to_numpy()
+            == table["flags"].to_numpy()).all()
+    # a resume reads the old header as the new one: no row is dropped or recomputed
+    shutil.copy(runs / "a" / "config.json", old / "config.json")
+    from ibtools.run_directory import RunSchema, read_resume_rows
+    from ibtools.estimators.spec import parse_estimator_specs
+
+    schema = RunSchema.from_specs(parse_estimator_specs(["binning:n_bins=4"]), "input")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = read_resume_rows(old, schema)
+    assert len(rows) == len(table) and all("flag_text" in r for r in rows)

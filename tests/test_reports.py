@@ -159,8 +159,70 @@ def test_missing_intervals_and_steps_fall_back_honestly(table):
 
 def test_one_variant_has_nothing_to_rank(table):
     summary = summarize(prepare_table(table[table["lam"] == 1.0]))
-    assert summary["headline"] == "There is only one model variant, so there is no ranking to report."
+    assert summary["headline"] == (
+        "One model variant (ib-T, λ=1): I(X;T) and I(T;Y) per layer (4 layers) are in the "
+        "table below; with a single variant there is nothing to rank.")
     assert summary["winners"].empty
+
+
+def _one_pretrained_model(table):
+    """The fixture's last checkpoint of one seed, as a pretrained BatchNorm model named by
+    its user: one checkpoint, no IBNorm, no step."""
+    one = table[(table["lam"] == 0.0) & (table["seed"] == 0)
+                & table["checkpoint"].str.endswith("step2000.pt")].copy()
+    one["model"], one["checkpoint"], one["norm"], one["step"] = "crepe-tiny", "crepe-tiny", \
+        "batch", np.nan
+    return one
+
+
+def test_one_model_report_puts_its_layers_up_front(table):
+    one = _one_pretrained_model(table)
+    content = build_report_content(one)
+    per_layer = content.summary["per_layer"]
+    # one row per (layer, setting) in layer order, the seed means of the table's values
+    assert list(dict.fromkeys(per_layer["layer"])) == list(
+        one.sort_values("layer_index")["layer"].drop_duplicates())
+    row = per_layer[(per_layer["layer"] == "head.norm")].iloc[0]
+    src = one[(one["layer"] == "head.norm") & (one["setting"] == row["setting"])]
+    assert row["i_ty"] == pytest.approx(src["i_ty"].mean(), abs=1e-12)
+    assert row["x_value"] == pytest.approx(src["i_xt"].mean(), abs=1e-12)
+    # the user's name, not "batch, λ=0"; no ranking figure; no step colour bar
+    assert set(content.table["variant"]) == {"crepe-tiny"}
+    assert content.summary["headline"].startswith("One model variant (crepe-tiny)")
+    assert [f.key for f in content.figures] == ["information-plane", "ib-across-layers"]
+    plane = content.figures[0].figure
+    assert len(plane.axes) == per_layer["setting"].nunique()  # no colour-bar axis
+    from ibtools.reports.html import html_document
+
+    page = html_document(content)
+    assert 'id="per-layer"' in page and "batch, λ=0" not in page
+
+
+def test_a_legend_of_long_layer_names_fits_the_figure(table):
+    one = _one_pretrained_model(table)
+    one["layer"] = "encoder.blocks." + one["layer_index"].astype(str) + ".attention.output"
+    fig = plot_information_plane(one)
+    fig.canvas.draw()  # the old layout ran the legend past both sides of the figure
+    box = fig.legends[0].get_window_extent()
+    width = fig.get_figwidth() * fig.dpi
+    assert box.x0 >= -1 and box.x1 <= width + 1
+
+
+def test_named_models_label_their_variants(table):
+    two = pd.concat([_one_pretrained_model(table),
+                     _one_pretrained_model(table).assign(model="ib-S", checkpoint="ib-S",
+                                                         norm="ib-S", lam=1.0)])
+    prepared = prepare_table(two)
+    assert list(dict.fromkeys(prepared["variant"])) == ["crepe-tiny", "ib-S"]
+    # an IBNorm sweep of one model keeps its norm labels
+    assert "ib-T, λ=2" in set(prepare_table(table)["variant"])
+
+
+def test_figures_display_in_a_fresh_notebook_kernel(table):
+    fig = plot_information_plane(_one_pretrained_model(table))
+    png = fig._repr_png_()  # what IPython calls when no pyplot backend registered Figure
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    assert isinstance(fig, Figure)
 
 
 # ---------------------------------------------------------------------------- summary

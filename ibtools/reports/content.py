@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ibtools import results as results_io
 from ibtools.reports.plots import (
     plot_estimator_agreement,
     plot_ib_across_lam,
@@ -97,12 +98,16 @@ def build_report_content(table, *, config=None, environment=None, units: str = "
         raise TypeError(f"title must be a string; got {type(title).__name__}")
     prepared = prepare_table(table, units)
     prepared["n_flags"] = prepared["flag_list"].map(len)
+    single_step = prepared["progress"].nunique() <= 1
+    one_variant = prepared["variant"].nunique() == 1
     figures = [
         ReportFigure("information-plane", "Information plane",
-                     "One panel per model variant and estimator setting; markers tell the "
-                     "layers apart, colour gives the training step. The dashed line is ln n, "
-                     "the most I(X;T) a sample of n points can show: points on it measure the "
-                     "estimator's resolution, not compression.",
+                     "One panel per model variant and estimator setting; "
+                     + ("each layer has its own colour and marker, and a line joins the "
+                        "layers in order. " if single_step else
+                        "markers tell the layers apart, colour gives the training step. ")
+                     + "The dashed line is ln n, the most I(X;T) a sample of n points can "
+                     "show: points on it measure the estimator's resolution, not compression.",
                      plot_information_plane(prepared, units=units)),
         ReportFigure("ib-across-layers", "IB value across layers",
                      "One line per model variant (norm kind and λ), one panel per estimator "
@@ -117,19 +122,21 @@ def build_report_content(table, *, config=None, environment=None, units: str = "
             "(λ = 0 or a plain norm), so a gain from compression reads as a line above its "
             "dotted level.",
             plot_ib_across_lam(prepared, units=units, step=step)))
-    figures.append(ReportFigure(
-        "estimator-agreement", "Estimator agreement",
-        "The IB value of each variant under each estimator setting, one panel per layer; "
-        "crossing lines mean the ranking of the variants depends on the estimator. Each "
-        "panel's title gives the verdict.",
-        plot_estimator_agreement(prepared, units=units, step=step)))
+    if not one_variant:  # with one variant every panel would say "nothing to rank"
+        figures.append(ReportFigure(
+            "estimator-agreement", "Estimator agreement",
+            "The IB value of each variant under each estimator setting, one panel per layer; "
+            "crossing lines mean the ranking of the variants depends on the estimator. Each "
+            "panel's title gives the verdict.",
+            plot_estimator_agreement(prepared, units=units, step=step)))
     for fig in figures:
         # Lay out once and freeze: constrained layout costs about as much as a draw, and
         # each figure is saved twice (SVG and PDF) with the same geometry.
         fig.figure.draw_without_rendering()
         fig.figure.set_layout_engine("none")
     title = title or str(config.get("title") or DEFAULT_TITLE)
-    columns = [c for c in table.columns]
+    # the table's own columns, with a pre-rename "flags" under its new name
+    columns = [c for c in results_io.rename_old_columns(table.head(0)).columns]
     return ReportContent(title=title, units=units, summary=summarize(prepared, step),
                          caveats=collect_caveats(prepared),
                          run=describe_run(prepared, config, environment), config=config,

@@ -174,6 +174,24 @@ def _winners_table(content: ReportContent) -> str:
             + "".join(rows) + "</tbody></table>")
 
 
+def _per_layer_table(content: ReportContent) -> str:
+    """For one model: I(X;T) (or I(T_prev;T)), I(T;Y) and the IB value per layer, up front."""
+    per_layer = content.summary.get("per_layer")
+    if per_layer is None or per_layer.empty:
+        return ""
+    units = html.escape(content.units)
+    rows = "".join(
+        f"<tr><td>{html.escape(str(r.layer))}</td><td>{html.escape(r.setting)}</td>"
+        f"<td>{html.escape(r.x_name)}</td><td class=\"num\">{format_number(r.x_value)}</td>"
+        f"<td class=\"num\">{format_number(r.i_ty)}</td>"
+        f"<td class=\"num\">{format_number(r.ib_value)}</td><td class=\"num\">{r.flags}</td>"
+        f"</tr>" for r in per_layer.itertuples(index=False))
+    return ('<table class="sortable" id="per-layer"><thead><tr><th>layer</th>'
+            f"<th>estimator setting</th><th>compression term</th><th>value [{units}]</th>"
+            f"<th>I(T;Y) [{units}]</th><th>IB value [{units}]</th><th>flags</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
+
+
 def _caveats(content: ReportContent) -> str:
     parts = []
     for entry in content.caveats:
@@ -239,6 +257,7 @@ every estimator setting of the run.</p>
 <h2>Summary</h2>
 <p class="headline">{html.escape(summary["headline"])}</p>
 <ul>{sentences}</ul>
+{_per_layer_table(content)}
 {_winners_table(content)}
 </section>
 <section id="figures">

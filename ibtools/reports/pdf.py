@@ -188,6 +188,15 @@ def pdf_bytes(content: ReportContent, full_table: bool = False) -> bytes:
     with matplotlib.rc_context(PDF_RC), PdfPages(buffer, metadata=metadata) as pdf:
         for page in _text_pages(_title_lines(content), "Summary"):
             pdf.savefig(page)
+        per_layer = summary.get("per_layer")
+        if per_layer is not None and not per_layer.empty:  # one model: its layers up front
+            rows = [[str(r.layer), r.setting, r.x_name, format_number(r.x_value),
+                     format_number(r.i_ty), format_number(r.ib_value), str(r.flags)]
+                    for r in per_layer.itertuples(index=False)]
+            for page in _table_pages("Per layer", ["layer", "estimator setting", "term",
+                                                   f"value [{units}]", f"I(T;Y) [{units}]",
+                                                   f"IB value [{units}]", "flags"], rows):
+                pdf.savefig(page)
         for fig in content.figures:
             pdf.savefig(fig.figure)
         if winner_rows:

@@ -3,7 +3,8 @@ lambda, and estimator agreement.
 
 Every function takes the results table (or a filtered view of it), returns a
 :class:`matplotlib.figure.Figure` built without pyplot (no global state, safe in scripts and
-notebooks), states the unit on every information axis, and uses colour-blind-safe
+notebooks; a :class:`~ibtools.reports.figure.NotebookFigure`, so it displays in a fresh
+Jupyter kernel without ``%matplotlib inline``), states the unit on every information axis, and uses colour-blind-safe
 colours: the Okabe-Ito palette for categories and ``cividis`` for training time.
 """
 
@@ -19,6 +20,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ibtools.reports.figure import NotebookFigure
 from ibtools.reports.ranking import TIE_TOLERANCE_NATS, rank_variants
 from ibtools.reports.table import (
     LN2,
@@ -54,12 +56,28 @@ def _choose(values, wanted, name: str) -> list:
 def _grid(n_panels: int, max_cols: int, extra_w: float = 0.0, extra_h: float = 0.6):
     cols = min(n_panels, max_cols)
     rows = math.ceil(n_panels / cols)
-    fig = Figure(figsize=(_PANEL_W * cols + extra_w, _PANEL_H * rows + extra_h),
-                 layout="constrained")
+    fig = NotebookFigure(figsize=(_PANEL_W * cols + extra_w, _PANEL_H * rows + extra_h),
+                         layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[n_panels:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n_panels])
+
+
+def legend_columns(fig: Figure, labels, most: int) -> int:
+    """Legend columns that fit the figure's width (at 8 pt, about 0.075 in a character plus
+    the marker and padding), so a legend below the panels is never clipped at the sides."""
+    labels = [str(label) for label in labels]
+    if not labels:
+        return 1
+    entry = 0.5 + 0.075 * max(len(label) for label in labels)
+    return int(max(1, min(len(labels), most, fig.get_figwidth() // entry)))
+
+
+def _layer_styles(layers) -> dict:
+    """A (colour, marker) pair per layer, distinct for up to 56 layers (7 colours without
+    the faint yellow, 8 markers: the pair repeats only after lcm(7, 8) layers)."""
+    return {layer: (PALETTE[i % 7], MARKERS[i % len(MARKERS)]) for i, layer in enumerate(layers)}
 
 
 def _colour_map(labels) -> dict:
@@ -105,7 +123,9 @@ def plot_information_plane(table, *, units: str = "nats", settings=None, variant
     matplotlib.figure.Figure
         One panel per (setting, variant); markers tell layers apart, colour gives the
         training step (colour bar); the dashed line marks ln n, the most a sample of n
-        points can show for I(X;T).
+        points can show for I(X;T).  With one checkpoint (a pretrained model) there is no
+        training time: each layer has its own colour and marker, a line joins the layers
+        in order, and one variant's settings are laid out in up to three columns.
     """
     prepared, units = _setup(table, units)
     if x not in ("auto", "i_xt", "i_prev_t"):
@@ -135,11 +155,18 @@ def plot_information_plane(table, *, units: str = "nats", settings=None, variant
     cmap = STEP_CMAP
     scale = 1.0 if units == "nats" else 1.0 / LN2
     panels = [(s, v) for s in chosen_settings for v in chosen_variants]
-    fig, axes = _grid(len(panels), max_cols=len(chosen_variants), extra_w=1.0)
+    # one checkpoint (a pretrained model): no training time to colour, so each layer gets
+    # its own colour and marker and a line joins the layers in order
+    single = frame["progress"].nunique() <= 1
+    max_cols = len(chosen_variants) if len(chosen_variants) > 1 else min(3, len(panels))
+    fig, axes = _grid(len(panels), max_cols=max_cols, extra_w=0.0 if single else 1.0)
     markers = {layer: MARKERS[i % len(MARKERS)] for i, layer in enumerate(chosen_layers)}
+    styles = _layer_styles(chosen_layers)
     for ax, (setting, variant) in zip(axes, panels):
         panel = points[(points["setting_label"] == setting) & (points["variant"] == variant)]
-        for layer in chosen_layers:
+        if single:
+            _layer_path(ax, panel, styles)
+        for layer in ([] if single else chosen_layers):
             path = panel[panel["layer"] == layer].sort_values("progress")
             if path.empty:
                 continue
@@ -165,20 +192,39 @@ def plot_information_plane(table, *, units: str = "nats", settings=None, variant
         ax.set_title(f"{variant}\n{setting}", fontsize=9)
         ax.autoscale_view()
         ax.grid(True, linewidth=0.4, alpha=0.5)
-    handles = [Line2D([], [], linestyle="", marker=markers[layer], color="#999999",
-                      markeredgecolor="#333333", label=layer) for layer in chosen_layers]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6),
-               title="layer", fontsize=8, title_fontsize=8)
-    step_name = "training step" if frame["step"].notna().all() else "checkpoint order"
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label=step_name, shrink=0.8)
+    if single:
+        handles = [Line2D([], [], linestyle="", marker=styles[layer][1], color=styles[layer][0],
+                          markeredgecolor="#333333", label=layer) for layer in chosen_layers]
+    else:
+        handles = [Line2D([], [], linestyle="", marker=markers[layer], color="#999999",
+                          markeredgecolor="#333333", label=layer) for layer in chosen_layers]
+    fig.legend(handles=handles, loc="outside lower center",
+               ncols=legend_columns(fig, chosen_layers, 6), title="layer", fontsize=8,
+               title_fontsize=8)
+    if not single:
+        step_name = "training step" if frame["step"].notna().all() else "checkpoint order"
+        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label=step_name,
+                     shrink=0.8)
     fig.suptitle(f"Information plane ({_seed_text(frame)}; units: {units})", fontsize=11)
     return fig
+
+
+def _layer_path(ax, panel, styles) -> None:
+    """One checkpoint's layers as points joined in layer order, each in its own style."""
+    path = panel.sort_values("layer_index")
+    xy = path[["x_value", "i_ty"]].to_numpy(dtype=float)
+    ax.plot(xy[:, 0], xy[:, 1], color="#999999", linewidth=1.0, zorder=1)
+    for (x, y), layer in zip(xy, path["layer"]):
+        colour, marker = styles[layer]
+        ax.scatter([x], [y], color=colour, marker=marker, s=42, edgecolors="#333333",
+                   linewidths=0.6, zorder=2)
 
 
 def _variant_legend(fig: Figure, ax) -> None:
     """One legend of the model variants below the panels (they share colours)."""
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5),
+    fig.legend(handles, labels, loc="outside lower center",
+               ncols=legend_columns(fig, labels, 5),
                title="model variant", fontsize=8, title_fontsize=8)
 
 

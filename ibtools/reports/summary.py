@@ -120,7 +120,10 @@ def summarize(prepared: pd.DataFrame, step="last") -> dict:
         ``headline`` (one sentence), ``sentences`` (one per layer), ``winners`` (a
         DataFrame: layer, setting, best variant, its IB value, runner-up, margin, whether
         the intervals separate them, and ``status``, the comparison's verdict as text) and
-        ``layers`` (per layer: winner per setting, None for a tie, and the verdict).
+        ``layers`` (per layer: winner per setting, None for a tie, and the verdict) and
+        ``per_layer`` (:func:`per_layer_table`, for a table of one model variant; else
+        None).  With one variant the headline and sentences describe its layers instead
+        of a ranking.
     """
     final = select_step(prepared, step)
     units = str(prepared["unit"].iloc[0])
@@ -148,8 +151,55 @@ def summarize(prepared: pd.DataFrame, step="last") -> dict:
         sentences.append(_layer_sentence(layer, verdict, n_settings, tolerance_text))
     winners_df = pd.DataFrame(records, columns=["layer", "setting", "best", "ib_value",
                                                 "runner_up", "margin", "separated", "status"])
-    return {"headline": _headline(layers, n_settings, tolerance_text), "sentences": sentences,
-            "winners": winners_df, "layers": layers, "units": units, "n_settings": n_settings}
+    headline, per_layer = _headline(layers, n_settings, tolerance_text), None
+    if final["variant"].nunique() == 1:
+        per_layer = per_layer_table(final)
+        headline, sentences = _one_model_text(final, per_layer, units)
+    return {"headline": headline, "sentences": sentences, "winners": winners_df,
+            "layers": layers, "units": units, "n_settings": n_settings,
+            "per_layer": per_layer}
+
+
+def per_layer_table(final: pd.DataFrame) -> pd.DataFrame:
+    """I(X;T) (or I(T_prev;T) for layer-wise rows), I(T;Y) and the IB value per layer and
+    estimator setting, in layer order: what a report of one model shows first.  Seed
+    means; ``flags`` counts the rows' flags (NaN values are estimates that failed)."""
+    frame = final.assign(
+        x_value=final["i_xt"].where(final["x_quantity"] == "i_xt", final["i_prev_t"]),
+        n_flags=final["flag_list"].map(len))
+    keys = ["layer_index", "layer", "setting_label", "x_quantity"]
+    out = (frame.groupby(keys, sort=False, dropna=False)
+           .agg(x_value=("x_value", "mean"), i_ty=("i_ty", "mean"),
+                ib_value=("ib_value", "mean"), flags=("n_flags", "sum"))
+           .reset_index().sort_values(["layer_index", "setting_label"], kind="mergesort"))
+    out["x_name"] = np.where(out["x_quantity"] == "i_prev_t", "I(T_prev;T)", "I(X;T)")
+    return out.rename(columns={"setting_label": "setting"})[
+        ["layer", "setting", "x_name", "x_value", "i_ty", "ib_value", "flags"]
+    ].reset_index(drop=True)
+
+
+def _one_model_text(final: pd.DataFrame, per_layer: pd.DataFrame, units: str):
+    """Headline and one sentence per estimator setting for a table of one model variant."""
+    name = str(final["variant"].iloc[0])
+    layers = list(dict.fromkeys(per_layer["layer"]))
+    headline = (f"One model variant ({name}): I(X;T) and I(T;Y) per layer ({len(layers)} "
+                f"layers) are in the table below; with a single variant there is nothing to "
+                f"rank.")
+    sentences = []
+    for setting, rows in per_layer.groupby("setting", sort=False):
+        done = rows[np.isfinite(rows["i_ty"].to_numpy(dtype=float))]
+        if done.empty:
+            sentences.append(f"Under {setting}, no layer could be estimated (see the flags).")
+            continue
+        first, last = done.iloc[0], done.iloc[-1]
+        x_name = first["x_name"]
+        sentence = (f"Under {setting}, I(T;Y) goes from {first['i_ty']:.3g} {units} at "
+                    f"layer {first['layer']} to {last['i_ty']:.3g} at layer {last['layer']}, "
+                    f"and {x_name} from {first['x_value']:.3g} to {last['x_value']:.3g}")
+        missing = len(rows) - len(done)
+        sentences.append(sentence + (f"; {missing} layer(s) could not be estimated."
+                                     if missing else "."))
+    return headline, sentences
 
 
 def collect_caveats(prepared: pd.DataFrame) -> list[dict]:

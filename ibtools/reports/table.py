@@ -22,7 +22,7 @@ REQUIRED_COLUMNS = (
     "ci_low", "ci_high", "n_samples", "dim", "seconds",
 )
 OPTIONAL_COLUMNS = (
-    "flags", "setting", "reference", "ib_kind", "ci_low_xt", "ci_high_xt",
+    "flag_text", "setting", "reference", "ib_kind", "ci_low_xt", "ci_high_xt",
     "ci_low_ty", "ci_high_ty", "ci_low_prev_t", "ci_high_prev_t", "test_accuracy", "val_loss",
 )
 #: Columns holding information in the table's unit; converted together.
@@ -146,6 +146,16 @@ def variant_label(model: str, norm: str, lam, with_model: bool) -> str:
     return f"{model} {label}" if with_model else label
 
 
+def _named_models(out: pd.DataFrame) -> bool:
+    """Whether variants are best told apart by model name: each model has one norm setting,
+    and either no row has an IBNorm (no IBNorm sweep: "batch, λ=0" would name a norm, not
+    a model) or there are several models (``analyze({"layernorm": m1, "ib-S": m2})``)."""
+    keys = out[["model", "norm"]].assign(lam=out["lam"].fillna(-1.0)).drop_duplicates()
+    one_each = bool((keys.groupby("model").size() == 1).all())
+    has_ib = bool(out["norm"].str.startswith("ib").any())
+    return one_each and (not has_ib or keys["model"].nunique() > 1)
+
+
 def prepare_table(df, units: str = "nats") -> pd.DataFrame:
     """Validate ``df`` and return a copy ready for plots and summaries.
 
@@ -162,7 +172,8 @@ def prepare_table(df, units: str = "nats") -> pd.DataFrame:
     pandas.DataFrame
         The rows, sorted deterministically, with added columns: ``flag_list`` (list of
         str), ``setting_label`` (estimator setting, with ib kind and beta appended when the
-        table mixes them), ``variant`` (model/norm/lambda label), ``variant_order`` (baseline
+        table mixes them), ``variant`` (the model's name when the table holds no IBNorm
+        or one norm setting per model, else a norm/lambda label), ``variant_order`` (baseline
         first, then by norm and lambda), ``is_baseline`` (lambda 0 or absent), ``progress``
         (step, or the checkpoint's order when steps are missing) and ``x_quantity`` (the
         column the x axis of an information plane reads: ``i_prev_t`` for layer-wise rows).
@@ -174,6 +185,8 @@ def prepare_table(df, units: str = "nats") -> pd.DataFrame:
     validate_table(df)
     units = check_units(units)
     out = df.copy().reset_index(drop=True)
+    if "flags" in out.columns and "flag_text" not in out.columns:  # a table from before the
+        out = out.rename(columns={"flags": "flag_text"})  # rename (pandas shadows .flags)
     for column in OPTIONAL_COLUMNS:
         if column not in out.columns:
             out[column] = np.nan
@@ -188,7 +201,7 @@ def prepare_table(df, units: str = "nats") -> pd.DataFrame:
         out[column] = out[column] * factor
     out["unit"] = units
 
-    out["flag_list"] = [parse_flags(v) for v in out["flags"]]
+    out["flag_list"] = [parse_flags(v) for v in out["flag_text"]]
     labels = [s if isinstance(s, str) and s.strip() else setting_label(e, p)
               for s, e, p in zip(out["setting"], out["estimator"], out["params"])]
     kinds = out["ib_kind"].astype(object).where(out["ib_kind"].notna(), "classic").astype(str)
@@ -200,8 +213,12 @@ def prepare_table(df, units: str = "nats") -> pd.DataFrame:
 
     with_model = out["model"].nunique() > 1
     out["is_baseline"] = [_lam_is_baseline(v) for v in out["lam"]]
-    out["variant"] = [variant_label(m, n, lam, with_model)
-                      for m, n, lam in zip(out["model"], out["norm"], out["lam"])]
+    if _named_models(out):
+        # models the user named (or one pretrained model): the name, not "batch, λ=0"
+        out["variant"] = out["model"]
+    else:
+        out["variant"] = [variant_label(m, n, lam, with_model)
+                          for m, n, lam in zip(out["model"], out["norm"], out["lam"])]
     keys = (out[["model", "is_baseline", "norm", "lam"]]
             .assign(is_baseline=~out["is_baseline"], lam=out["lam"].fillna(-1.0))
             .drop_duplicates().sort_values(["model", "is_baseline", "norm", "lam"]))
