@@ -292,3 +292,10 @@ def load_config(out_dir) -> dict | None:
         raise ValueError(f"{str(path)!r} must hold a JSON object; got {type(config).__name__}")
     return config
 
+
+def show(table, columns=None, max_rows: int = 50):
+    """A compact notebook view of a results table or run directory (four-digit values,
+    intervals in one cell, flags as a count with a tooltip); see :func:`ibtools.notebook.show`."""
+    from ibtools.notebook import show as _show
+
+    return _show(table, columns=columns, max_rows=max_rows)

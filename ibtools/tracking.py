@@ -137,7 +137,7 @@ class Tracker:
     def __init__(self, model, probe_data, *, layers=None, estimators=None, every=20, out=None,
                  betas=(0.1,), seed=0, max_samples=1000, reference="input", pool=None, ci=None,
                  device=None, split="test", name=None, tensorboard=False, background=False,
-                 overwrite=False, resume=False, batch_size=512):
+                 overwrite=False, resume=False, batch_size=512, threads="auto"):
         from ibtools.analysis import REFERENCES, _check_betas
         from ibtools.probes.layers import select_layers
 
@@ -171,6 +171,11 @@ class Tracker:
         from ibtools.analysis import _resolve_device
 
         self.device = _resolve_device(device)
+        if threads == "auto":  # as in analyze: small problems run fastest on one thread
+            threads = 1 if self.device.type == "cpu" and self.max_samples <= 4096 else None
+        if threads is not None:
+            threads = _check_int(threads, "threads", 1)
+        self.threads = threads
         self.name = str(name) if name is not None else type(model).__name__
         self.data = _probe_set(probe_data, model, split, self.seed, self.max_samples, pool)
         self._base = self._base_columns(model)
@@ -288,7 +293,7 @@ class Tracker:
                 return False
             self.steps.append(step)
         try:
-            with preserved_training_state(self.model):
+            with preserved_training_state(self.model), self._threads():
                 acts = capture_activations(self.model, self.data, self.layers,
                                            max_rows=self.max_samples, pool=self.pool,
                                            seed=self.seed, batch_size=self.batch_size)
@@ -303,6 +308,20 @@ class Tracker:
             self._pending.pop(0).result()
         self._pending.append(self._executor.submit(self._estimate, acts, step, metrics))
         return True
+
+    @contextlib.contextmanager
+    def _threads(self):
+        """torch's intra-op threads for a foreground measurement, restored afterwards; a
+        background one leaves them alone (the setting is process-wide, training's too)."""
+        previous = torch.get_num_threads()
+        change = self._executor is None and self.threads is not None
+        if change:
+            torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            if change:
+                torch.set_num_threads(previous)
 
     def _estimate(self, acts, step, metrics):
         from ibtools.analysis import _layer_rows
@@ -446,7 +465,9 @@ def track(model, probe_data, layers=None, estimators=None, every=20, out=None, b
         ``out/tensorboard``, or your own writer; scalars ``ib/<setting>/<layer>/<quantity>``
         at each step), ``background`` (run the estimators in a worker thread; at most four
         measurements queue before :meth:`Tracker.step` waits), ``overwrite``/``resume``
-        (what to do with results already in ``out``), ``batch_size`` (probe forward pass).
+        (what to do with results already in ``out``), ``batch_size`` (probe forward pass),
+        ``threads`` (torch threads during a foreground measurement, restored afterwards;
+        ``"auto"``: 1 on a CPU for up to 4096 rows, as :func:`ibtools.analyze` does).
 
     Returns
     -------

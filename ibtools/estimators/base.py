@@ -110,6 +110,12 @@ class EstimateResult:
         return (f"EstimateResult({self.quantity}={self.value:.4f} nats ({self.bits:.4f} bits), "
                 f"method={self.method!r}, n={self.n}, dims={tuple(self.dims)}{ci}{flags})")
 
+    def _repr_html_(self) -> str:
+        """Jupyter view: value (nats and bits), interval, method and settings, flags."""
+        from ibtools.notebook import result_html
+
+        return result_html(self)
+
 
 def _jsonable(obj):
     if isinstance(obj, dict):
@@ -489,6 +495,12 @@ class Estimator:
         changed = {k: v for k, v in self.settings.items() if v != self.accepted_settings()[k]}
         inner = ", ".join(f"{k}={v!r}" for k, v in changed.items())
         return f"{type(self).__name__}({inner})"
+
+    def _repr_html_(self) -> str:
+        """Jupyter view: the class and every setting, changed ones in bold."""
+        from ibtools.notebook import estimator_html
+
+        return estimator_html(self)
 
     # -- hooks for subclasses -------------------------------------------------------------
 
