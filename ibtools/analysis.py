@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -174,7 +173,8 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
     overwrite : bool
         Replace results of different settings found in ``out_dir`` instead of refusing.
     progress : bool or None
-        Progress bars; ``None`` shows them only on a terminal.
+        Progress bars; ``None`` shows them on a terminal and in a Jupyter notebook (as
+        notebook widgets, through ``tqdm.auto``).
     arch_kwargs : dict, optional
         Keyword arguments for the architecture factory.
     trust_pickle : bool
@@ -232,7 +232,7 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
     if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 10:
         raise ValueError(f"max_samples={max_samples!r} must be an integer >= 10")
     dev = _resolve_device(device)
-    show = sys.stderr.isatty() if progress is None else bool(progress)
+    show = inputs_io.show_progress(progress)
     if threads == "auto":
         threads = 1 if dev.type == "cpu" and max_samples <= 4096 else None
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)

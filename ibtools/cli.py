@@ -181,7 +181,8 @@ def main():
 @click.option("--max-samples", type=int, default=2000, show_default=True,
               help="Rows per layer (tokens for language models).")
 @click.option("--pool", type=click.Choice(["mean", "last"]), default=None,
-              help="Pool token rows into one per sequence.")
+              help="Pool token rows into one per sequence; 'mean' also averages conv maps "
+              "(B, C, H, W) over space, one value per channel (wide conv layers).")
 @click.option("--ci/--no-ci", default=False, help="Intervals from each estimator.")
 @click.option("--split", default="test", show_default=True,
               help="Which split of the data source to analyze (test | train).")

@@ -190,3 +190,27 @@ def capture_budget(memory_budget) -> int | str | None:
         total = physical_memory()
         return None if total is None else max(256 * 2**20, total // 4)
     return memory_budget
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter (IPython) kernel, where stderr is no terminal yet
+    progress bars display (tqdm.auto draws them as notebook widgets)."""
+    import sys
+
+    shell = sys.modules.get("IPython")
+    if shell is None or "ipykernel" not in sys.modules:
+        return False
+    try:
+        ip = shell.get_ipython()
+    except AttributeError:
+        return False
+    return ip is not None and getattr(ip, "kernel", None) is not None
+
+
+def show_progress(progress) -> bool:
+    """``progress`` of analyze: ``None`` shows bars on a terminal and in a notebook."""
+    if progress is None:
+        import sys
+
+        return bool(getattr(sys.stderr, "isatty", lambda: False)()) or in_notebook()
+    return bool(progress)

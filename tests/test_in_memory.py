@@ -171,3 +171,17 @@ def test_no_result_column_is_shadowed_by_a_pandas_attribute(data):
     assert shadowed == []  # old code: 'flags' (table.flags is pandas' DataFrame.flags)
     assert isinstance(table.flag_text, pd.Series)
     assert all(isinstance(json.loads(v), list) for v in table.flag_text)
+
+
+def test_progress_defaults_to_bars_in_a_notebook_kernel(monkeypatch):
+    import sys
+    import types
+
+    from ibtools import inputs
+
+    monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(isatty=lambda: False))
+    assert inputs.show_progress(None) is False and inputs.show_progress(True) is True
+    kernel = types.SimpleNamespace(kernel=object())  # what a Jupyter kernel's shell holds
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: kernel))
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    assert inputs.show_progress(None) is True  # old code: stderr is no tty, so no bars
