@@ -277,3 +277,20 @@ def test_hf_callback_hooks(tmp_path):
     assert (table["i_ty"] <= math.log(256) + 1e-6).all()
     with pytest.raises(TypeError, match="model is not an argument"):
         IBTrainerCallback("text", model=model)
+
+
+def test_gpt_example_quick(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "track_gpt_training.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert sorted(table["step"].unique()) == [0, 20, 40]
+    assert list(dict.fromkeys(table["layer"])) == ["wte", "blocks.0", "blocks.1", "ln_f"]
+    assert len(table) == 3 * 4 * 2 and (table["n_samples"] == 300).all()
+    assert (table["i_ty"] <= math.log(256) + 1e-6).all()  # Y is a byte
+    assert (tmp_path / "report.html").stat().st_size > 1000
