@@ -24,7 +24,11 @@ _CLI_WORDS = [
     (re.compile(r"pass arch= as one of \(.*?\)$", re.S),
      "use --arch ibtools:<mlp|cnn|vit|gpt|llama>, --arch hf:DIR, --arch torchvision:<name>, "
      "--arch timm:<name> or --arch module:factory (a module in the current directory works)"),
+    (re.compile(r"(?<![\w-])arch=('[^']*') \(CLI: --arch '[^']*'\)"), r"--arch \1"),
     (re.compile(r"pass arch="), "use --arch"),
+    (re.compile(r"(?<![\w-])arch=('[^']*'): cannot import (.*)$", re.S),
+     r"--arch \1: cannot import \2 (the current directory was searched too)"),
+    (re.compile(r"(?<![\w-])arch=('[^']*')"), r"--arch \1"),
     (re.compile(r"pass strict=False"), "use --no-strict"),
     (re.compile(r"pass (trust_pickle|trust_code)=True \(CLI: (--[a-z-]+)\)"), r"use \2"),
     (re.compile(r"overwrite=True \(--overwrite\)"), "--overwrite"),

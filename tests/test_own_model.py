@@ -119,6 +119,9 @@ def test_api_advice_reads_as_options():
         "the checkpoint does not say its architecture; use --arch ibtools:<mlp|cnn|vit|gpt|"
         "llama>, --arch hf:DIR, --arch torchvision:<name>, --arch timm:<name> or --arch "
         "module:factory (a module in the current directory works)")
+    assert cli_wording("arch='nosuch:f': cannot import 'nosuch' (No module named 'nosuch')") == (
+        "--arch 'nosuch:f': cannot import 'nosuch' (No module named 'nosuch') (the current "
+        "directory was searched too)")
     assert cli_wording("x; pass strict=False to load what matches") == (
         "x; use --no-strict to load what matches")
     assert cli_wording("use another directory or overwrite=True (--overwrite)") == (
