@@ -122,7 +122,7 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
             reference="input", max_samples=2000, device="auto", seed=0, pool=None, ci=None,
             split="test", out_dir=None, overwrite=False, progress=None, arch_kwargs=None,
             trust_pickle=False, threads="auto", lock_timeout=None, trust_code=False,
-            memory_budget="auto", spill_dir=None, batch_size=64, strict=True):
+            memory_budget="auto", spill_dir=None, batch_size=64, strict=True, executor=None):
     """Estimate information quantities of chosen layers of one or more checkpoints.
 
     Parameters
@@ -208,6 +208,11 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
     strict : bool
         Refuse a checkpoint whose keys do not all match the architecture; ``False`` loads what
         matches and warns, naming the keys left out (tied weights a file does not store).
+    executor : dask.distributed.Client or None
+        Run the (checkpoint, layer group) captures and their estimates as tasks on a Dask
+        cluster; this process alone writes ``out_dir`` and the table equals the serial one
+        (see :mod:`ibtools.distributed`; needs ``pip install 'ibtools[dask]'``).  ``None``
+        runs everything here.
 
     Returns
     -------
@@ -231,10 +236,16 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         raise ValueError(f"ci={ci!r} is not accepted; use None or 'auto'")
     if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 10:
         raise ValueError(f"max_samples={max_samples!r} must be an integer >= 10")
-    dev = _resolve_device(device)
+    if executor is not None:  # workers resolve "auto" and check CUDA on their own machines
+        from ibtools import distributed
+
+        dev = distributed.check_executor(executor, device)
+    else:
+        dev = _resolve_device(device)
     show = inputs_io.show_progress(progress)
+    worker_threads = threads  # a worker applies "auto" to the device it resolves
     if threads == "auto":
-        threads = 1 if dev.type == "cpu" and max_samples <= 4096 else None
+        threads = 1 if str(dev) == "cpu" and max_samples <= 4096 else None
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):
         raise ValueError(f"threads={threads!r} is not accepted; use 'auto', None or an int >= 1")
@@ -249,7 +260,7 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
                             trust_pickle, trust_code=trust_code,
                             capture_options=_capture_options(memory_budget, spill_dir,
                                                              batch_size),
-                            strict=strict)
+                            strict=strict, executor=(executor, worker_threads))
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -270,7 +281,7 @@ def _capture_options(memory_budget, spill_dir, batch_size) -> dict:
 
 def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, split, out_dir,
              overwrite, show, arch, data, layers, arch_kwargs, trust_pickle, trust_code=False,
-             capture_options=None, strict=True):
+             capture_options=None, strict=True, executor=(None, "auto")):
     from ibtools.probes import capture_activations, load_model
 
     settings = {"arch": arch, "data": inputs_io.describe_data(data), "layers": layers,
@@ -285,38 +296,32 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
     # config.json is written with the first result, so a run that fails before it (a bad
     # layer name) leaves nothing that would block the corrected rerun
     pending_config = [_config(settings, ckpts, betas, dev, old_config)]
+    executor, worker_threads = executor
+    if executor is not None:  # the loop below, as tasks on a Dask cluster
+        from ibtools import distributed
 
-    for ckpt, (ident, fp) in _progress(list(zip(ckpts, sources)), "checkpoints",
-                                       show and len(ckpts) > 1, leave=True):
+        distributed.run_on_cluster(executor, distributed.ClusterJob(
+            specs=specs, betas=betas, reference=reference, max_samples=max_samples,
+            device=str(dev), seed=seed, pool=pool, ci=ci, split=split, arch=arch, data=data,
+            layers=layers, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle,
+            trust_code=trust_code, capture_options=capture_options, strict=strict,
+            threads=worker_threads), ckpts, sources, labels, rows, done, out_dir,
+            lambda: _flush_config(pending_config, out_dir), show)
+    serial = list(zip(ckpts, sources)) if executor is None else []
+    for ckpt, (ident, fp) in _progress(serial, "checkpoints", show and len(ckpts) > 1,
+                                       leave=True):
         label = labels.get(ident) or inputs_io.checkpoint_label(ckpt)
         model, info = inputs_io.open_checkpoint(ckpt, load_model, arch=arch,
                                                 trust_pickle=trust_pickle, trust_code=trust_code,
                                                 strict=strict, **(arch_kwargs or {}))
         model = model.to(dev).eval()
-        meta = dict(info.get("meta") or {})
-        norm, lam = meta.get("norm"), meta.get("lam")
-        if norm is None:
-            from ibtools.norms import describe_norms
-
-            desc = describe_norms(model)
-            norm, lam = desc["norm"], desc["lam"] if lam is None else lam
-        if lam is None and norm in ("layer", "rms", "batch"):
-            lam = 0.0  # a plain norm is IBNorm's lam = 0 limit
+        base = _row_base(model, info, label, ident, fp, seed, reference)
         dataset = inputs_io.resolve_data(data, model=model, split=split, seed=seed)
         acts = _capture(capture_activations, model, dataset, settings["data"], layers=layers,
                         max_rows=max_samples, pool=pool, seed=seed, device=dev,
                         **(capture_options or {}))
         x, y = acts.x, acts.y
         names = list(acts.layers)
-        base = {"checkpoint": label, "checkpoint_path": ident if fp is not None else None,
-                "checkpoint_fingerprint": fp, "model": info.get("arch"), "norm": norm,
-                "lam": float(lam) if lam is not None else float("nan"),
-                "seed": meta.get("seed", seed), "step": meta.get("step", meta.get("epoch")),
-                "reference": reference,
-                "ib_kind": "classic" if reference == "input" else "layerwise", "unit": "nats"}
-        for key in ("test_accuracy", "val_loss", "train_loss", "epoch"):
-            if key in meta:
-                base[key] = meta[key]
         for index, name in enumerate(_progress(names, "layers", show)):
             todo = [s for s in specs
                     if any((ident, name, s.label, b) not in done for b in betas)]
@@ -343,6 +348,10 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
             _flush_config(pending_config, out_dir)
             results_io.save_results(pd.DataFrame(rows), out_dir)
             results_io.clear_journal(out_dir)
+    # rows resumed from a cluster's journal (finished in any order) take the serial order
+    from ibtools.distributed import run_order
+
+    rows = run_order(rows, [ident for ident, _ in sources], specs, betas)
     table = results_io.order_columns(pd.DataFrame(rows)) if rows else pd.DataFrame(
         columns=results_io.COLUMNS)
     if out_dir is not None:
@@ -350,6 +359,29 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
         results_io.save_results(table, out_dir)
         results_io.clear_journal(out_dir)
     return table
+
+
+def _row_base(model, info, label, ident, fp, seed, reference) -> dict:
+    """The columns every row of one checkpoint shares: its name and source, its norm and
+    lam (from the checkpoint's metadata, else read off the model), seed, step and metrics."""
+    meta = dict(info.get("meta") or {})
+    norm, lam = meta.get("norm"), meta.get("lam")
+    if norm is None:
+        from ibtools.norms import describe_norms
+
+        desc = describe_norms(model)
+        norm, lam = desc["norm"], desc["lam"] if lam is None else lam
+    if lam is None and norm in ("layer", "rms", "batch"):
+        lam = 0.0  # a plain norm is IBNorm's lam = 0 limit
+    base = {"checkpoint": label, "checkpoint_path": ident if fp is not None else None,
+            "checkpoint_fingerprint": fp, "model": info.get("arch"), "norm": norm,
+            "lam": float(lam) if lam is not None else float("nan"),
+            "seed": meta.get("seed", seed), "step": meta.get("step", meta.get("epoch")),
+            "reference": reference,
+            "ib_kind": "classic" if reference == "input" else "layerwise", "unit": "nats"}
+    base.update({k: meta[k] for k in ("test_accuracy", "val_loss", "train_loss", "epoch")
+                 if k in meta})
+    return base
 
 
 def _capture(capture_activations, model, dataset, data, **kwargs):

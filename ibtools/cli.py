@@ -129,7 +129,12 @@ def _check_device(ctx, param, value):
     from ibtools.estimators.base import resolve_device
 
     try:
-        resolve_device(value)
+        if ctx.params.get("scheduler"):  # the cluster's workers have the devices, not this one
+            from ibtools.distributed import cluster_device
+
+            cluster_device(value)
+        else:
+            resolve_device(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc).replace("None (the inputs' device), ", "")) from exc
     return value
@@ -219,12 +224,18 @@ def main():
               "checkpoint when done).")
 @click.option("--batch-size", type=int, default=64, show_default=True,
               help="Samples per forward pass while capturing.")
+@click.option("--workers", type=int, default=None,
+              help="Run on a local Dask cluster of N processes, one thread each (needs "
+              "ibtools[dask]); the table is the serial one.")
+@click.option("--scheduler", default=None, is_eager=True, metavar="ADDRESS",
+              help="Run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); "
+              "its workers must read the checkpoint paths.")
 @click.pass_context
 @_user_errors
 def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, max_samples,
             pool, ci, split, device, seed, out_dir, config_file, overwrite, threads, trust_pickle,
             trust_code, report, progress, arch_args, strict, memory_budget, spill_dir,
-            batch_size):
+            batch_size, workers, scheduler):
     """Estimate I(X;T), I(T_prev;T), I(T;Y) and IB values per layer of CHECKPOINTS.
 
     Writes results.csv, results.json and config.json into --out after every step; rerunning
@@ -262,13 +273,16 @@ def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, 
     if arch_kwargs and not opts["arch"]:
         raise UserError("--arch-arg needs --arch (the factory the arguments are for)")
     memory = None if memory_budget.lower() == "none" else memory_budget
-    with _cwd_importable(opts["arch"]), _cwd_importable(opts["data"]):
+    from ibtools.distributed import cli_executor
+
+    with _cwd_importable(opts["arch"]), _cwd_importable(opts["data"]), \
+            cli_executor(workers, scheduler, opts["device"]) as executor:
         table = ibtools.analyze(opts.pop("checkpoints"), betas=opts.pop("betas") or [0.1],
                                 out_dir=out_dir, overwrite=overwrite, progress=progress,
                                 trust_pickle=trust_pickle, trust_code=trust_code,
                                 threads=_threads(threads), arch_kwargs=arch_kwargs or None,
                                 strict=strict, memory_budget=memory, spill_dir=spill_dir,
-                                batch_size=batch_size, **opts)
+                                batch_size=batch_size, executor=executor, **opts)
     _print_summary(table)
     click.echo(f"results: {Path(out_dir) / 'results.csv'}")
     if report:

@@ -1,0 +1,141 @@
+"""Wall time of ``ibtools.analyze`` serially and on a 2-process Dask LocalCluster.
+
+    nice -n 10 python benchmarks/dask_analyze.py              # both workloads
+    nice -n 10 python benchmarks/dask_analyze.py --quick      # fewer checkpoints, for a smoke run
+
+Two workloads, each analysed into a fresh run directory by one process and then by a
+LocalCluster of 2 one-thread worker processes (``executor=client``); the tables must be equal
+(every column but ``seconds``), and the script says so:
+
+- demo: the checkpoints ``ibtools demo`` trains (LayerNorm and IBNorm-S/L/T MLPs on digits,
+  step 0, three along training and the last), analysed as the demo does (450 test rows, five
+  estimator settings, block outputs).  Training length does not change the analysis' cost,
+  so the models are trained for ``--epochs`` (6) epochs.
+- grid: 12 checkpoints x 4 layers x 3 settings: three MLPs (widths 32-24-16-12; LayerNorm,
+  IBNorm-T lam 1 and 4) with checkpoints at steps 0, 10, 20, 30, the library's default
+  estimators (binning 30 bins, KDE noise 0.1, KSG k 3 on copula ranks) on the 1347 rows of
+  digits' training split.
+
+Times are steady-state: both sides first analyse one checkpoint (imports, compiled kernels),
+and the cluster's start is timed separately.  Each configuration runs ``--repeats`` times
+and the median is printed, with the machine's load average before and after, since the
+machine may be shared.  The target of issue 20 is a speed-up >= 1.6 on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ibtools  # noqa: E402
+from ibtools.distributed import local_client  # noqa: E402
+
+
+def _train_demo(root: Path, epochs: int, quick: bool) -> list[str]:
+    from ibtools.demo import FULL_MODELS, QUICK_MODELS
+    from ibtools.models import train
+    from ibtools.models.data import load_digits_split
+
+    steps_per_epoch = -(-int(load_digits_split().x_train.shape[0]) // 64)
+    every = max(1, epochs * steps_per_epoch // 3)
+    paths = []
+    for norm, lam in (QUICK_MODELS if quick else FULL_MODELS):
+        out = root / "demo" / f"{norm}_lam{lam:g}"
+        train("mlp", model_config={"norm": norm, "lam": lam}, data="digits", epochs=epochs,
+              seed=0, out_dir=out, checkpoint_every=every, batch_size=64)
+        paths += sorted(str(p) for p in out.glob("*.pt"))
+    return paths
+
+
+def _train_grid(root: Path, quick: bool) -> list[str]:
+    from ibtools.models import train
+
+    paths = []
+    for norm, lam in ((("layer", 0.0), ("ib-T", 1.0)) if quick else
+                      (("layer", 0.0), ("ib-T", 1.0), ("ib-T", 4.0))):
+        out = root / "grid" / f"{norm}_lam{lam:g}"
+        train("mlp", model_config={"norm": norm, "lam": lam}, data="digits", max_steps=30,
+              checkpoint_every=10, seed=0, out_dir=out)
+        paths += sorted(str(p) for p in out.glob("*.pt"))
+    return paths
+
+
+def _timed(fn, repeats: int):
+    times, table = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        table = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), table
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer checkpoints")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs of the demo models")
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args(argv)
+    from ibtools.demo import FULL_ESTIMATORS, QUICK_ESTIMATORS
+
+    root = Path(tempfile.mkdtemp(prefix="ibtools-dask-bench-"))
+    workloads = {
+        "demo": (_train_demo(root, args.epochs, args.quick),
+                 {"estimators": QUICK_ESTIMATORS if args.quick else FULL_ESTIMATORS,
+                  "max_samples": 450, "betas": [0.1]}),
+        "grid": (_train_grid(root, args.quick),
+                 {"estimators": list(ibtools.analysis.DEFAULT_ESTIMATORS), "split": "train",
+                  "max_samples": 2000, "betas": [0.1]}),
+    }
+    runs = iter(range(10**6))
+
+    def run(paths, options, executor=None):
+        return ibtools.analyze(paths, data="digits", device="cpu", progress=False,
+                               out_dir=root / f"run{next(runs)}", executor=executor, **options)
+
+    lines = []
+    start = time.perf_counter()
+    with local_client(2, "cpu") as client:
+        cluster_start = time.perf_counter() - start
+        for name, (paths, options) in workloads.items():
+            run(paths[:1], options)  # warm: imports and compiled kernels, here and on workers
+            run(paths[:2], options, client)
+            load_before = _load()
+            serial_s, serial = _timed(lambda: run(paths, options), args.repeats)
+            load_mid = _load()
+            cluster_s, parallel = _timed(lambda: run(paths, options, client), args.repeats)
+            cols = [c for c in serial.columns if c != "seconds"]
+            same = serial[cols].reset_index(drop=True).equals(
+                parallel[cols].reset_index(drop=True))
+            n_layers = serial["layer"].nunique()
+            lines.append(f"| {name} | {len(paths)} x {n_layers} x {len(options['estimators'])} "
+                         f"| {serial['n_samples'].iloc[0]} | {serial_s:.1f} | {cluster_s:.1f} "
+                         f"| {serial_s / cluster_s:.2f} | {'yes' if same else 'NO'} "
+                         f"| {load_before} / {load_mid} / {_load()} |")
+            if not same:
+                pd.set_option("display.width", 200)
+                print(serial[cols].compare(parallel[cols]), file=sys.stderr)
+    print(f"Dask LocalCluster, 2 worker processes x 1 thread, started in {cluster_start:.1f} s; "
+          f"{os.cpu_count()} CPUs; median of {args.repeats} run(s); torch threads 1 per "
+          f"process (threads='auto').\n")
+    print("| workload | checkpoints x layers x settings | rows | serial s | 2 workers s "
+          "| speed-up | same table | load avg 1/5/15 min (before / between / after) |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
