@@ -166,12 +166,26 @@ def resolve_data(data, *, model, split: str, seed: int):
     if isinstance(data, (Path, os.PathLike)):
         raise TypeError(f"data={os.fspath(data)!r} is a path; give a spec such as "
                         f"'npz:{os.fspath(data)}'")
+    _warn_if_shuffled(data)
     try:
         return as_analysis_data(data, model=model)
     except TypeError as exc:
         raise TypeError(f"data: {type(data).__name__} is not accepted; give a spec string, a "
                         f"tuple (inputs, targets) of tensors or arrays, or a DataLoader / "
                         f"iterable of (inputs, targets) batches") from exc
+
+
+def _warn_if_shuffled(data) -> None:
+    """A DataLoader that shuffles yields other rows on every pass, so each model (each pass)
+    would be measured on a different sample: say so, once per model."""
+    import warnings
+
+    sampler = getattr(data, "sampler", None)
+    if isinstance(data, torch.utils.data.DataLoader) and isinstance(
+            sampler, torch.utils.data.RandomSampler):
+        warnings.warn("data: the DataLoader shuffles (shuffle=True), so each model is "
+                      "measured on other rows and their numbers are not comparable row for "
+                      "row; give a DataLoader with shuffle=False", UserWarning, stacklevel=4)
 
 
 def physical_memory() -> int | None:

@@ -171,12 +171,18 @@ def merge_runs(runs, *, on_duplicate: str = "warn") -> pd.DataFrame:
 
 
 def merged_config(runs) -> dict:
-    """A config for the merged table: each run's ``config.json`` under its path."""
+    """A config for the merged table: each run's ``config.json`` under its path, and the
+    device and versions the runs recorded (``"a, b"`` when they differ)."""
     out = {}
     for run in runs:
         base = Path(run) if Path(run).is_dir() else Path(run).parent
         out[os.fspath(run)] = results_io.load_config(base) or {}
-    return {"merged_from": out}
+    config = {"merged_from": out}
+    for key in ("device", "ibtools_version", "torch_version"):
+        values = list(dict.fromkeys(str(c[key]) for c in out.values() if c.get(key)))
+        if values:
+            config[key] = ", ".join(values)
+    return config
 
 
 def write_merged(runs, out_dir, *, on_duplicate: str = "warn", overwrite: bool = False) -> tuple:

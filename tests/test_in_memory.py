@@ -93,6 +93,9 @@ def test_dataloader_and_tensors_give_the_tuple_numbers(data):
         np.testing.assert_allclose(other["i_ty"], by_tuple["i_ty"], rtol=0, atol=1e-12)
     with pytest.raises(TypeError, match="data"):
         _run(model, 42)
+    shuffled = torch.utils.data.DataLoader(loader.dataset, batch_size=64, shuffle=True)
+    with pytest.warns(UserWarning, match="shuffle=False"):
+        _run(model, shuffled)
 
 
 def test_spilled_capture_matches_memory_and_leaves_nothing(data, tmp_path):

@@ -1,5 +1,6 @@
 """Runs that combine: several run directories as one table and one report (#21)."""
 
+import json
 import shutil
 import warnings
 
@@ -95,6 +96,7 @@ def test_cli_merge_and_report_of_several_runs(runs, tmp_path):
     assert res.exit_code == 0, res.output
     html = (rep / "report.html").read_text()
     assert "other" in html and "net" in html
+    assert json.loads((rep / "config.json").read_text())["device"] == "cpu"
 
 
 def test_a_run_written_before_the_flag_rename_merges_and_resumes(runs, tmp_path):
