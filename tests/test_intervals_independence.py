@@ -126,12 +126,15 @@ def test_subsample_coverage_over_seeds():
 
 
 def test_resample_interval_bootstrap_bias_and_containment():
-    # resamples 0.1 above the value: the centre moves 0.1 below it, the interval is
-    # stretched up to the value
+    # resamples 0.1 above the value: the centre moves 0.1 below it; the interval is the
+    # union of the corrected one and the value's own
     samples = [0.6 + 0.01 * k for k in (-2, -1, 0, 1, 2)] * 4
     low, high, info = resample_interval("bootstrap", 0.5, samples, 0.95, n=1000)
     assert info["ci_bias"] == pytest.approx(0.1) and info["ci_center"] == pytest.approx(0.4)
-    assert low < 0.4 < high and high == 0.5
+    t = 2.093  # t(19) at 0.975
+    sd = np.std(samples, ddof=1)
+    assert low == pytest.approx(0.4 - t * math.hypot(sd, sd / math.sqrt(20)), rel=1e-3)
+    assert high == pytest.approx(0.5 + t * sd, rel=1e-3)
 
 
 def test_resample_interval_subsample_scaling():
@@ -140,8 +143,10 @@ def test_resample_interval_subsample_scaling():
     samples = list(0.3 + 0.02 * rng.standard_normal(200))
     low, high, info = resample_interval("subsample", 0.3, samples, 0.95, n=1000)
     assert info["ci_sd"] == pytest.approx(np.std(samples, ddof=1))
-    assert high - low == pytest.approx(2 * 1.972 * math.hypot(info["ci_sd"],
-                                                               info["ci_bias_se"]), rel=0.01)
+    t, sd, centre = 1.972, info["ci_sd"], info["ci_center"]  # t(199) at 0.975
+    half = t * math.hypot(sd, info["ci_bias_se"])
+    assert low == pytest.approx(min(centre - half, 0.3 - t * sd), rel=1e-3)
+    assert high == pytest.approx(max(centre + half, 0.3 + t * sd), rel=1e-3)
     # an estimator capped at 100 rows for the value and every subset: no bias information
     _, _, capped = resample_interval("subsample", 0.3, samples, 0.95, n=1000, rows_point=100,
                                      rows_resample=100)

@@ -8,8 +8,12 @@ rows, subsets of rows, or other seeds), so they all mean the same thing:
 * the half-width is a Student-t quantile (B - 1 degrees of freedom, B resamples) times the
   sampling spread scaled to the point estimate's rows, widened by the uncertainty of the
   bias estimate itself;
-* the interval is then stretched to contain the point estimate, so it never contradicts
-  its own value.
+* the interval is the union of that bias-corrected interval and the uncorrected one
+  (value +- t x spread), so it always contains the point estimate and stays valid when the
+  bias estimate is noise: for KSG, whose bias is small in low dimension, the difference
+  between the value and the mean of its half-size subsets varies from data set to data set
+  by about half the value's own sd, and the corrected interval alone covered a 1-d truth in
+  only 90-92 % of data sets.
 
 Percentile intervals of a biased plug-in estimator miss both the estimate and the truth: a
 bootstrap resample duplicates rows, so its histogram has fewer occupied cells and its
@@ -34,12 +38,12 @@ from scipy import stats
 
 #: How each interval kind is made (``details["ci_method"]``).
 CI_METHODS = {
-    "bootstrap": ("bias-corrected bootstrap: value - (mean of resamples - value) +- t(B-1) x "
-                  "resample sd, stretched to contain the value"),
-    "subsample": ("half-size subsampling without replacement: value - bias (subset shift "
-                  "extrapolated at the 1/n rate) +- t(B-1) x subset sd x sqrt((1/n)/(1/m - "
-                  "1/n)), stretched to contain the value"),
-    "seeds": "value +- t(B-1) x sd over seeds (seed randomness only), stretched to contain it",
+    "bootstrap": ("bias-corrected bootstrap: union of value - (mean of resamples - value) "
+                  "+- t(B-1) x resample sd and value +- t(B-1) x resample sd"),
+    "subsample": ("half-size subsampling without replacement: union of value - bias (subset "
+                  "shift extrapolated at the 1/n rate) +- t(B-1) x sd and value +- t(B-1) x "
+                  "sd, sd = subset sd x sqrt((1/n)/(1/m - 1/n))"),
+    "seeds": "value +- t(B-1) x sd over seeds (seed randomness only)",
     "heldout": "value +- z x standard error of the held-out mean, stretched to contain it",
     "mc": "value +- z x Monte Carlo standard error, stretched to contain it",
 }
@@ -104,9 +108,12 @@ def resample_interval(kind: str, value: float, samples, confidence: float, *, n:
     elif kind != "seeds":
         raise ValueError(f"unknown interval kind {kind!r}")
     center = value - (bias or 0.0)
-    spread = math.sqrt(sd * sd + (bias_se or 0.0) ** 2)
-    half = float(stats.t.ppf(0.5 + confidence / 2.0, b - 1)) * spread
-    low, high = min(center - half, value), max(center + half, value)
+    t = float(stats.t.ppf(0.5 + confidence / 2.0, b - 1))
+    half = t * math.sqrt(sd * sd + (bias_se or 0.0) ** 2)
+    # the union with the uncorrected interval: the bias estimate also carries the data's
+    # noise (for KSG, sd(value - mean of subsets) is about half the value's own sd), so the
+    # corrected interval alone under-covers where the bias is small (KSG 1-d: 90-92 %)
+    low, high = min(center - half, value - t * sd), max(center + half, value + t * sd)
     info = {"ci_method": CI_METHODS[kind], "ci_center": center, "ci_bias": bias,
             "ci_sd": sd, "ci_bias_se": bias_se}
     return float(low), float(high), info
