@@ -16,6 +16,7 @@ import click
 import ibtools
 from ibtools.cli_helpers import UserError, arch_args as _arch_args, cli_wording
 from ibtools.cli_helpers import cwd_importable as _cwd_importable
+from ibtools.cli_helpers import merge_command
 from ibtools.cli_helpers import merge_warnings as _merge_warnings
 
 
@@ -325,31 +326,6 @@ def _write_report(out_dir, **kwargs):
 
 
 @main.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Directory for the merged results.csv/json and config.json.")
-@click.option("--on-duplicate", type=click.Choice(["warn", "error"]), default="warn",
-              show_default=True, help="A row two runs both hold: keep the first run's with a "
-              "warning, or refuse.")
-@click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
-@click.option("--report/--no-report", default=False, show_default=True,
-              help="Also write report.html and report.pdf into --out.")
-@_user_errors
-def merge(runs, out_dir, on_duplicate, overwrite, report):
-    """Merge the results of several run directories (or results files) RUNS into one table
-    in --out: rows keep their run (column 'run'), layers keep each model's order across
-    runs, and a row two runs both hold is kept once."""
-    from ibtools.merge import write_merged
-
-    with _merge_warnings():
-        table, paths = write_merged(list(runs), out_dir, on_duplicate=on_duplicate,
-                                    overwrite=overwrite)
-    click.echo(f"merged {len(table)} rows from {len(runs)} runs: {paths['csv']}")
-    if report:
-        _write_report(out_dir)
-
-
-@main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--html", default="report.html", show_default=True,
               help="HTML file name (inside RUN_DIR unless a path).")
@@ -500,6 +476,11 @@ def demo(out_dir, quick, device, seed, report, progress):
     click.echo(f"results: {Path(out_dir) / 'results.csv'}")
     if report:
         _write_report(out_dir)
+
+
+# `ibtools merge`, defined in ibtools.cli_helpers, with this module's error handling
+merge_command.callback = _user_errors(merge_command.callback)
+main.add_command(merge_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -102,3 +102,30 @@ def merge_warnings():
             click.echo(f"warning: {w.message}", err=True)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+@click.command("merge")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Directory for the merged results.csv/json and config.json.")
+@click.option("--on-duplicate", type=click.Choice(["warn", "error"]), default="warn",
+              show_default=True, help="A row two runs both hold: keep the first run's with a "
+              "warning, or refuse.")
+@click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
+@click.option("--report/--no-report", default=False, show_default=True,
+              help="Also write report.html and report.pdf into --out.")
+def merge_command(runs, out_dir, on_duplicate, overwrite, report):
+    """Merge the results of several run directories (or results files) RUNS into one table
+    in --out: rows keep their run (column 'run'), layers keep each model's order across
+    runs, and a row two runs both hold is kept once.
+    """
+    from ibtools.merge import write_merged
+
+    with merge_warnings():
+        table, paths = write_merged(list(runs), out_dir, on_duplicate=on_duplicate,
+                                    overwrite=overwrite)
+    click.echo(f"merged {len(table)} rows from {len(runs)} runs: {paths['csv']}")
+    if report:
+        from ibtools.cli import _write_report
+
+        _write_report(out_dir)
