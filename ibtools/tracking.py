@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +35,9 @@ from torch import nn
 
 from ibtools import results as results_io
 from ibtools.estimators.spec import parse_estimator_specs
+from ibtools.training_state import preserved_training_state
+
+__all__ = ["DEFAULT_ESTIMATORS", "Tracker", "preserved_training_state", "track"]
 
 #: Estimators whose critic initialisation forks the process-wide torch RNG; from a worker
 #: thread that would race with the training thread's random draws.
@@ -51,35 +53,6 @@ _MAX_PENDING = 4
 #: Settings whose change makes a tracked directory's old rows incomparable.
 _RUN_KEYS = ("probe_data", "layers", "estimators", "reference", "max_samples", "seed", "pool",
              "ci", "betas", "name")
-
-
-@contextlib.contextmanager
-def preserved_training_state(model: nn.Module):
-    """Restore RNG states, every module's train/eval flag and grad mode on exit.
-
-    The torch CPU generator, the CUDA generators (when CUDA is initialised), numpy's global
-    ``RandomState`` and Python's ``random`` are saved and put back, so whatever runs inside
-    (a forward pass of a model with stochastic layers, an estimator drawing random numbers)
-    changes nothing the training loop will draw next.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    grad = torch.is_grad_enabled()
-    cpu_state = torch.get_rng_state()
-    cuda_states = (torch.cuda.get_rng_state_all()
-                   if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-        torch.set_grad_enabled(grad)
-        torch.set_rng_state(cpu_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
 
 
 def _check_int(value, name, minimum):
