@@ -148,15 +148,20 @@ def test_report_draws_training_steps(tmp_path):
 
 
 def test_background_gives_the_foreground_rows():
-    tables = []
+    tables, weights = [], []
     for background in (False, True):
         model = _model()
         tracker = ibtools.track(model, "digits", layers=LAYERS, estimators=ESTIMATORS, every=2,
                                 max_samples=150, background=background)
         _train(model, 6, tracker)
         tables.append(tracker.close().drop(columns=["seconds"]))
+        weights.append(model.state_dict())
     pd.testing.assert_frame_equal(tables[0], tables[1])
     assert len(tables[0]) == 3 * 2 * 2 and "train_loss" in tables[0]
+    # the worker thread's estimators draw from their own generators, not training's
+    plain = _train(_model(), 6).state_dict()
+    for name in plain:
+        assert torch.equal(weights[1][name], plain[name]), name
 
 
 def test_resume_and_refusals(tmp_path):
