@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from ibtools import inputs as inputs_io
+from ibtools import noise_channel, noisy
 from ibtools import results as results_io
 from ibtools import run_directory
 from ibtools.estimators.spec import EstimatorSpec, parse_estimator_specs
@@ -33,7 +34,7 @@ REFERENCES = ("input", "previous")
 
 #: Settings whose change makes old rows incomparable (a resume with others is refused).
 _RUN_KEYS = ("arch", "data", "layers", "estimators", "reference", "max_samples", "seed",
-             "pool", "ci", "split")
+             "pool", "ci", "split", "noise_std")
 
 
 def _as_list(value, name):
@@ -122,7 +123,8 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
             reference="input", max_samples=2000, device="auto", seed=0, pool=None, ci=None,
             split="test", out_dir=None, overwrite=False, progress=None, arch_kwargs=None,
             trust_pickle=False, threads="auto", lock_timeout=None, trust_code=False,
-            memory_budget="auto", spill_dir=None, batch_size=64, strict=True, executor=None):
+            memory_budget="auto", spill_dir=None, batch_size=64, strict=True, executor=None,
+            noise_std=None):
     """Estimate information quantities of chosen layers of one or more checkpoints.
 
     Parameters
@@ -213,6 +215,16 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         cluster; this process alone writes ``out_dir`` and the table equals the serial one
         (see :mod:`ibtools.distributed`; needs ``pip install 'ibtools[dask]'``).  ``None``
         runs everything here.
+    noise_std : float, list of float or None
+        Read every measured layer of the unchanged network through a Gaussian channel
+        ``T + Z``, ``Z ~ N(0, S^2 I)``, once per S (a sweep): I(X;T) is then finite at S
+        instead of ln n (see :mod:`ibtools.noise_channel`).  ``mixture`` and ``kde`` take
+        ``noise_var = S^2`` (their mixture is that channel), other estimators get seeded
+        sampled noise; I(T_prev;T) is the noisy chain.  Rows carry ``mode``
+        (``"deterministic"``, ``"analysis-noise"``, ``"trained-noise"``) and ``noise_std``;
+        a model trained with noise (``noise_std`` in its config) is measured as a noisy
+        network, the mixture estimator's I(X;T) from noise paths per input
+        (:func:`ibtools.noisy.noisy_network_information`), and refuses this channel on top.
 
     Returns
     -------
@@ -227,6 +239,7 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
                                   else list(DEFAULT_ESTIMATORS))
     if not specs:
         raise ValueError("estimators is empty; give at least one estimator spec")
+    specs = noise_channel.expand_specs(specs, noise_channel.check_noise_std(noise_std))
     betas = _check_betas(betas)
     if reference not in REFERENCES:
         raise ValueError(f"reference={reference!r} is not accepted; use one of {list(REFERENCES)}")
@@ -286,7 +299,8 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
 
     settings = {"arch": arch, "data": inputs_io.describe_data(data), "layers": layers,
                 "estimators": [s.spec_string for s in specs], "reference": reference,
-                "max_samples": max_samples, "seed": seed, "pool": pool, "ci": ci, "split": split}
+                "max_samples": max_samples, "seed": seed, "pool": pool, "ci": ci, "split": split,
+                "noise_std": noise_channel.sweep_of(specs)}
     rows, old_config = (_open_run_dir(out_dir, settings, overwrite, specs)
                         if out_dir is not None else ([], None))
     sources = [inputs_io.checkpoint_source(c) for c in ckpts]
@@ -316,12 +330,14 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
                                                 strict=strict, **(arch_kwargs or {}))
         model = model.to(dev).eval()
         base = _row_base(model, info, label, ident, fp, seed, reference)
+        trained_std = noisy.check_single_channel(model, specs, label)
         dataset = inputs_io.resolve_data(data, model=model, split=split, seed=seed)
         acts = _capture(capture_activations, model, dataset, settings["data"], layers=layers,
                         max_rows=max_samples, pool=pool, seed=seed, device=dev,
                         **(capture_options or {}))
         x, y = acts.x, acts.y
         names = list(acts.layers)
+        paths = noisy.checkpoint_paths(model, dataset, x, y, names, specs, seed, trained_std)
         for index, name in enumerate(_progress(names, "layers", show)):
             todo = [s for s in specs
                     if any((ident, name, s.label, b) not in done for b in betas)]
@@ -332,9 +348,11 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
             for spec in _progress(todo, name, show):
                 new = _layer_rows(spec, x, y, t, t_prev, index, betas, seed, dev, ci,
                                   reference,
-                                  where=f"checkpoint {label!r}, layer {name!r}, {spec.label}")
+                                  where=f"checkpoint {label!r}, layer {name!r}, {spec.label}",
+                                  paths=noisy.layer_paths(paths, spec, name))
+                noise_channel.label_modes([r.update(base, layer=name, layer_index=index)
+                                           or r for r in new])
                 for r in new:
-                    r.update(base, layer=name, layer_index=index)
                     key = (ident, name, r["setting"], r["beta"])
                     if key not in done:
                         rows.append(r)
@@ -351,7 +369,8 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
     # rows resumed from a cluster's journal (finished in any order) take the serial order
     from ibtools.distributed import run_order
 
-    rows = run_order(rows, [ident for ident, _ in sources], specs, betas)
+    rows = noise_channel.label_modes(run_order(rows, [ident for ident, _ in sources], specs,
+                                               betas))
     table = results_io.order_columns(pd.DataFrame(rows)) if rows else pd.DataFrame(
         columns=results_io.COLUMNS)
     if out_dir is not None:
@@ -378,7 +397,8 @@ def _row_base(model, info, label, ident, fp, seed, reference) -> dict:
             "lam": float(lam) if lam is not None else float("nan"),
             "seed": meta.get("seed", seed), "step": meta.get("step", meta.get("epoch")),
             "reference": reference,
-            "ib_kind": "classic" if reference == "input" else "layerwise", "unit": "nats"}
+            "ib_kind": "classic" if reference == "input" else "layerwise", "unit": "nats",
+            "noise_std": noisy.model_noise_std(model) or 0.0}
     base.update({k: meta[k] for k in ("test_accuracy", "val_loss", "train_loss", "epoch")
                  if k in meta})
     return base
@@ -398,19 +418,23 @@ def _capture(capture_activations, model, dataset, data, **kwargs):
 
 
 def _layer_rows(spec: EstimatorSpec, x, y, t, t_prev, index, betas, seed, device, ci,
-                reference, where=None):
+                reference, where=None, paths=None):
     # a layer's output is a deterministic function of the input and of the previous layer:
     # KDE's I(X;T) = H(T+Z) - H(Z) needs that said (other estimators do not take the setting)
     est = spec.build(seed=seed, device=device, ci=ci, deterministic=True)
+    # an analysis-time channel (noise_std): the layers as it presents them, and the chain
+    t, t_prev, chain = noise_channel.channel_view(spec, est, t, t_prev, index, seed)
     start = time.perf_counter()
-    # KDE computes T's whole-sample entropy bounds once for the three quantities
-    with getattr(est, "reuse_bounds", contextlib.nullcontext)():
-        r_ty, e_ty = _estimate(est, t, y, where, "I(T;Y)", discrete_y=True)
-        r_xt, e_xt = _estimate(est, x, t, where, "I(X;T)")
-        if index == 0:
-            r_prev, e_prev = r_xt, e_xt
-        else:
-            r_prev, e_prev = _estimate(est, t_prev, t, where, "I(T_prev;T)")
+    if paths is not None:  # a noisy network's layer, from noise paths (ibtools.noisy)
+        (r_ty, e_ty), (r_xt, e_xt), (r_prev, e_prev) = paths
+    else:  # KDE computes T's whole-sample entropy bounds once for the three quantities
+        with getattr(est, "reuse_bounds", contextlib.nullcontext)():
+            r_ty, e_ty = _estimate(est, t, y, where, "I(T;Y)", discrete_y=True)
+            r_xt, e_xt = _estimate(est, x, t, where, "I(X;T)")
+            if index == 0:
+                r_prev, e_prev = r_xt, e_xt
+            else:
+                r_prev, e_prev = _estimate(chain, t_prev, t, where, "I(T_prev;T)")
     seconds = time.perf_counter() - start
     flags = _flags("I(T;Y)", r_ty, e_ty) + _flags("I(X;T)", r_xt, e_xt)
     if index > 0:

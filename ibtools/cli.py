@@ -182,6 +182,10 @@ def main():
 @click.option("--estimator", "estimators", multiple=True,
               help="METHOD[:SETTING=VALUE,...], e.g. kde:noise_var=0.1; repeatable (a sweep).")
 @click.option("--beta", "betas", multiple=True, type=float, help="IB trade-off; repeatable.")
+@click.option("--noise-std", "noise_std", multiple=True, type=float,
+              help="Read every measured layer through a Gaussian channel T + N(0, S^2 I) "
+              "(finite MI at S instead of ln n); repeatable (a sweep). mixture/kde take "
+              "noise_var = S^2, other estimators sampled seeded noise.")
 @click.option("--reference", type=click.Choice(["input", "previous"]), default="input",
               show_default=True, help="Compress against I(X;T) or I(T_prev;T).")
 @click.option("--max-samples", type=int, default=2000, show_default=True,
@@ -236,7 +240,7 @@ def main():
 def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, max_samples,
             pool, ci, split, device, seed, out_dir, config_file, overwrite, threads, trust_pickle,
             trust_code, report, progress, arch_args, strict, memory_budget, spill_dir,
-            batch_size, workers, scheduler):
+            batch_size, workers, scheduler, noise_std):
     """Estimate I(X;T), I(T_prev;T), I(T;Y) and IB values per layer of CHECKPOINTS.
 
     Writes results.csv, results.json and config.json into --out after every step; rerunning
@@ -247,7 +251,7 @@ def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, 
             "layers": list(layers) or None, "estimators": list(estimators) or None,
             "betas": list(betas) or None, "reference": reference, "max_samples": max_samples,
             "pool": pool, "ci": "auto" if ci else None, "split": split, "device": device,
-            "seed": seed}
+            "seed": seed, "noise_std": list(noise_std) or None}
     if config_file:
         conf = _read_config(config_file)
         unknown = sorted(set(conf) - set(opts))
@@ -255,7 +259,7 @@ def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, 
             raise UserError(f"--config {config_file}: unknown key(s) {unknown}; accepted: "
                             f"{sorted(opts)}")
         source = {"checkpoints": "checkpoints", "layers": "layers", "estimators": "estimators",
-                  "betas": "betas", "ci": "ci"}
+                  "betas": "betas", "ci": "ci", "noise_std": "noise_std"}
         for key, value in conf.items():
             param = source.get(key, key)
             given = opts[key] not in (None, []) if key in source else (

@@ -44,11 +44,13 @@ _MAX_ROW_WARNINGS = 10
 
 _NUMERIC = ("lam", "seed", "step", "layer_index", "i_xt", "i_ty", "i_prev_t", "ib_value", "beta",
             "ci_low", "ci_high", "ci_low_xt", "ci_high_xt", "ci_low_ty", "ci_high_ty",
-            "ci_low_prev_t", "ci_high_prev_t", "n_samples", "dim", "seconds",
+            "ci_low_prev_t", "ci_high_prev_t", "n_samples", "dim", "seconds", "noise_std",
             *results_io.METRIC_COLUMNS)
 _REQUIRED = ("checkpoint", "layer", "layer_index", "estimator", "setting", "params", "beta",
              "reference", "unit", "n_samples", "dim", results_io.FLAG_COLUMN)
 _KNOWN = set(results_io.COLUMNS) | set(results_io.SOURCE_COLUMNS) | set(results_io.METRIC_COLUMNS)
+#: How a row's numbers were measured (ibtools.noise_channel): its mode and channel std.
+_KNOWN |= {"mode", "noise_std"}
 
 
 class RunDirectoryWarning(UserWarning):

@@ -1,0 +1,177 @@
+"""The analysis-time noisy channel: each measured layer read as ``T + Z``, ``Z ~ N(0, S^2 I)``.
+
+A deterministic network maps n distinct inputs to n distinct activations, so on a sample
+I(X;T) is ln n whatever the network, and every difference an estimator reports between two
+such networks is its own resolution.  Reading each layer through a Gaussian channel of
+standard deviation S (Goldfeld et al. 2019; Saxe et al. 2018 for the KDE view) makes the
+quantities finite and meaningful *at that S*: ``ibtools.analyze(..., noise_std=[0.1, 0.3])``
+measures an unchanged network once per S.
+
+How each estimator reads the channel:
+
+- ``mixture`` and ``kde`` model it already: the Gaussian mixture centred at the activations
+  with variance ``noise_var`` *is* the law of ``T + Z`` on the sample, so their ``noise_var``
+  is set to S^2 and no noise is sampled (sampling it and then estimating would add a second
+  channel and Monte Carlo error for nothing).  I(T_prev;T) is the noisy chain
+  ``I(T_prev + Z'; T + Z)``: mixture's ``noisy_x`` form; KDE's as
+  ``H(T_prev+Z') + H(T+Z) - H([T_prev, T] + Z'')`` from its chosen bound (each term a bound,
+  their combination no bracket).
+- every other estimator (binning, KSG, ...) gets sampled, seeded noise added to the captured
+  activations: the same draw for a layer in each quantity it enters, X never noised.
+
+Rows carry ``mode`` (``"deterministic"``, ``"analysis-noise"``, ``"trained-noise"``) and
+``noise_std``; an analysis-noise row's setting label ends in ``@noise_std=S`` so a sweep
+keeps one row set per S.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from ibtools.estimators.spec import EstimatorSpec
+
+#: The ``mode`` column's values.
+MODES = ("deterministic", "analysis-noise", "trained-noise")
+#: Estimators whose model is the Gaussian channel itself: their noise_var becomes S^2.
+CHANNEL_METHODS = ("mixture", "kde")
+#: What a number of each mode means, for tables and reports.
+MODE_MEANINGS = {
+    "deterministic": "resolution-dependent: a deterministic layer on distinct inputs has "
+                     "I(X;T) = ln n; the value reflects the estimator's resolution",
+    "analysis-noise": "finite MI of the layer read through a Gaussian channel of std sigma "
+                      "added at analysis time (an unchanged network)",
+    "trained-noise": "finite MI of a network trained and evaluated with Gaussian noise of std "
+                     "sigma after every block (Goldfeld et al. 2019)",
+}
+
+
+@dataclass(frozen=True)
+class ChannelSpec(EstimatorSpec):
+    """An estimator setting applied to layers read through the channel of std ``noise_std``."""
+
+    noise_std: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{super().label}@noise_std={self.noise_std:g}"
+
+    @property
+    def spec_string(self) -> str:
+        return f"{super().spec_string}@noise_std={self.noise_std!r}"
+
+
+def check_noise_std(noise_std) -> list | None:
+    """``noise_std`` of :func:`ibtools.analyze` as a list of floats > 0, or None."""
+    if noise_std is None:
+        return None
+    values = [noise_std] if isinstance(noise_std, (int, float)) else noise_std
+    try:
+        values = list(values)
+    except TypeError:
+        raise TypeError(f"noise_std must be a number > 0 or a list of them (a sweep); got "
+                        f"{noise_std!r}") from None
+    out = []
+    for s in values:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) \
+                or s <= 0:
+            raise ValueError(f"noise_std: {s!r} is not accepted; each value must be a finite "
+                             f"number > 0 (the standard deviation of the Gaussian channel "
+                             f"added at every measured layer), or leave noise_std unset")
+        out.append(float(s))
+    if not out:
+        raise ValueError("noise_std is an empty list; give at least one value > 0 or None")
+    if len(set(out)) != len(out):
+        raise ValueError(f"noise_std={out!r} repeats a value; give each once")
+    return out
+
+
+def expand_specs(specs: list, noise_std: list | None) -> list:
+    """One :class:`ChannelSpec` per (setting, S); mixture's and KDE's ``noise_var`` is S^2."""
+    if noise_std is None:
+        return list(specs)
+    out = []
+    for s in noise_std:
+        for spec in specs:
+            settings = dict(spec.settings)
+            if spec.method in CHANNEL_METHODS:
+                if settings.get("transform") not in (None, "none"):
+                    raise ValueError(
+                        f"estimator {spec.label!r} with noise_std: the channel's S is in the "
+                        f"layer's own units, but transform={settings['transform']!r} would "
+                        f"rescale the activations first; drop the transform")
+                settings["noise_var"] = float(f"{s * s:.12g}")
+            out.append(ChannelSpec(spec.method, settings, noise_std=s))
+    return out
+
+
+def sweep_of(specs: list) -> list | None:
+    """The S values of a run's channel settings (for its config), or None."""
+    values = sorted({s.noise_std for s in specs if isinstance(s, ChannelSpec)})
+    return values or None
+
+
+def label_modes(rows: list) -> list:
+    """Fill each row's ``mode`` and ``noise_std`` (in place): a channel setting's S from its
+    label, else the model's train-time std its checkpoint columns carry (0: deterministic)."""
+    for r in rows:
+        setting = str(r.get("setting", ""))
+        if "@noise_std=" in setting:
+            r["noise_std"] = float(setting.rsplit("@noise_std=", 1)[1])
+            r["mode"] = "analysis-noise"
+            continue
+        std = r.get("noise_std")
+        std = 0.0 if std is None or std != std or std == "" else float(std)
+        r["noise_std"] = std
+        r["mode"] = "trained-noise" if std > 0 else "deterministic"
+    return rows
+
+
+def layer_noise(noise_std: float, seed: int, index: int, like: torch.Tensor) -> torch.Tensor:
+    """The seeded channel draw of layer ``index`` (the same each time it is asked for)."""
+    key = zlib.crc32(f"{int(seed)}:{int(index)}:{float(noise_std)!r}".encode())
+    gen = torch.Generator().manual_seed(key)
+    z = torch.randn(tuple(like.shape), generator=gen, dtype=torch.float32)
+    return (noise_std * z).to(device=like.device, dtype=like.dtype)
+
+
+def channel_view(spec, est, t, t_prev, index: int, seed: int):
+    """``(t, t_prev, chain)`` to estimate from: the layers as the channel presents them and
+    the estimator object (or callable) for I(T_prev;T).  Unchanged for a plain spec."""
+    if not isinstance(spec, ChannelSpec):
+        return t, t_prev, est
+    if spec.method in CHANNEL_METHODS:
+        if index == 0:  # T_prev is X, observed without a channel: I(X; T+Z)
+            return t, t_prev, est
+        if spec.method == "mixture":
+            return t, t_prev, type(est)(**dict(est.settings, noisy_x=True))
+        return t, t_prev, _EntropyChain(est)
+    noisy_t = t.float() + layer_noise(spec.noise_std, seed, index, t.float())
+    if index == 0:
+        return noisy_t, t_prev, est
+    noisy_prev = t_prev.float() + layer_noise(spec.noise_std, seed, index - 1, t_prev.float())
+    return noisy_t, noisy_prev, est
+
+
+class _EntropyChain:
+    """KDE's noisy chain: ``H(S+Z') + H(T+Z) - H([S, T] + Z'')`` from its chosen bound."""
+
+    def __init__(self, est):
+        self.est = est
+
+    def mutual_information(self, s, t, **_):
+        from dataclasses import replace
+
+        s2, t2 = s.reshape(s.shape[0], -1), t.reshape(t.shape[0], -1)
+        h_s, h_t = self.est.entropy(s2), self.est.entropy(t2)
+        h_joint = self.est.entropy(torch.cat([s2.float(), t2.float()], dim=1))
+        value = h_s.value + h_t.value - h_joint.value
+        details = {"h_prev": h_s.value, "h": h_t.value, "h_joint": h_joint.value,
+                   "assumes": "both layers read through independent Gaussian channels of "
+                              "variance noise_var; each entropy is KDE's chosen bound, so "
+                              "their combination brackets nothing"}
+        return replace(h_t, value=value, quantity="mutual_information", ci=None, ci_kind=None,
+                       flags=h_s.flags + h_t.flags + h_joint.flags, details=details)
