@@ -299,3 +299,27 @@ def test_gpt_example_quick(tmp_path):
     assert len(table) == 3 * 4 * 2 and (table["n_samples"] == 300).all()
     assert (table["i_ty"] <= math.log(256) + 1e-6).all()  # Y is a byte
     assert (tmp_path / "report.html").stat().st_size > 1000
+
+
+def test_probe_data_as_arrays_or_batches_gives_the_spec_rows():
+    from ibtools.probes import load_dataset
+
+    model = _model(noisy=False)
+    digits = load_dataset("digits", model=model)
+    x, y = digits.inputs.numpy(), digits.targets.numpy()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(digits.inputs, digits.targets), batch_size=100)
+    tables = []
+    for probe in ("digits", (x, y), loader):
+        tracker = ibtools.track(model, probe, layers=LAYERS, estimators=ESTIMATORS[:1],
+                                max_samples=450)
+        tracker.measure(0)
+        tables.append(tracker.close().drop(columns=["seconds"]))
+    assert len(tables[0]) == 2 and (tables[0]["n_samples"] == 450).all()
+    for other in tables[1:]:
+        pd.testing.assert_frame_equal(tables[0], other)
+    small = ibtools.track(model, (x, y), layers=LAYERS, max_samples=100, seed=3)
+    assert small.data.n_samples == 100  # a seeded subset, fixed for every measurement
+    assert torch.equal(small.data.inputs, torch.as_tensor(x)[np.sort(
+        np.random.default_rng(3).choice(450, 100, replace=False))])
+    small.close()
