@@ -77,8 +77,10 @@ def estimator_html(estimator) -> str:
     for key, value in estimator.settings.items():
         changed = value != defaults.get(key)
         shown = f"<b>{_e(repr(value))}</b>" if changed else _e(repr(value))
-        note = "" if not changed else f" <span style='color:#666'>(default {_e(repr(defaults.get(key)))})</span>"
-        rows.append(f"<tr><td style='{_TD}'>{_e(key)}</td><td style='{_TD}'>{shown}{note}</td></tr>")
+        default = _e(repr(defaults.get(key)))
+        note = f" <span style='color:#666'>(default {default})</span>" if changed else ""
+        rows.append(f"<tr><td style='{_TD}'>{_e(key)}</td>"
+                    f"<td style='{_TD}'>{shown}{note}</td></tr>")
     title = (f"<b>{_e(type(estimator).__name__)}</b> "
              f"<span style='color:#666'>method={_e(repr(getattr(estimator, 'name', '')))}</span>")
     return (f"<div style='font-family:ui-monospace,Menlo,monospace;font-size:12px'>{title}</div>"
