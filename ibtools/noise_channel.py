@@ -175,3 +175,48 @@ class _EntropyChain:
                               "their combination brackets nothing"}
         return replace(h_t, value=value, quantity="mutual_information", ci=None, ci_kind=None,
                        flags=h_s.flags + h_t.flags + h_joint.flags, details=details)
+
+
+# -- how reports name a number's mode -------------------------------------------------------
+
+_TAGS = {"analysis-noise": "analysis noise σ={:g}", "trained-noise": "noisy net σ={:g}"}
+
+
+def report_labels(prepared) -> None:
+    """Tag a prepared table's ``setting_label`` with each row's mode (in place), so figure
+    titles and legends say which numbers are finite MI at sigma and which are
+    resolution-dependent.  A table of deterministic rows only is left as it was."""
+    if "mode" not in prepared.columns:
+        return
+    modes = prepared["mode"].astype(object).where(prepared["mode"].notna(), "deterministic")
+    if set(modes) <= {"deterministic"}:
+        return
+    stds = prepared["noise_std"] if "noise_std" in prepared.columns else [float("nan")] * len(
+        prepared)
+    labels = []
+    for label, mode, std in zip(prepared["setting_label"], modes, stds):
+        base = str(label).split("@noise_std=")[0]
+        tag = _TAGS[mode].format(float(std)) if mode in _TAGS else "deterministic"
+        labels.append(f"{base} [{tag}]")
+    prepared["setting_label"] = labels
+
+
+def mode_sentence(prepared) -> str | None:
+    """One sentence saying which mode the table's numbers come from and what that means;
+    None for a table of deterministic rows only (its estimator notes say the rest)."""
+    if "mode" not in prepared.columns:
+        return None
+    modes = prepared["mode"].astype(object).where(prepared["mode"].notna(), "deterministic")
+    if set(modes) <= {"deterministic"}:
+        return None
+    parts = []
+    for mode in MODES:
+        rows = prepared[modes == mode]
+        if rows.empty:
+            continue
+        if mode == "deterministic":
+            parts.append(f"deterministic rows are {MODE_MEANINGS[mode]}")
+            continue
+        sigmas = ", ".join(f"{s:g}" for s in sorted(set(rows["noise_std"].astype(float))))
+        parts.append(f"{mode} rows (σ = {sigmas}) are {MODE_MEANINGS[mode]}")
+    return "Which numbers mean what: " + "; ".join(parts) + "."

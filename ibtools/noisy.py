@@ -304,9 +304,11 @@ def checkpoint_paths(model: nn.Module, dataset, x, y, names: list, specs: list, 
             usable.append(name)
         except ValueError as exc:
             out[name] = ((None, str(exc)),) * 3
-    if usable:
+    if usable:  # a mixture setting's mc_tolerance applies to the paths' Monte Carlo too
+        tol = next((s.settings.get("mc_tolerance") for s in specs if s.method == "mixture"
+                    and "mc_tolerance" in s.settings), 0.01)
         info = noisy_network_information(model, x_in, y, [n.split("#")[0] for n in usable],
-                                         seed=seed)
+                                         seed=seed, mc_tolerance=tol)
         for name in usable:
             layer = info[name.split("#")[0]]
             out[name] = ((layer.i_ty, None), (layer.i_xt, None), (layer.i_prev_t, None))

@@ -84,3 +84,21 @@ def test_tiny_lm_quick(tmp_path):
     # 20 steps from a uniform start (ln 256 = 5.55 nats/byte) must lower the loss
     assert summary["val_loss_mean"].max() < math.log(256)
     assert summary["val_loss_mean"].min() > 1.0
+
+
+def test_noisy_info_plane_quick(tmp_path):
+    out = tmp_path / "noisy"
+    proc = subprocess.run([sys.executable, "-m", "examples.noisy_info_plane", "--quick",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=EXAMPLES.parent)
+    assert proc.returncode == 0, f"noisy_info_plane failed:\n{proc.stdout}\n{proc.stderr}"
+    results = pd.read_csv(out / "results.csv")
+    # tanh and ReLU at one sigma, two checkpoints, two blocks, all noisy-network rows
+    assert len(results) == 2 * 2 * 2
+    assert set(results["mode"]) == {"trained-noise"} and (results["noise_std"] == 0.2).all()
+    # a noisy network's I(X;T) is finite: below ln n (120 digits) and h(T|X) > h(Z) deeper
+    assert results["i_xt"].max() < math.log(120)
+    assert (results["within_class"].between(0, 1)).all()
+    comp = pd.read_csv(out / "compression.csv")
+    assert len(comp) == 4 and "verdict:" in proc.stdout
+    assert (out / "info_plane.png").stat().st_size > 10_000

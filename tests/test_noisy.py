@@ -3,6 +3,7 @@
 import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -172,3 +173,37 @@ def test_trained_noise_mode_and_model_stream_restored():
     with pytest.raises(ValueError, match="second channel"):
         ibtools.analyze([model], data=(x, y), estimators=["mixture"], noise_std=0.1,
                         max_samples=150, progress=False)
+
+
+def test_report_labels_modes_and_plots_noisy_tanh_info_plane_over_steps(tmp_path):
+    from ibtools.models.training import train
+    from ibtools.reports.plots import plot_information_plane
+    from ibtools.reports.summary import summarize
+    from ibtools.reports.table import prepare_table
+
+    train("mlp", "digits", max_steps=20, checkpoint_every=20, out_dir=tmp_path / "run",
+          model_config={"widths": [12, 6], "activation": "tanh", "norm": "none",
+                        "noise_std": 0.2})
+    checkpoints = sorted((tmp_path / "run").glob("step_*.pt"))
+    noisy_rows = ibtools.analyze(checkpoints, estimators=["mixture:mc_tolerance=0.05"],
+                                 max_samples=60, progress=False)
+    assert sorted(noisy_rows["step"].unique()) == [0, 20]
+    assert set(noisy_rows["mode"]) == {"trained-noise"}
+    x, y = _digits(60)
+    plain = ibtools.analyze([_mlp()], data=(x, y), estimators=["mixture"], max_samples=60,
+                            progress=False)
+    channel = ibtools.analyze([_mlp()], data=(x, y), estimators=["mixture"], noise_std=0.5,
+                              max_samples=60, progress=False)
+    mixed = prepare_table(pd.concat([noisy_rows, plain, channel], ignore_index=True))
+    labels = set(mixed["setting_label"])
+    assert "mixture(mc_tolerance=0.05) [noisy net σ=0.2]" in labels
+    assert "mixture [deterministic]" in labels
+    assert any(lab.endswith("[analysis noise σ=0.5]") for lab in labels)
+    sentence = summarize(mixed)["sentences"][0]
+    assert sentence.startswith("Which numbers mean what") and "resolution-dependent" in sentence
+    assert "trained-noise rows (σ = 0.2)" in sentence
+    # the information plane over training steps of the noisy tanh MLP, its mode in the title
+    fig = plot_information_plane(noisy_rows)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert any("noisy net σ=0.2" in t for t in titles)
+    assert summarize(prepare_table(plain))["sentences"][:1] != [sentence]

@@ -28,6 +28,9 @@ KNOWN_LIMITATIONS = {
     "nwj": "Variational lower bound with a trained critic: high variance at large MI.",
     "smile": "Clipped Donsker-Varadhan bound: the clip trades bias for variance.",
     "renyi": "Matrix-based Renyi entropy: depends on alpha and the kernel width rule.",
+    "mixture": "Monte Carlo entropy of the mixture T + N(0, noise_var I) (Goldfeld et al. "
+               "2019): unbiased for that mixture; on a deterministic layer it saturates at ln n "
+               "when noise_var is small next to the spread of T.",
     "gaussian": "Closed form under a Gaussian assumption: a lower bound under the Gaussian "
                 "copula, blind to non-linear dependence.",
 }
@@ -155,6 +158,11 @@ def summarize(prepared: pd.DataFrame, step="last") -> dict:
     if final["variant"].nunique() == 1:
         per_layer = per_layer_table(final)
         headline, sentences = _one_model_text(final, per_layer, units)
+    from ibtools.noise_channel import mode_sentence
+
+    modes = mode_sentence(final)
+    if modes:  # which numbers are finite MI at sigma and which resolution-dependent
+        sentences = [modes, *sentences]
     return {"headline": headline, "sentences": sentences, "winners": winners_df,
             "layers": layers, "units": units, "n_settings": n_settings,
             "per_layer": per_layer}

@@ -210,6 +210,9 @@ def prepare_table(df, units: str = "nats") -> pd.DataFrame:
     if out["beta"].nunique(dropna=True) > 1:
         labels = [f"{label} β={b:g}" for label, b in zip(labels, out["beta"])]
     out["setting_label"] = labels
+    from ibtools.noise_channel import report_labels
+
+    report_labels(out)  # deterministic / analysis noise σ / noisy net σ, when the table mixes
 
     with_model = out["model"].nunique() > 1
     out["is_baseline"] = [_lam_is_baseline(v) for v in out["lam"]]
