@@ -28,9 +28,9 @@ are flagged as intervals of the estimator's value.
 
 Usage::
 
-    python benchmarks/coverage.py                         # 200 seeds, n = 1000
-    python benchmarks/coverage.py --seeds 40 --n 500      # quick look
-    python benchmarks/coverage.py --out benchmarks/COVERAGE.md
+    python -m benchmarks.interval_coverage                         # 200 seeds, n = 1000
+    python -m benchmarks.interval_coverage --seeds 40 --n 500      # quick look
+    python -m benchmarks.interval_coverage --out benchmarks/COVERAGE.md
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     table = common.markdown_table(head, rows)
     text = "\n".join([
         "# Interval coverage (nominal 95%)", "",
-        f"`python benchmarks/coverage.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
+        f"`python -m benchmarks.interval_coverage {' '.join(argv if argv is not None else sys.argv[1:])}`"
         f" on {time.strftime('%Y-%m-%d %H:%M')}; n = {args.n} rows per data set, "
         f"{args.seeds} data sets per row (n column where a row differs), 20 resamples per "
         f"interval (the default), {args.threads} torch thread(s).", "",
