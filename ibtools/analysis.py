@@ -27,14 +27,16 @@ from ibtools import inputs as inputs_io
 from ibtools import noise_channel, noisy
 from ibtools import results as results_io
 from ibtools import run_directory
+from ibtools.estimators.resolution import auto_resolution
 from ibtools.estimators.spec import EstimatorSpec, parse_estimator_specs
+from ibtools.probes.reduce import describe as describe_reduce
 
 DEFAULT_ESTIMATORS = ("binning:n_bins=30", "kde:noise_var=0.1", "ksg:k=3,transform='copula'")
 REFERENCES = ("input", "previous")
 
 #: Settings whose change makes old rows incomparable (a resume with others is refused).
 _RUN_KEYS = ("arch", "data", "layers", "estimators", "reference", "max_samples", "seed",
-             "pool", "ci", "split", "noise_std")
+             "pool", "ci", "split", "noise_std", "reduce")
 
 
 def _as_list(value, name):
@@ -124,7 +126,7 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
             split="test", out_dir=None, overwrite=False, progress=None, arch_kwargs=None,
             trust_pickle=False, threads="auto", lock_timeout=None, trust_code=False,
             memory_budget="auto", spill_dir=None, batch_size=64, strict=True, executor=None,
-            noise_std=None):
+            noise_std=None, reduce=None):
     """Estimate information quantities of chosen layers of one or more checkpoints.
 
     Parameters
@@ -225,6 +227,15 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         a model trained with noise (``noise_std`` in its config) is measured as a noisy
         network, the mixture estimator's I(X;T) from noise paths per input
         (:func:`ibtools.noisy.noisy_network_information`), and refuses this channel on top.
+    reduce : None, str or dict
+        Reduce conv maps and wide layers as they are captured: ``"pool"`` (global average
+        over space, one value per channel), ``"pool:max"``, ``"channels"`` (average over
+        channels per position), ``"project:K"`` (a seeded Gaussian random projection to K
+        dimensions), or ``{layer-glob: rule}`` (see :mod:`ibtools.probes.reduce`).  Each
+        row's rule is in the ``reduction`` column.  For the resolution of binning and KDE
+        on such layers, ``binning:bin_width=auto`` and ``kde:noise_var=auto`` choose it from
+        the data (:mod:`ibtools.estimators.resolution`; the values used are in the
+        ``resolution`` column).
 
     Returns
     -------
@@ -272,15 +283,16 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
                             split, out_dir, overwrite, show, arch, data, layers, arch_kwargs,
                             trust_pickle, trust_code=trust_code,
                             capture_options=_capture_options(memory_budget, spill_dir,
-                                                             batch_size),
+                                                             batch_size, reduce),
                             strict=strict, executor=(executor, worker_threads))
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _capture_options(memory_budget, spill_dir, batch_size) -> dict:
-    """The capture's memory controls, checked before any model is loaded."""
+def _capture_options(memory_budget, spill_dir, batch_size, reduce=None) -> dict:
+    """The capture's memory controls and reduction, checked before any model is loaded."""
     from ibtools.estimators.base import parse_bytes
+    from ibtools.probes.reduce import parse_reduce
     from ibtools.probes.storage import check_spill_dir
 
     if memory_budget not in (None, "auto"):
@@ -288,8 +300,11 @@ def _capture_options(memory_budget, spill_dir, batch_size) -> dict:
     check_spill_dir(spill_dir)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} is not accepted; use an int >= 1")
-    return {"memory_budget": inputs_io.capture_budget(memory_budget), "spill_dir": spill_dir,
-            "batch_size": batch_size, "keep_spill": False}
+    options = {"memory_budget": inputs_io.capture_budget(memory_budget),
+               "spill_dir": spill_dir, "batch_size": batch_size, "keep_spill": False}
+    if reduce is not None:
+        options["reduce"] = parse_reduce(reduce)
+    return options
 
 
 def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, split, out_dir,
@@ -300,7 +315,8 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
     settings = {"arch": arch, "data": inputs_io.describe_data(data), "layers": layers,
                 "estimators": [s.spec_string for s in specs], "reference": reference,
                 "max_samples": max_samples, "seed": seed, "pool": pool, "ci": ci, "split": split,
-                "noise_std": noise_channel.sweep_of(specs)}
+                "noise_std": noise_channel.sweep_of(specs),
+                "reduce": describe_reduce((capture_options or {}).get("reduce"))}
     rows, old_config = (_open_run_dir(out_dir, settings, overwrite, specs)
                         if out_dir is not None else ([], None))
     sources = [inputs_io.checkpoint_source(c) for c in ckpts]
@@ -350,7 +366,8 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
                                   reference,
                                   where=f"checkpoint {label!r}, layer {name!r}, {spec.label}",
                                   paths=noisy.layer_paths(paths, spec, name))
-                noise_channel.label_modes([r.update(base, layer=name, layer_index=index)
+                noise_channel.label_modes([r.update(base, layer=name, layer_index=index,
+                                                    reduction=_reduction(acts, name))
                                            or r for r in new])
                 for r in new:
                     key = (ident, name, r["setting"], r["beta"])
@@ -404,6 +421,12 @@ def _row_base(model, info, label, ident, fp, seed, reference) -> dict:
     return base
 
 
+def _reduction(acts, name) -> str:
+    """The reduction rule the capture applied to layer ``name`` (``"none"`` without one)."""
+    record = acts.settings.get("reduction") or {}
+    return record.get(name.split("#")[0], "none")
+
+
 def _capture(capture_activations, model, dataset, data, **kwargs):
     """Capture, turning a forward pass that fails on the data into a user error with shapes."""
     try:
@@ -454,6 +477,7 @@ def _layer_rows(spec: EstimatorSpec, x, y, t, t_prev, index, betas, seed, device
             "ci_low_xt": xt_lo, "ci_high_xt": xt_hi, "ci_low_ty": ty_lo, "ci_high_ty": ty_hi,
             "ci_low_prev_t": pv_lo, "ci_high_prev_t": pv_hi,
             "n_samples": int(t.shape[0]), "dim": int(t[0].numel()), "seconds": seconds,
+            "resolution": auto_resolution(r_ty, r_xt, r_prev),
             results_io.FLAG_COLUMN: json.dumps(flags),
         })
     return rows
@@ -465,8 +489,11 @@ def _config(settings, ckpts, betas, device, old=None):
     # a resumed or shared directory lists every checkpoint its table holds
     names = list((old or {}).get("checkpoints") or [])
     names += [c for c in (c if isinstance(c, str) else str(c) for c in ckpts) if c not in names]
+    from ibtools.environment import describe_environment
+
     return {"ibtools_version": ibtools.__version__, "torch_version": torch.__version__,
-            "device": str(device), "checkpoints": names, "betas": betas, "settings": settings}
+            "device": str(device), "checkpoints": names, "betas": betas, "settings": settings,
+            "environment": describe_environment(device)}
 
 
 def _flush_config(pending, out_dir):

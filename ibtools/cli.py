@@ -193,6 +193,11 @@ def main():
 @click.option("--pool", type=click.Choice(["mean", "last"]), default=None,
               help="Pool token rows into one per sequence; 'mean' also averages conv maps "
               "(B, C, H, W) over space, one value per channel (wide conv layers).")
+@click.option("--reduce", "reduce", multiple=True, metavar="[GLOB=]RULE",
+              help="Reduce conv maps / wide layers before estimation: pool (mean over space, "
+              "per channel), pool:max, channels (mean over channels), project:K (seeded "
+              "random projection to K dims), none; GLOB=RULE for matching layers "
+              "(conv*=pool), repeatable; a bare RULE applies to the other layers.")
 @click.option("--ci/--no-ci", default=False, help="Intervals from each estimator.")
 @click.option("--split", default="test", show_default=True,
               help="Which split of the data source to analyze (test | train).")
@@ -240,18 +245,21 @@ def main():
 def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, max_samples,
             pool, ci, split, device, seed, out_dir, config_file, overwrite, threads, trust_pickle,
             trust_code, report, progress, arch_args, strict, memory_budget, spill_dir,
-            batch_size, workers, scheduler, noise_std):
+            batch_size, workers, scheduler, noise_std, reduce):
     """Estimate I(X;T), I(T_prev;T), I(T;Y) and IB values per layer of CHECKPOINTS.
 
     Writes results.csv, results.json and config.json into --out after every step; rerunning
     into the same directory resumes.  A Hugging Face directory is both the checkpoint and
     --arch hf:DIR.
     """
+    from ibtools.probes.reduce import from_cli as reduce_from_cli
+
     opts = {"checkpoints": list(checkpoints), "arch": arch, "data": data,
             "layers": list(layers) or None, "estimators": list(estimators) or None,
             "betas": list(betas) or None, "reference": reference, "max_samples": max_samples,
             "pool": pool, "ci": "auto" if ci else None, "split": split, "device": device,
-            "seed": seed, "noise_std": list(noise_std) or None}
+            "seed": seed, "noise_std": list(noise_std) or None,
+            "reduce": reduce_from_cli(reduce)}
     if config_file:
         conf = _read_config(config_file)
         unknown = sorted(set(conf) - set(opts))
@@ -259,7 +267,7 @@ def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, 
             raise UserError(f"--config {config_file}: unknown key(s) {unknown}; accepted: "
                             f"{sorted(opts)}")
         source = {"checkpoints": "checkpoints", "layers": "layers", "estimators": "estimators",
-                  "betas": "betas", "ci": "ci", "noise_std": "noise_std"}
+                  "betas": "betas", "ci": "ci", "noise_std": "noise_std", "reduce": "reduce"}
         for key, value in conf.items():
             param = source.get(key, key)
             given = opts[key] not in (None, []) if key in source else (

@@ -51,6 +51,9 @@ _REQUIRED = ("checkpoint", "layer", "layer_index", "estimator", "setting", "para
 _KNOWN = set(results_io.COLUMNS) | set(results_io.SOURCE_COLUMNS) | set(results_io.METRIC_COLUMNS)
 #: How a row's numbers were measured (ibtools.noise_channel): its mode and channel std.
 _KNOWN |= {"mode", "noise_std"}
+#: How a row's layer was reduced and the resolution chosen from the data (ibtools.probes.reduce,
+#: ibtools.estimators.resolution).
+_KNOWN |= {"reduction", "resolution"}
 
 
 class RunDirectoryWarning(UserWarning):

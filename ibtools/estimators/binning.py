@@ -26,6 +26,7 @@ from ibtools.estimators.base import (
     default_memory_budget,
     entropy_from_counts,
 )
+from ibtools.estimators import resolution
 from ibtools.estimators.intervals import wilks_reach
 
 STRATEGIES = ("uniform", "width", "quantile")
@@ -266,7 +267,8 @@ def _saturation_flag(name: str, symbols: int, n: int) -> str | None:
     return (f"{name}: {symbols} distinct bin patterns among n={n} rows ({symbols / n:.0%}); "
             f"most rows sit alone in their bin, so the plug-in value is saturated near its "
             f"ceiling (an entropy <= ln n = {math.log(n):.3f} nats, I(T;Y) -> H(Y)) and measures "
-            f"the bin resolution, not the data. Use fewer bins or more rows")
+            f"the bin resolution, not the data. Use bin_width=auto (a width from the data's "
+            f"neighbour distances, widened until unsaturated), fewer bins or more rows")
 
 
 def _clip_flag(name: str, clipped: int, total: int, grid: BinGrid) -> str | None:
@@ -306,10 +308,13 @@ class Binning(Estimator):
     n_bins : int, default 30
         Bins per unit for ``strategy="uniform"`` (equal width over the range) and
         ``"quantile"`` (equal mass per unit).  2..65536.
-    bin_width : float or None
+    bin_width : float, "auto" or None
         Fixed bin width; overrides ``n_bins`` (``strategy="uniform"`` then acts as
         ``"width"``).  Without a range the grid is anchored at 0 (edges at multiples of the
-        width), so bins mean the same in every layer and batch.
+        width), so bins mean the same in every layer and batch.  ``"auto"``: each variable's
+        width from its own scale (the median Chebyshev distance to the ceil(sqrt(n))-th
+        neighbour, doubled while saturated; :mod:`ibtools.estimators.resolution`), recorded
+        in ``details["auto_resolution"]``.
     strategy : {"uniform", "width", "quantile"}
         ``"quantile"`` is the adaptive binning of Chelombiev et al. (2019): per-unit edges at
         the data's quantiles, so every bin of a unit holds about n / n_bins rows.
@@ -377,7 +382,16 @@ class Binning(Estimator):
     def _check_settings(self) -> None:
         check_int(self.n_bins, "n_bins", minimum=2, maximum=MAX_BINS)
         check_choice(self.strategy, "strategy", STRATEGIES)
-        if self.bin_width is not None:
+        if resolution.is_auto(self.bin_width):
+            self.bin_width = resolution.AUTO
+            if self.strategy == "quantile":
+                raise ValueError("bin_width='auto' cannot be combined with strategy='quantile' "
+                                 "(equal-mass bins have no fixed width); use strategy='width' "
+                                 "or 'uniform'")
+        elif isinstance(self.bin_width, str):
+            raise ValueError(f"bin_width={self.bin_width!r} is not accepted; use a number > 0, "
+                             f"'auto' (chosen from the data's scale) or None")
+        elif self.bin_width is not None:
             check_positive(self.bin_width, "bin_width")
             if self.strategy == "quantile":
                 raise ValueError(f"bin_width={self.bin_width!r} cannot be combined with "
@@ -390,7 +404,7 @@ class Binning(Estimator):
             if self.strategy == "quantile":
                 raise ValueError(f"range={self.range!r} cannot be combined with "
                                  f"strategy='quantile' (its edges come from the data per unit)")
-            if self.bin_width is not None:
+            if self.bin_width is not None and not resolution.is_auto(self.bin_width):
                 _width_bins(low, high, float(self.bin_width))
         if not isinstance(self.miller_madow, bool):
             raise TypeError(f"miller_madow must be True or False; got {self.miller_madow!r}")
@@ -399,18 +413,64 @@ class Binning(Estimator):
     def effective_strategy(self) -> str:
         return "width" if self.bin_width is not None else self.strategy
 
-    def _grid(self, t: torch.Tensor) -> BinGrid:
+    def _grid(self, t: torch.Tensor, name: str = "x", width=None) -> BinGrid:
         value_range = None if self.range is None else _check_range(self.range)
-        width = None if self.bin_width is None else float(self.bin_width)
+        if resolution.is_auto(self.bin_width) and value_range is None and t.numel():
+            # anchored at the data's minimum, not at 0: a width wider than the spread then
+            # puts every row in one bin, so widening always ends the saturation
+            lo, hi = torch.aminmax(t)
+            value_range = (float(lo), max(float(hi), float(lo) + 1e-12))
+        if width is None and resolution.is_auto(self.bin_width):
+            width = self._auto_widths[name]  # resolved from the whole sample (_finish)
+        elif width is None and self.bin_width is not None:
+            width = float(self.bin_width)
         return make_grid(t, self.effective_strategy, self.n_bins, width, value_range,
                          self._budget(t.device))
+
+    def _pattern_count(self, t: torch.Tensor, width: float) -> int:
+        budget = self._budget(t.device)
+        words, _ = bin_rows(t, self._grid(t, width=width), budget)
+        return int(group_rows(words, budget)[1].shape[0])
+
+    def _finish(self, quantity, run, tensors, n, dims, device, extra=None):
+        """With ``bin_width='auto'``, each continuous variable's width comes from the whole
+        sample (:func:`ibtools.estimators.resolution.bin_width`) before any resample, and
+        is recorded in ``details['auto_resolution']``."""
+        if not resolution.is_auto(self.bin_width):
+            return super()._finish(quantity, run, tensors, n, dims, device, extra)
+        record = {}
+        continuous = [t.is_floating_point() for t in tensors]
+        for slot, t in zip(("x", "y"), tensors):
+            if slot == "x" and len(tensors) == 2 and all(continuous):
+                record[slot] = {"bin_width": None, "widened": None}  # exact rows (the input)
+            elif t.is_floating_point():
+                record[slot] = resolution.bin_width(
+                    t, lambda w, t=t: self._pattern_count(t, w), SATURATION_FRACTION, MAX_BINS)
+        self._auto_widths = {slot: r["bin_width"] for slot, r in record.items()}
+        try:
+            result = super()._finish(quantity, run, tensors, n, dims, device, extra)
+        finally:
+            self._auto_widths = {}
+        result.details["auto_resolution"] = {
+            **{f"bin_width_{slot}": r["bin_width"] for slot, r in record.items()},
+            "rule": "Chebyshev distance to the ceil(sqrt(n))-th neighbour (median), widened "
+                    "while half the rows or more have their own bin pattern; of two continuous "
+                    "variables the first is taken at full resolution",
+            "widened": {slot: r["widened"] for slot, r in record.items()}}
+        return result
 
     def _symbols(self, t, discrete: bool, name: str, details: dict, flags: list):
         """Labels (n,) and histogram of one variable."""
         n = t.shape[0]
         if discrete:
             return t, torch.bincount(t)
-        grid = self._grid(t)
+        if resolution.is_auto(self.bin_width) and self._auto_widths.get(name, 0) is None:
+            # the input of I(X;T) at full resolution: equal rows share a symbol, no others
+            bits = t.contiguous().view(torch.int64 if t.element_size() == 8 else torch.int32)
+            labels, counts = group_rows(bits.to(torch.int64), self._budget(t.device))[:2]
+            details[f"bins_{name}"] = {"strategy": "exact rows"}
+            return labels, counts
+        grid = self._grid(t, name)
         words, clipped = bin_rows(t, grid, self._budget(t.device))
         labels, counts, _, collisions = group_rows(words, self._budget(t.device))
         info = grid.describe()
@@ -434,7 +494,8 @@ class Binning(Estimator):
         cxy = torch.unique(joint, return_counts=True)[1]
         value, info = plugin_mi(cx, cy, cxy, n, self.miller_madow)
         details.update(info)
-        if not (x_discrete or y_discrete):
+        exact_x = details.get("bins_x", {}).get("strategy") == "exact rows"
+        if not (x_discrete or y_discrete or exact_x):
             flag = _saturation_flag("joint (x, y)", info["symbols_joint"], n)
             if flag and not any("saturated" in f for f in flags):
                 flags.append(flag)
@@ -460,6 +521,8 @@ class Binning(Estimator):
         freedom there, so a value above its mean plus ``NULL_REACH_SDS`` sds cannot come
         from independent data and needs no permutations."""
         d = result.details
+        if d.get("bins_x", {}).get("strategy") == "exact rows":
+            return False  # distinct inputs: every pairing reads H(T's patterns), no test
         df = (d["symbols_x"] - 1) * (d["symbols_y"] - 1)
         return result.value <= wilks_reach(df, result.n, NULL_REACH_SDS)
 

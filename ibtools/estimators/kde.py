@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ibtools.estimators import _jit
+from ibtools.estimators import _jit, resolution
 from ibtools.estimators.base import Estimator, check_choice, check_positive, chunk_rows
 from ibtools.estimators.determinism import not_a_function_flag
 
@@ -64,6 +64,10 @@ KDE_NUMBA_MIN_N = 4096
 #: 0.84 / 0.56 / 0.48 / 0.44, 0.49.
 _NUMBA_ROWS = 256
 _KERNELS = _jit.Compiled("_kde_numba")
+#: Classes up to this many rows get I(T;Y)'s conditional bounds from one packed,
+#: label-masked pass over all of them (:mod:`ibtools.estimators.kde_classes`); larger ones
+#: from a symmetric pass each, which does half the pairs and amortises its call.
+CLASS_PASS_MAX_ROWS = 1024
 
 
 def kde_engine(n: int, dtype: torch.dtype, device: torch.device) -> str:
@@ -251,7 +255,9 @@ class KDE(Estimator):
     noise_var : float, default 0.1
         Variance s2 of the added Gaussian noise (per coordinate), in the units of T squared.
         It sets the resolution: the value changes with it, and a sweep over several values
-        belongs in the analysis layer.
+        belongs in the analysis layer.  ``"auto"``: chosen from T's own scale, (r_k / 2)^2
+        with r_k the median distance to the ceil(sqrt(n))-th neighbour, so the value is
+        neither saturated at ln n nor 0 (:mod:`ibtools.estimators.resolution`).
     bound : {"upper", "lower"}, default "upper"
         ``"upper"``: the KL bound (the number Saxe et al. report); ``"lower"``: the
         Bhattacharyya bound.
@@ -309,7 +315,13 @@ class KDE(Estimator):
     stochastic = False
 
     def _check_settings(self) -> None:
-        check_positive(self.noise_var, "noise_var")
+        if resolution.is_auto(self.noise_var):
+            self.noise_var = resolution.AUTO
+        elif isinstance(self.noise_var, str):
+            raise ValueError(f"noise_var={self.noise_var!r} is not accepted; use a number > 0 "
+                             f"or 'auto' (chosen from the data's scale)")
+        else:
+            check_positive(self.noise_var, "noise_var")
         check_choice(self.bound, "bound", ("upper", "lower"))
         if not isinstance(self.deterministic, bool):
             raise TypeError(f"deterministic must be True or False; got {self.deterministic!r}")
@@ -376,7 +388,18 @@ class KDE(Estimator):
         return [f"saturated: with noise_var={self.noise_var:g} every sample is nearly its own "
                 f"kernel (H_KL - h_noise = {b['resolved_upper']:.4f} nats of the ceiling "
                 f"ln n = {b['ceiling']:.4f}; mean self-weight {b['mean_self_weight']:.3f}), so "
-                f"the value reflects n, not the data; raise noise_var or add samples"]
+                f"the value reflects n, not the data; use noise_var=auto (a variance from the "
+                f"data's neighbour distances), raise noise_var or add samples"]
+
+    def _finish(self, quantity, run, tensors, n, dims, device, extra=None):
+        """With ``noise_var='auto'`` the variance comes from the layer's whole sample
+        (:func:`ibtools.estimators.resolution.kde_noise_var`) before any resample, and is
+        recorded in ``details['auto_resolution']`` and the result's params."""
+        with resolution.kde_auto(self, tensors) as record:
+            result = super()._finish(quantity, run, tensors, n, dims, device, extra)
+        if record is not None:
+            result.details["auto_resolution"] = record
+        return result
 
     def _pick(self, upper: float, lower: float) -> float:
         return upper if self.bound == "upper" else lower
@@ -418,6 +441,29 @@ class KDE(Estimator):
         value = self._pick(b["resolved_upper"], b["resolved_lower"])
         return value, details, self._saturation_flags(b) + not_a_function_flag(x, y)
 
+    def _packed_class_bounds(self, t_sorted, counts, starts, present, h_noise) -> dict:
+        """``{class: (h_upper, h_lower)}`` for every class of 2 to ``CLASS_PASS_MAX_ROWS``
+        rows, from one label-accumulated pass over them all
+        (:func:`ibtools.estimators.kde_classes.class_log_means`).  Larger classes are left
+        to the symmetric per-class pass, whose call overhead they amortise."""
+        from ibtools.estimators.kde_classes import class_log_means
+
+        ids = [c for c in present if 2 <= int(counts[c]) <= CLASS_PASS_MAX_ROWS]
+        if not ids:
+            return {}
+        sizes = [int(counts[c]) for c in ids]
+        rows = torch.cat([torch.arange(int(starts[c]), int(starts[c] + counts[c]))
+                          for c in ids]).to(t_sorted.device)
+        kl, bd = class_log_means(t_sorted[rows], sizes, float(self.noise_var),
+                                 self._budget(t_sorted.device))
+        seg = torch.repeat_interleave(torch.arange(len(ids)), torch.tensor(sizes)).to(kl.device)
+        mean_kl = torch.zeros(len(ids), dtype=torch.float64, device=kl.device).index_add_(
+            0, seg, kl) / torch.tensor(sizes, dtype=torch.float64, device=kl.device)
+        mean_bd = torch.zeros_like(mean_kl).index_add_(0, seg, bd) / torch.tensor(
+            sizes, dtype=torch.float64, device=kl.device)
+        return {c: (h_noise - float(u), h_noise - float(lo))
+                for c, u, lo in zip(ids, mean_kl.tolist(), mean_bd.tolist())}
+
     def _mi_discrete(self, t, labels):
         whole = self._bounds(t)
         n = int(t.shape[0])
@@ -430,10 +476,14 @@ class KDE(Estimator):
         h_noise = whole["h_noise"]
         cond_upper = cond_lower = 0.0
         per_class = {}
-        for cls in torch.nonzero(counts).flatten().tolist():
+        present = torch.nonzero(counts).flatten().tolist()
+        packed = self._packed_class_bounds(t_sorted, counts, starts, present, h_noise)
+        for cls in present:
             size, start = int(counts[cls]), int(starts[cls])
             if size == 1:  # one kernel: H(T+Z | Y=y) is the noise entropy exactly
                 h_up = h_low = h_noise
+            elif cls in packed:
+                h_up, h_low = packed[cls]
             else:
                 b = self._bounds(t_sorted[start:start + size])
                 h_up, h_low = b["h_upper"], b["h_lower"]

@@ -56,8 +56,9 @@ def hooked(modules: dict, hook_factory):
 class _BatchContext:
     """What the hooks need to know about the batch in flight, and what they collected."""
 
-    def __init__(self, kind: str, pool, store_dtype):
+    def __init__(self, kind: str, pool, store_dtype, reducer=None):
         self.kind, self.pool, self.store_dtype = kind, pool, store_dtype
+        self.reducer = reducer
         self.batch = self.seq_len = 0
         self.select = None
         self.collected: list[tuple[str, torch.Tensor]] = []
@@ -85,8 +86,12 @@ class _BatchContext:
 
     def hook_for(self, name: str):
         def hook(module, args, output):
-            t = primary_tensor(output, name)
-            rows = self.rows(t.detach(), name)
+            t = primary_tensor(output, name).detach()
+            if self.reducer is not None and self.kind != "language":
+                t = self.reducer.spatial(t, name)  # pooling rules, before flattening
+            rows = self.rows(t, name)
+            if self.reducer is not None:
+                rows = self.reducer.project(rows, name)
             kept = rows[self.select.to(rows.device)]  # advanced indexing: a private copy
             if self.store_dtype is not None and kept.is_floating_point():
                 kept = kept.to(self.store_dtype)
@@ -98,7 +103,8 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
                         pool: str | None = None, seed: int = 0, device=None,
                         store_dtype: torch.dtype | None = None, store_device="cpu",
                         spill_dir=None, memory_budget=None, keep_spill: bool | None = None,
-                        batch_size: int = 64, progress: bool = False) -> Activations:
+                        batch_size: int = 64, progress: bool = False,
+                        reduce=None) -> Activations:
     """Run ``model`` over ``data`` and keep the activations of ``layers``.
 
     Parameters
@@ -113,7 +119,9 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
         targets of the same shape are language data (targets are the next-token ids).
     layers : see :func:`ibtools.probes.select_layers`
         Globs, names, module classes, ``"norms"``, ``"blocks"``, ``"leaves"``, ``"all"``, or a
-        list.  ``None``: every block of the model.
+        list.  ``None``: every block of the model.  A string prefixed ``fx:`` names a node
+        of the model's ``torch.fx`` trace (``"fx:relu"``, ``"fx:max_pool2d_*"``), so
+        functional ops are probed too (:mod:`ibtools.probes.fx_capture`).
     max_rows : int or None
         Cap on stored rows (the same rows for every layer), drawn uniformly from the whole
         stream by a seeded reservoir.  ``None`` keeps every row.
@@ -150,6 +158,10 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
         Samples per forward pass (ignored for data given as an iterable of batches).
     progress : bool
         Show a tqdm bar.
+    reduce : None, str or dict
+        Reduce conv maps or wide layers as the hooks fire (``"pool"``, ``"pool:max"``,
+        ``"channels"``, ``"project:K"``, or ``{layer-glob: rule}``; see
+        :mod:`ibtools.probes.reduce`); recorded in ``settings["reduction"]``.
 
     Returns
     -------
@@ -179,20 +191,25 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
     check_spill_dir(spill_dir)
     if keep_spill is not None and not isinstance(keep_spill, bool):
         raise TypeError(f"keep_spill={keep_spill!r} must be None, True or False")
+    from ibtools.probes import fx_capture, reduce as reduce_mod
+
+    reducer = None if reduce is None else reduce_mod.Reducer(reduce, seed)
     data = as_analysis_data(data, model=model)
-    names = select_layers(model, layers)
-    modules = dict(model.named_modules())
     if device is not None:
         model.to(device)
+    run_model, run_layers = fx_capture.prepare(model, layers)  # model itself without fx:
+    names = select_layers(run_model, run_layers)
+    modules = dict(run_model.named_modules())
     compute_device, param_dtype = _model_device_dtype(model)
     store_dev = compute_device if store_device is None else torch.device(store_device)
 
     reservoir = RowReservoir(max_rows, seed)
-    ctx = _BatchContext(data.kind, pool, store_dtype)
+    ctx = _BatchContext(data.kind, pool, store_dtype, reducer)
     state = _Stores(data, ctx, max_rows, store_dev, spill_dir, budget, keep_spill)
     per_token = data.kind == "language" and pool is None
     was_training = model.training
     model.eval()
+    run_model.eval()
     n_samples = 0
     batches = data.batches(batch_size)
     if progress:
@@ -211,7 +228,7 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
                 model_in = inputs.to(compute_device)
                 if model_in.is_floating_point() and param_dtype is not None:
                     model_in = model_in.to(param_dtype)
-                _forward(model, model_in, inputs, data)
+                _forward(run_model, model_in, inputs, data)
                 state.write(ctx.collected, names, inputs, targets, batch_index, slots,
                             n_samples)
                 n_samples += ctx.batch
@@ -231,6 +248,8 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
         "n_rows_seen": reservoir.n_seen, "n_rows": reservoir.n_kept,
         "sampled": max_rows is not None and reservoir.n_seen > max_rows,
         "rows": "per-token" if per_token else "per-sample",
+        "reduction": None if reducer is None else reducer.record(names),
+        "fx_traced": run_model is not model,
     }
     return state.finish(reservoir, settings)
 
