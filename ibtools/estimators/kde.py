@@ -64,10 +64,6 @@ KDE_NUMBA_MIN_N = 4096
 #: 0.84 / 0.56 / 0.48 / 0.44, 0.49.
 _NUMBA_ROWS = 256
 _KERNELS = _jit.Compiled("_kde_numba")
-#: Classes up to this many rows get I(T;Y)'s conditional bounds from one packed,
-#: label-masked pass over all of them (:mod:`ibtools.estimators.kde_classes`); larger ones
-#: from a symmetric pass each, which does half the pairs and amortises its call.
-CLASS_PASS_MAX_ROWS = 1024
 
 
 def kde_engine(n: int, dtype: torch.dtype, device: torch.device) -> str:
@@ -441,29 +437,6 @@ class KDE(Estimator):
         value = self._pick(b["resolved_upper"], b["resolved_lower"])
         return value, details, self._saturation_flags(b) + not_a_function_flag(x, y)
 
-    def _packed_class_bounds(self, t_sorted, counts, starts, present, h_noise) -> dict:
-        """``{class: (h_upper, h_lower)}`` for every class of 2 to ``CLASS_PASS_MAX_ROWS``
-        rows, from one label-accumulated pass over them all
-        (:func:`ibtools.estimators.kde_classes.class_log_means`).  Larger classes are left
-        to the symmetric per-class pass, whose call overhead they amortise."""
-        from ibtools.estimators.kde_classes import class_log_means
-
-        ids = [c for c in present if 2 <= int(counts[c]) <= CLASS_PASS_MAX_ROWS]
-        if not ids:
-            return {}
-        sizes = [int(counts[c]) for c in ids]
-        rows = torch.cat([torch.arange(int(starts[c]), int(starts[c] + counts[c]))
-                          for c in ids]).to(t_sorted.device)
-        kl, bd = class_log_means(t_sorted[rows], sizes, float(self.noise_var),
-                                 self._budget(t_sorted.device))
-        seg = torch.repeat_interleave(torch.arange(len(ids)), torch.tensor(sizes)).to(kl.device)
-        mean_kl = torch.zeros(len(ids), dtype=torch.float64, device=kl.device).index_add_(
-            0, seg, kl) / torch.tensor(sizes, dtype=torch.float64, device=kl.device)
-        mean_bd = torch.zeros_like(mean_kl).index_add_(0, seg, bd) / torch.tensor(
-            sizes, dtype=torch.float64, device=kl.device)
-        return {c: (h_noise - float(u), h_noise - float(lo))
-                for c, u, lo in zip(ids, mean_kl.tolist(), mean_bd.tolist())}
-
     def _mi_discrete(self, t, labels):
         whole = self._bounds(t)
         n = int(t.shape[0])
@@ -476,14 +449,10 @@ class KDE(Estimator):
         h_noise = whole["h_noise"]
         cond_upper = cond_lower = 0.0
         per_class = {}
-        present = torch.nonzero(counts).flatten().tolist()
-        packed = self._packed_class_bounds(t_sorted, counts, starts, present, h_noise)
-        for cls in present:
+        for cls in torch.nonzero(counts).flatten().tolist():
             size, start = int(counts[cls]), int(starts[cls])
             if size == 1:  # one kernel: H(T+Z | Y=y) is the noise entropy exactly
                 h_up = h_low = h_noise
-            elif cls in packed:
-                h_up, h_low = packed[cls]
             else:
                 b = self._bounds(t_sorted[start:start + size])
                 h_up, h_low = b["h_upper"], b["h_lower"]
