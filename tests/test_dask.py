@@ -76,8 +76,8 @@ def test_cluster_table_equals_serial(checkpoints, client, serial, tmp_path, monk
     _same(serial[1], pd.read_csv(tmp_path / "results.csv"))
     assert len(table) == 4 * 2 * len(SPECS) * 2  # checkpoints x layers x settings x betas
     assert read_journal(tmp_path) == [] and (tmp_path / "config.json").is_file()
-    # 4 plans and one group per checkpoint (4 checkpoints fill 2 workers); none on a GPU
-    assert len(calls) == 8
+    # 4 checkpoints fill 2 workers: one task per checkpoint, no plans; none asks for a GPU
+    assert len(calls) == 4
     assert all(k["retries"] == ib_dask.RETRIES and k["resources"] is None and k["pure"] is False
                for k in calls)
 
@@ -127,7 +127,8 @@ def test_interrupted_cluster_run_resumes_to_the_same_table(checkpoints, client, 
 
     steps = []
     real_rows = analysis._layer_rows
-    monkeypatch.setattr(analysis, "_layer_rows", lambda *a, **k: steps.append(1) or real_rows(*a, **k))
+    monkeypatch.setattr(analysis, "_layer_rows",
+                        lambda *a, **k: steps.append(1) or real_rows(*a, **k))
     resumed = _analyze(checkpoints, out_dir=tmp_path / "a")  # serially
     assert len(steps) == 4 * 2 * len(SPECS) - 5  # only the missing steps ran
     _same(serial[0], resumed)
@@ -236,3 +237,20 @@ def test_cli_workers_without_the_extra(checkpoints, tmp_path, monkeypatch):
     assert res.exit_code == 2
     assert "pip install 'ibtools[dask]'" in res.output and "--workers" in res.output
     assert not (tmp_path / "o" / "results.csv").exists()
+
+
+def test_noisy_modes_equal_serial(checkpoints, client, tmp_path):
+    # an analysis-time channel, and a network trained with noise measured by the mixture
+    # estimator from noise paths (one Monte Carlo over all its layers: one group, not two)
+    from ibtools.models import train
+
+    kw = {"noise_std": 0.3, "estimators": ["binning:n_bins=10"], "betas": [0.1]}
+    _same(_analyze(checkpoints[:1], **kw), _analyze(checkpoints[:1], executor=client, **kw))
+    train("mlp", model_config={"norm": "layer", "widths": [8, 4], "noise_std": 0.5},
+          data="digits", max_steps=2, checkpoint_every=2, out_dir=tmp_path, seed=0)
+    noisy_ckpt = [str(sorted(tmp_path.glob("*.pt"))[-1])]
+    kw = {"estimators": ["mixture:mc_tolerance=0.05"], "betas": [0.1], "max_samples": 60}
+    expected = _analyze(noisy_ckpt, **kw)
+    table = _analyze(noisy_ckpt, executor=client, **kw)
+    _same(expected, table)
+    assert set(table["mode"]) == {"trained-noise"} and table["i_xt"].notna().all()

@@ -1,7 +1,7 @@
 """``ibtools.analyze`` on a Dask cluster: the serial run's table, computed by workers.
 
 >>> from dask.distributed import Client, LocalCluster
->>> client = Client(LocalCluster(n_workers=2, threads_per_worker=1))   # or Client("tcp://host:8786")
+>>> client = Client(LocalCluster(n_workers=2, threads_per_worker=1))  # or Client("tcp://h:8786")
 >>> table = ibtools.analyze(checkpoints, out_dir="run", executor=client)
 
 The unit of work

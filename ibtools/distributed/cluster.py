@@ -50,7 +50,7 @@ def check_executor(executor, device) -> str:
     except ImportError:
         Client = None
     if Client is None or not isinstance(executor, Client):
-        hint = "" if Client is not None else f" (dask.distributed is not installed: {INSTALL_HINT})"
+        hint = f" (dask.distributed is not installed: {INSTALL_HINT})" if Client is None else ""
         raise TypeError(f"executor={executor!r} is not accepted; give a dask.distributed.Client "
                         f"or None to run in this process{hint}")
     return cluster_device(device)
@@ -69,7 +69,7 @@ def local_cluster_options(n_workers, device, n_gpus: int) -> dict:
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
         raise ValueError(f"workers={n_workers!r} is not accepted; use an integer >= 1")
     options = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
-               "dashboard_address": None}
+               "dashboard_address": ":0"}
     device = cluster_device(device)
     if device.startswith("cuda") or (device == "auto" and n_gpus > 0):
         if n_workers > n_gpus:

@@ -139,12 +139,18 @@ def run_on_cluster(client, job: ClusterJob, ckpts, sources, labels, rows, done, 
         return client.submit(*args, pure=False, retries=RETRIES,
                              resources=task_resources(job.device))
 
-    tasks, left, queue = {}, {}, as_completed()
+    # with a checkpoint per worker thread or more, a task is a whole checkpoint, as serially;
+    # with fewer, a plan task first finds the layers to split among the threads
+    tasks, left, queue, calls = {}, {}, as_completed(), {}
     for i, (ckpt, (ident, fp)) in enumerate(zip(ckpts, sources)):
         label = labels.get(ident) or inputs_io.checkpoint_label(ckpt)
-        source = _task_source(client, ckpt, ident, fp)
-        future = submit(_plan_task, job, data, source, label, ident, fp)
-        tasks[future], left[i] = (i, source), None
+        calls[i] = (data, _task_source(client, ckpt, ident, fp), label, ident, fp)
+        if n_groups > 1:
+            future, left[i] = submit(_plan_task, job, *calls[i][:3]), None
+        else:
+            mine = {(layer, s, b) for c, layer, s, b in done if c == ident}
+            future, left[i] = submit(_group_task, job, *calls[i], None, mine), 1
+        tasks[future] = i
         queue.add(future)
     bar = None
     if show:
@@ -153,14 +159,13 @@ def run_on_cluster(client, job: ClusterJob, ckpts, sources, labels, rows, done, 
         bar = tqdm(total=len(ckpts), desc="checkpoints", dynamic_ncols=True)
     try:
         for future in queue:
-            i, source = tasks.pop(future)
+            i = tasks.pop(future)
             result = _raise_or_warn(future.result())
             if left[i] is None:  # a plan: submit the groups that have work
                 left[i] = 0
                 for entries, todo in _group_work(result, idents[i], job, done, n_groups, budget):
-                    queue.add(f := submit(_group_task, job, data, source, result["base"],
-                                          entries, todo))
-                    tasks[f] = (i, source)
+                    queue.add(f := submit(_group_task, job, *calls[i], entries, todo))
+                    tasks[f] = i
                     left[i] += 1
             else:
                 for new in result["steps"]:
@@ -192,7 +197,7 @@ def _group_work(plan: dict, ident: str, job: ClusterJob, done, n_groups, budget)
                    if any((ident, name, s.label, b) not in done for b in job.betas)]
         if missing:
             todo[name] = missing
-    split = not any(n in _GROUP_WORDS for n in _module_names(names))
+    split = not plan["whole"] and not any(n in _GROUP_WORDS for n in _module_names(names))
     groups = layer_groups([d for _, d in plan["layers"]], plan["x_dim"], job.max_samples,
                           n_groups if split else 1, budget if split else None)
     for group in groups:

@@ -17,6 +17,7 @@ import torch
 
 from ibtools import analysis
 from ibtools import inputs as inputs_io
+from ibtools import noise_channel, noisy
 from ibtools.distributed.cluster import worker_device
 
 #: Errors in what the user gave: raised on the driver at once, never retried.
@@ -120,16 +121,16 @@ def _open(job: ClusterJob, source, dev):
     return model.to(dev).eval(), info
 
 
-def _plan_task(job: ClusterJob, data, source, label, ident, fp) -> dict:
-    """A checkpoint's layers in forward order with their widths, and its rows' shared columns,
-    from one batch through the model."""
+def _plan_task(job: ClusterJob, data, source, label) -> dict:
+    """A checkpoint's layers in forward order with their widths, from one batch through the
+    model, and whether it must stay one group."""
     from ibtools.probes import capture_activations
     from ibtools.probes.datasets import AnalysisData
 
     try:
         with _on_worker(job) as (dev, caught):
-            model, info = _open(job, source, dev)
-            base = analysis._row_base(model, info, label, ident, fp, job.seed, job.reference)
+            model, _ = _open(job, source, dev)
+            trained_std = noisy.check_single_channel(model, job.specs, label)
             dataset = inputs_io.resolve_data(data, model=model, split=job.split, seed=job.seed)
             inputs, targets = next(iter(dataset.batches(job.capture_options["batch_size"])))
             probe = AnalysisData(inputs, targets, kind=dataset.kind, name=str(dataset.name))
@@ -138,45 +139,71 @@ def _plan_task(job: ClusterJob, data, source, label, ident, fp) -> dict:
                                    device=dev) as acts:
                 layers = [(name, int(acts[name][0].numel())) for name in acts.layers]
                 x_dim = int(acts.x[0].numel())
-        return {"base": base, "layers": layers, "x_dim": x_dim, "warnings": _shown(caught)}
+        # a noisy network's mixture rows come from one Monte Carlo over all its layers
+        whole = bool(trained_std) and any(s.method == "mixture" for s in job.specs)
+        return {"layers": layers, "x_dim": x_dim, "whole": whole,
+                "warnings": _shown(caught)}
     except USER_ERRORS as exc:
         return {"error": exc}
 
 
-def _group_task(job: ClusterJob, data, source, base, entries, todo) -> dict:
+def _group_task(job: ClusterJob, data, source, label, ident, fp, entries, todo) -> dict:
     """Rows of one layer group: ``entries`` are (index, name) of the group's layers and of the
-    layer before it, ``todo`` maps a layer's name to the indices of the settings it lacks."""
+    layer before it, ``todo`` maps a layer's name to the indices of the settings it lacks.
+    ``entries=None`` is the whole checkpoint with the user's ``layers`` (no plan was needed);
+    ``todo`` then holds the (layer, setting, beta) steps already done."""
     from ibtools.probes import capture_activations
 
     try:
         with _on_worker(job) as (dev, caught):
-            model, _ = _open(job, source, dev)
+            model, info = _open(job, source, dev)
+            base = analysis._row_base(model, info, label, ident, fp, job.seed, job.reference)
+            trained_std = noisy.check_single_channel(model, job.specs, label)
             dataset = inputs_io.resolve_data(data, model=model, split=job.split, seed=job.seed)
-            modules = _modules(entries, job.layers)
             acts = analysis._capture(capture_activations, model, dataset, job.data_name,
-                                     layers=modules, max_rows=job.max_samples, pool=job.pool,
-                                     seed=job.seed, device=dev, **job.capture_options)
+                                     layers=job.layers if entries is None else
+                                     _modules(entries, job.layers), max_rows=job.max_samples,
+                                     pool=job.pool, seed=job.seed, device=dev,
+                                     **job.capture_options)
             _exit_once_for_tests()
-            steps = []
             with acts:
+                if entries is None:
+                    entries, todo = _whole(acts.layers, todo, job)
                 names = dict(entries)
-                for index, name in entries:
-                    if name not in todo:
-                        continue  # the layer before the group
-                    t_prev = acts.x if index == 0 else acts[names[index - 1]]
-                    for k in todo[name]:
-                        spec = job.specs[k]
-                        new = analysis._layer_rows(
-                            spec, acts.x, acts.y, acts[name], t_prev, index, job.betas,
-                            job.seed, dev, job.ci, job.reference,
-                            where=f"checkpoint {base['checkpoint']!r}, layer {name!r}, "
-                                  f"{spec.label}")
-                        for r in new:
-                            r.update(base, layer=name, layer_index=index)
-                        steps.append(new)
+                # a noisy network's group is all its layers (the plan's "whole"), as serially
+                paths = noisy.checkpoint_paths(model, dataset, acts.x, acts.y,
+                                               list(names.values()), job.specs, job.seed,
+                                               trained_std)
+                steps = [_step(job, acts, names, index, name, k, base, paths, dev)
+                         for index, name in entries if name in todo for k in todo[name]]
         return {"steps": steps, "warnings": _shown(caught)}
     except USER_ERRORS as exc:
         return {"error": exc}
+
+
+def _whole(layers, done, job: ClusterJob):
+    """Entries and settings to run of a whole checkpoint, given its steps already done."""
+    entries = list(enumerate(layers))
+    todo = {}
+    for _, name in entries:
+        missing = [k for k, s in enumerate(job.specs)
+                   if any((name, s.label, b) not in done for b in job.betas)]
+        if missing:
+            todo[name] = missing
+    return entries, todo
+
+
+def _step(job: ClusterJob, acts, names, index, name, k, base, paths, dev) -> list[dict]:
+    """The rows of one (layer, setting) step, as the serial loop makes them."""
+    spec = job.specs[k]
+    t_prev = acts.x if index == 0 else acts[names[index - 1]]
+    new = analysis._layer_rows(spec, acts.x, acts.y, acts[name], t_prev, index, job.betas,
+                               job.seed, dev, job.ci, job.reference,
+                               where=f"checkpoint {base['checkpoint']!r}, layer {name!r}, "
+                                     f"{spec.label}", paths=noisy.layer_paths(paths, spec, name))
+    for r in new:
+        r.update(base, layer=name, layer_index=index)
+    return noise_channel.label_modes(new)
 
 
 def _module_names(layer_names) -> list[str]:
