@@ -76,7 +76,7 @@ def _read_config(path: str) -> dict:
 
 
 #: Top-level keys of a run's config.json that record the run rather than ask for anything.
-_RUN_RECORD_KEYS = ("ibtools_version", "torch_version", "device")
+_RUN_RECORD_KEYS = ("ibtools_version", "torch_version", "device", "environment")
 #: Config keys that hold lists: the types of their items and how to describe them.  A single
 #: item stands for a one-element list (a string is one path, pattern or spec, never letters).
 _CONFIG_LISTS = {

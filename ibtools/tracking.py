@@ -341,11 +341,13 @@ class Tracker:
 
     def _save_config(self):
         import ibtools
+        from ibtools.environment import describe_environment
 
         results_io.save_config({"ibtools_version": ibtools.__version__,
                                 "torch_version": torch.__version__, "device": str(self.device),
                                 "tracking": True, "settings": self.settings,
-                                "betas": self.betas}, self.out)
+                                "betas": self.betas,
+                                "environment": describe_environment(self.device)}, self.out)
 
     def _raise_background_error(self):
         for future in list(self._pending):

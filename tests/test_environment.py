@@ -38,3 +38,34 @@ def test_thread_count_follows_torch():
         assert describe_environment()["threads"]["torch"] == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_analyze_and_tracker_record_the_environment(tmp_path):
+    from ibtools.models import build_model, train
+
+    ck = tmp_path / "ck"
+    train("mlp", model_config={"norm": "layer", "widths": [8]}, data="digits", max_steps=2,
+          checkpoint_every=2, out_dir=ck, seed=0)
+    out = tmp_path / "run"
+    ibtools.analyze([str(p) for p in sorted(ck.glob("*.pt"))][-1:], data="digits",
+                    estimators=["binning:n_bins=5,n_permutations=0"], max_samples=60,
+                    out_dir=out, progress=False, device="cpu")
+    config = json.loads((out / "config.json").read_text())
+    assert config["environment"]["versions"]["ibtools"] == ibtools.__version__
+    assert config["environment"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+    torch.manual_seed(0)
+    model = build_model("mlp", norm="layer", widths=[8])
+    tracked = tmp_path / "tracked"
+    with ibtools.track(model, "digits", layers=["layers.0"], every=1, max_samples=60,
+                       estimators=["binning:n_bins=5,n_permutations=0"], out=tracked) as tracker:
+        tracker.step(1)
+    config = json.loads((tracked / "config.json").read_text())
+    assert set(config["environment"]) >= {"cpu_model", "threads", "versions", "gpus"}
+    # the report reads the nested versions instead of the rendering machine's
+    from ibtools.reports.summary import describe_run
+    from ibtools.reports.table import prepare_table
+
+    pairs = dict(describe_run(prepare_table(ibtools.results.load_results(out)),
+                              json.loads((out / "config.json").read_text())))
+    assert pairs["ibtools version"] == ibtools.__version__

@@ -283,8 +283,10 @@ def describe_run(prepared: pd.DataFrame, config: dict | None = None,
     env = dict(config.get("environment", {}) if isinstance(config.get("environment"), dict) else {})
     env.update(environment or {})
     pairs = []
+    # ibtools.environment.describe_environment nests the versions; older configs did not
+    versions = env.get("versions") if isinstance(env.get("versions"), dict) else {}
     for key, package in (("ibtools", "ibtools"), ("torch", "torch")):
-        value = env.get(key) or env.get(f"{key}_version")
+        value = env.get(key) or env.get(f"{key}_version") or versions.get(key)
         pairs.append((f"{key} version", str(value) if value else
                       f"{_version(package)} (rendering machine)"))
     pairs.append(("device", str(env.get("device") or config.get("device") or "not recorded")))
