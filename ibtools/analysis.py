@@ -489,8 +489,11 @@ def _config(settings, ckpts, betas, device, old=None):
     # a resumed or shared directory lists every checkpoint its table holds
     names = list((old or {}).get("checkpoints") or [])
     names += [c for c in (c if isinstance(c, str) else str(c) for c in ckpts) if c not in names]
+    from ibtools.environment import describe_environment
+
     return {"ibtools_version": ibtools.__version__, "torch_version": torch.__version__,
-            "device": str(device), "checkpoints": names, "betas": betas, "settings": settings}
+            "device": str(device), "checkpoints": names, "betas": betas, "settings": settings,
+            "environment": describe_environment(device)}
 
 
 def _flush_config(pending, out_dir):
