@@ -179,13 +179,15 @@ class _EntropyChain:
 
 # -- how reports name a number's mode -------------------------------------------------------
 
-_TAGS = {"analysis-noise": "analysis noise σ={:g}", "trained-noise": "noisy net σ={:g}"}
+_TAGS = {"analysis-noise": "analysis noise σ={:g}", "trained-noise": "noisy net"}
 
 
 def report_labels(prepared) -> None:
-    """Tag a prepared table's ``setting_label`` with each row's mode (in place), so figure
-    titles and legends say which numbers are finite MI at sigma and which are
-    resolution-dependent.  A table of deterministic rows only is left as it was."""
+    """Tag a prepared table's labels with each row's mode (in place), so figure titles and
+    legends say which numbers are finite MI at sigma and which are resolution-dependent:
+    ``setting_label`` gets ``[deterministic]``, ``[analysis noise σ=S]`` or ``[noisy net]``,
+    and a noisy network's ``variant`` its ``noisy net σ=S`` (sigma belongs to the model).
+    A table of deterministic rows only is left as it was."""
     if "mode" not in prepared.columns:
         return
     modes = prepared["mode"].astype(object).where(prepared["mode"].notna(), "deterministic")
@@ -193,12 +195,16 @@ def report_labels(prepared) -> None:
         return
     stds = prepared["noise_std"] if "noise_std" in prepared.columns else [float("nan")] * len(
         prepared)
-    labels = []
-    for label, mode, std in zip(prepared["setting_label"], modes, stds):
+    labels, variants = [], []
+    for label, variant, mode, std in zip(prepared["setting_label"], prepared["variant"], modes,
+                                         stds):
         base = str(label).split("@noise_std=")[0]
         tag = _TAGS[mode].format(float(std)) if mode in _TAGS else "deterministic"
         labels.append(f"{base} [{tag}]")
+        variants.append(f"{variant}, noisy net σ={float(std):g}" if mode == "trained-noise"
+                        else variant)
     prepared["setting_label"] = labels
+    prepared["variant"] = variants
 
 
 def mode_sentence(prepared) -> str | None:

@@ -196,12 +196,13 @@ def test_report_labels_modes_and_plots_noisy_tanh_info_plane_over_steps(tmp_path
                               max_samples=60, progress=False)
     mixed = prepare_table(pd.concat([noisy_rows, plain, channel], ignore_index=True))
     labels = set(mixed["setting_label"])
-    assert "mixture(mc_tolerance=0.05) [noisy net σ=0.2]" in labels
+    assert "mixture(mc_tolerance=0.05) [noisy net]" in labels
     assert "mixture [deterministic]" in labels
     assert any(lab.endswith("[analysis noise σ=0.5]") for lab in labels)
     sentence = summarize(mixed)["sentences"][0]
     assert sentence.startswith("Which numbers mean what") and "resolution-dependent" in sentence
     assert "trained-noise rows (σ = 0.2)" in sentence
+    assert any(v.endswith("noisy net σ=0.2") for v in mixed["variant"])
     # the information plane over training steps of the noisy tanh MLP, its mode in the title
     fig = plot_information_plane(noisy_rows)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]

@@ -210,9 +210,6 @@ def prepare_table(df, units: str = "nats") -> pd.DataFrame:
     if out["beta"].nunique(dropna=True) > 1:
         labels = [f"{label} β={b:g}" for label, b in zip(labels, out["beta"])]
     out["setting_label"] = labels
-    from ibtools.noise_channel import report_labels
-
-    report_labels(out)  # deterministic / analysis noise σ / noisy net σ, when the table mixes
 
     with_model = out["model"].nunique() > 1
     out["is_baseline"] = [_lam_is_baseline(v) for v in out["lam"]]
@@ -222,6 +219,9 @@ def prepare_table(df, units: str = "nats") -> pd.DataFrame:
     else:
         out["variant"] = [variant_label(m, n, lam, with_model)
                           for m, n, lam in zip(out["model"], out["norm"], out["lam"])]
+    from ibtools.noise_channel import report_labels
+
+    report_labels(out)  # deterministic / analysis noise σ / noisy net σ, when the table mixes
     keys = (out[["model", "is_baseline", "norm", "lam"]]
             .assign(is_baseline=~out["is_baseline"], lam=out["lam"].fillna(-1.0))
             .drop_duplicates().sort_values(["model", "is_baseline", "norm", "lam"]))
