@@ -50,6 +50,12 @@ def test_analysis_noise_sets_mixture_noise_var_and_records_mode():
     row = table[table["layer"] == "layers.0"].iloc[0]
     assert row["i_xt"] == pytest.approx(direct.value, abs=0.05)
     assert abs(row["i_xt"] - other.value) > 0.3
+    # I(T_prev;T) of the second layer is the noisy chain I(T_0 + Z'; T_1 + Z)
+    with torch.no_grad():
+        t1 = model.layers[1](t0)
+    chain = MixtureEntropy(noise_var=s * s).chain_information(t0, t1)
+    second = table[table["layer"] == "layers.1"].iloc[0]
+    assert second["i_prev_t"] == pytest.approx(chain.value, abs=0.05)
     plain = ibtools.analyze([model], data=(x, y), estimators=["mixture"], max_samples=200,
                             progress=False)
     assert set(plain["mode"]) == {"deterministic"} and (plain["noise_std"] == 0).all()
