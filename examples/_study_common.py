@@ -9,6 +9,7 @@ Only the public ibtools API is used: ``ibtools.models.train``, ``ibtools.analyze
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ibtools.results import write_atomic
 
 #: Columns of summary.csv that name one group of seeds.
 GROUP_KEYS = ["model", "norm", "lam", "variant", "layer", "layer_index", "setting"]
@@ -133,6 +136,11 @@ def analyze_all(runs: dict, out: Path, **analyze_kwargs) -> pd.DataFrame:
     return table
 
 
+def write_csv(df: pd.DataFrame, path: Path) -> Path:
+    """Write a table as CSV atomically (an interrupted study never leaves half a file)."""
+    return write_atomic(path, df.to_csv(index=False))
+
+
 def last_step(table: pd.DataFrame) -> pd.DataFrame:
     """Rows of each run's final checkpoint (largest step per model, norm, lam, seed)."""
     keys = ["model", "norm", "lam", "seed"]
@@ -181,60 +189,64 @@ def seed_summary(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     return summary.sort_values(["setting", "layer_index", "model", "norm", "lam"]).reset_index(drop=True)
 
 
-def compare_to_baselines(summary: pd.DataFrame, baselines: dict) -> pd.DataFrame:
-    """IBNorm against its baseline norm, per layer and estimator setting.
+def compare_to_baselines(table: pd.DataFrame, baselines: dict, *, value: str = "ib_value",
+                         min_effect: float | None = None, correction: str = "holm") -> pd.DataFrame:
+    """IBNorm against its baseline norm, per layer and estimator setting, over model seeds.
+
+    Every cell (IBNorm variant, layer, setting) is judged by :mod:`ibtools.compare`: a
+    Welch t-test of the IBNorm seeds against the baseline seeds, Holm-corrected over *all*
+    cells of the study (every model, variant, layer and setting form one family), and a
+    minimum effect of :data:`ibtools.compare.MIN_EFFECT_NATS`.
 
     Parameters
     ----------
-    summary : pandas.DataFrame
-        Output of :func:`seed_summary`.
+    table : pandas.DataFrame
+        The results table (one beta); its final checkpoints are compared.
     baselines : dict
-        ``{model: baseline norm}``, e.g. ``{"mlp": "layer"}``; IBNorm of a model is compared
-        with that model's baseline.
+        ``{model: baseline norm}``, e.g. ``{"mlp": "layer"}``.
+    value : str
+        Quantity compared (default the IB value).
+    min_effect : float, optional
+        Smallest difference that can be a finding (default ``MIN_EFFECT_NATS``).
+    correction : {"holm", "bh", "none"}
+        Multiplicity correction over all cells.
 
     Returns
     -------
     pandas.DataFrame
-        One row per (model, IBNorm variant, layer, setting): the difference of seed means
-        ``diff = ib_mean - baseline_mean`` and ``verdict``: ``"higher"``/``"lower"`` when
-        every seed of one lies above every seed of the other (the seed ranges do not
-        overlap), ``"overlap"`` otherwise, ``"not computed"`` when a value is missing.
+        One row per (model, IBNorm variant, layer, setting): ``ib_mean``, ``ib_sd``,
+        ``baseline_mean``, ``baseline_sd``, ``diff = ib_mean - baseline_mean``, ``n_ib``,
+        ``n_baseline``, ``cohens_d``, ``t``, ``df``, ``p``, ``p_adj`` and ``verdict`` (one of
+        :data:`ibtools.compare.VERDICTS`; "not computed" with fewer than two seeds or an
+        estimator that refused).
     """
-    rows = []
+    from ibtools import compare
+
+    final = last_step(table)
+    cell_keys = ["layer", "layer_index", "setting"]
+    cells = []
     for model, base_norm in baselines.items():
-        mine = summary[summary["model"] == model]
-        base = mine[mine["norm"] == base_norm].set_index(["layer", "setting"])
-        for _, r in mine[mine["norm"].str.startswith("ib-")].iterrows():
-            key = (r["layer"], r["setting"])
-            if key not in base.index:
-                continue
-            b = base.loc[key]
-            if pd.isna(r["ib_value_mean"]) or pd.isna(b["ib_value_mean"]):
-                verdict = "not computed"  # an estimator refused (the flags in results.csv say why)
-            elif r["ib_value_min"] > b["ib_value_max"]:
-                verdict = "higher"
-            elif r["ib_value_max"] < b["ib_value_min"]:
-                verdict = "lower"
-            else:
-                verdict = "overlap"
-            rows.append({"model": model, "baseline": base_norm, "norm": r["norm"], "lam": r["lam"],
-                         "layer": r["layer"], "layer_index": r["layer_index"], "setting": r["setting"],
-                         "ib_mean": r["ib_value_mean"], "ib_sd": r["ib_value_sd"],
-                         "baseline_mean": b["ib_value_mean"], "baseline_sd": b["ib_value_sd"],
-                         "diff": r["ib_value_mean"] - b["ib_value_mean"], "verdict": verdict})
-    return pd.DataFrame(rows)
+        mine = final[final["model"] == model]
+        base = {k: g[value].to_numpy() for k, g in
+                mine[mine["norm"] == base_norm].groupby(cell_keys, sort=False)}
+        for (norm, lam, *key), g in mine[mine["norm"].str.startswith("ib-")].groupby(
+                ["norm", "lam", *cell_keys], sort=False):
+            if tuple(key) in base:
+                cells.append(({"model": model, "baseline": base_norm, "norm": norm, "lam": lam,
+                               **dict(zip(cell_keys, key))}, g[value].to_numpy(), base[tuple(key)]))
+    kwargs = {} if min_effect is None else {"min_effect": min_effect}
+    out = compare.compare_cells(cells, correction=correction, **kwargs)
+    return out.rename(columns={"mean_a": "ib_mean", "sd_a": "ib_sd", "mean_b": "baseline_mean",
+                               "sd_b": "baseline_sd", "n_a": "n_ib", "n_b": "n_baseline"})
 
 
 def verdict_counts(comparison: pd.DataFrame) -> pd.DataFrame:
-    """How many (IBNorm variant, layer) cells are higher/overlap/lower, per estimator setting."""
+    """How many (IBNorm variant, layer) cells get each verdict, per model and setting."""
+    from ibtools import compare
+
     if comparison.empty:
-        return pd.DataFrame(columns=["setting", "higher", "overlap", "lower", "not computed",
-                                     "cells"])
-    counts = (comparison.groupby(["model", "setting", "verdict"]).size()
-              .unstack(fill_value=0)
-              .reindex(columns=["higher", "overlap", "lower", "not computed"], fill_value=0))
-    counts["cells"] = counts.sum(axis=1)
-    return counts.reset_index()
+        return pd.DataFrame(columns=["model", "setting", *compare.VERDICTS, "cells"])
+    return compare.summarize(comparison, by=["model", "setting"])
 
 
 def survives_all_settings(comparison: pd.DataFrame) -> pd.DataFrame:
@@ -251,9 +263,9 @@ def survives_all_settings(comparison: pd.DataFrame) -> pd.DataFrame:
         elif verdicts == {"lower"}:
             overall = "lower everywhere"
         elif signs == {1}:
-            overall = "mean higher everywhere, seeds overlap"
+            overall = "mean higher everywhere, not a finding everywhere"
         elif signs == {-1}:
-            overall = "mean lower everywhere, seeds overlap"
+            overall = "mean lower everywhere, not a finding everywhere"
         else:
             overall = "mixed"
         rows.append(dict(zip(["model", "norm", "lam", "layer", "layer_index"], key),
@@ -313,14 +325,19 @@ def write_outputs(table: pd.DataFrame, out: Path, *, title: str, metric: str, ba
                   plane_setting, plane_variants, notes: list[str], report: bool, log=say) -> dict:
     """summary.csv, comparison.csv, robustness.csv, figures, study.md and the HTML/PDF report."""
     # Checkpoints name their architecture "ibtools:<model>"; the study keys on the model.
+    from ibtools import compare
+    from ibtools.environment import describe_environment, environment_lines
+
     table = table.assign(model=table["model"].astype(str).str.split(":").str[-1])
     summary = seed_summary(table, metric)
-    comparison = compare_to_baselines(summary, baselines)
+    comparison = compare_to_baselines(table, baselines)
     robust = survives_all_settings(comparison) if not comparison.empty else pd.DataFrame()
     counts = verdict_counts(comparison)
-    summary.to_csv(out / "summary.csv", index=False)
-    comparison.to_csv(out / "comparison.csv", index=False)
-    robust.to_csv(out / "robustness.csv", index=False)
+    env = describe_environment(table["device"].iloc[0] if "device" in table else None)
+    write_csv(summary, out / "summary.csv")
+    write_csv(comparison, out / "comparison.csv")
+    write_csv(robust, out / "robustness.csv")
+    write_atomic(out / "environment.json", json.dumps(env, indent=2) + "\n")
     figures = save_figures(table, out, plane_setting, plane_variants, log=log)
 
     show = summary[["variant", "layer", "setting", "n_seeds", "ib_value_mean", "ib_value_sd",
@@ -329,14 +346,20 @@ def write_outputs(table: pd.DataFrame, out: Path, *, title: str, metric: str, ba
              "All information in nats; IB value = I(T;Y) - beta * I(T_prev;T) (layer-wise, "
              f"beta = {table['beta'].iloc[0]:g}); mean and sd over model seeds at the final "
              "checkpoint.", "",
-             "## Verdict counts (IBNorm vs baseline, seed ranges overlapping or not)", "",
+             "## Verdict counts (IBNorm vs baseline)", "",
+             "Per cell (variant, layer, setting): Welch t-test over model seeds, Holm-corrected "
+             f"over all {len(comparison)} cells, alpha {compare.ALPHA:g}; differences below "
+             f"{compare.MIN_EFFECT_NATS:g} nats are 'below effect size' whatever the test says.",
+             "",
              markdown_table(counts), "",
              "## Does the verdict hold under every estimator setting?", "",
              markdown_table(robust) if not robust.empty else "(no IBNorm/baseline pairs)", "",
              "## Seed summary", "", markdown_table(show), "",
+             "## Environment", "", *[f"- {line}" for line in environment_lines(env)], "",
              "## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in figures]
-    (out / "study.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_atomic(out / "study.md", "\n".join(lines) + "\n")
     written = {"summary": out / "summary.csv", "comparison": out / "comparison.csv",
+               "environment": out / "environment.json",
                "robustness": out / "robustness.csv", "study": out / "study.md"}
     if report:
         from ibtools.reports import write_report
