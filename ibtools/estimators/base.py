@@ -1,18 +1,21 @@
-"""Shared machinery of every estimator: input checks, the result type, devices, chunking,
-intervals and the permutation null.
+"""The estimator base class: settings, the public methods, intervals and the permutation null.
 
 An estimator subclasses :class:`Estimator`, declares its settings in ``defaults`` and
 implements ``_mi(x, y, x_discrete, y_discrete)`` and/or ``_entropy(x, discrete)`` on
 prepared tensors (2-D, on the working device, in the working dtype, transformed).  The
 public methods :meth:`Estimator.mutual_information` and :meth:`Estimator.entropy` do the
 rest, so every estimator validates, times, flags and builds intervals the same way.
+
+The pieces live by concern: the result type in :mod:`~ibtools.estimators.result`, input and
+setting checks in :mod:`~ibtools.estimators.validation`, devices, dtypes and memory budgets
+in :mod:`~ibtools.estimators.memory`; their names are re-exported here so existing imports
+keep working.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,354 +29,30 @@ from ibtools.estimators.intervals import (
     null_summary,
     resample_interval,
 )
+from ibtools.estimators.memory import (  # noqa: F401  (re-exported)
+    chunk_rows,
+    default_memory_budget,
+    parse_bytes,
+    resolve_device,
+    resolve_dtype,
+)
+from ibtools.estimators.result import LN2, EstimateResult, _jsonable  # noqa: F401
 from ibtools.estimators.transforms import TRANSFORMS, apply_transform
-
-LN2 = math.log(2.0)
+from ibtools.estimators.validation import (  # noqa: F401  (re-exported)
+    LABEL_LIKE_MAX_VALUES,
+    LABEL_LIKE_ROWS,
+    check_choice,
+    check_int,
+    check_positive,
+    encode_discrete,
+    label_like_flag,
+    prepare,
+    to_numpy_or_tensor,
+)
 
 #: Interval kinds an estimator may offer.  "subsample" (m-out-of-n) and "seeds" suit kNN
 #: estimators, whose value a duplicated row would corrupt; "bootstrap" suits plug-in ones.
 INTERVAL_KINDS = ("subsample", "seeds", "bootstrap")
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-# --------------------------------------------------------------------------- result type
-
-
-@dataclass
-class EstimateResult:
-    """One estimate, in nats, with everything needed to judge it.
-
-    Attributes
-    ----------
-    value : float
-        The estimate in nats (natural log).  ``bits`` gives it in bits.
-    quantity : str
-        ``"mutual_information"`` or ``"entropy"``.
-    method : str
-        Estimator name (``"ksg"``, ``"kde"``, ...).
-    params : dict
-        The settings that produced it (plain Python values).
-    n : int
-        Number of samples (rows) used.
-    dims : tuple of int
-        Flattened dimension of each argument: ``(d_x, d_y)`` or ``(d_x,)``.
-    seconds : float
-        Wall time of the point estimate (intervals and null not included).
-    ci : tuple of float or None
-        ``(low, high)`` interval in nats when an interval was asked for.
-    ci_kind : str or None
-        How the interval was made (``"subsample"``, ``"seeds"``, ``"bootstrap"``, ...).
-    flags : list of str
-        Plain-language warnings the estimator raises about its own number.
-    details : dict
-        Estimator-specific numbers (bounds, clipped counts, ceilings, null distribution).
-    """
-
-    value: float
-    quantity: str
-    method: str
-    params: dict
-    n: int
-    dims: tuple
-    seconds: float
-    ci: tuple | None = None
-    ci_kind: str | None = None
-    confidence: float | None = None
-    flags: list = field(default_factory=list)
-    details: dict = field(default_factory=dict)
-    unit: str = "nats"
-
-    @property
-    def bits(self) -> float:
-        """The value in bits."""
-        return self.value / LN2
-
-    @property
-    def ci_bits(self) -> tuple | None:
-        return None if self.ci is None else (self.ci[0] / LN2, self.ci[1] / LN2)
-
-    def to_dict(self) -> dict:
-        """Plain-Python form (JSON-serialisable)."""
-        out = asdict(self)
-        out["bits"] = self.bits
-        out["dims"] = list(self.dims)
-        out["ci"] = None if self.ci is None else list(self.ci)
-        return _jsonable(out)
-
-    def __float__(self) -> float:
-        return float(self.value)
-
-    def __repr__(self) -> str:
-        ci = "" if self.ci is None else f", ci=({self.ci[0]:.4f}, {self.ci[1]:.4f})"
-        flags = f", flags={len(self.flags)}" if self.flags else ""
-        return (f"EstimateResult({self.quantity}={self.value:.4f} nats ({self.bits:.4f} bits), "
-                f"method={self.method!r}, n={self.n}, dims={tuple(self.dims)}{ci}{flags})")
-
-    def _repr_html_(self) -> str:
-        """Jupyter view: value (nats and bits), interval, method and settings, flags."""
-        from ibtools.notebook import result_html
-
-        return result_html(self)
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().tolist()
-    if isinstance(obj, torch.dtype):
-        return str(obj).replace("torch.", "")
-    if isinstance(obj, torch.device):
-        return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj
-
-
-# --------------------------------------------------------------------------- input checks
-
-
-def resolve_device(device, *arrays) -> torch.device:
-    """``None``: the device of the first torch input (CPU for numpy); ``"auto"``: CUDA if
-    available; anything else: ``torch.device(device)``."""
-    if device is None:
-        for a in arrays:
-            if isinstance(a, torch.Tensor):
-                return a.device
-        return torch.device("cpu")
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    accepted = "use None (the inputs' device), 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise ValueError(f"device={device!r} is not a device; {accepted}") from exc
-    if dev.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: no data lives there
-        raise ValueError(f"device={device!r} is not a device estimators run on; {accepted}")
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"device={device!r} asks for CUDA, but torch sees no CUDA device; "
-                             f"use 'cpu' or 'auto'")
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device={device!r} asks for CUDA device {dev.index}, but torch "
-                             f"sees {count} (cuda:0 to cuda:{count - 1})")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r} asks for Apple's MPS, which this torch cannot "
-                         f"use here; use 'cpu' or 'auto'")
-    return dev
-
-
-def resolve_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ValueError(f"dtype={dtype!r} is not accepted; use 'float32' or 'float64'")
-
-
-def to_numpy_or_tensor(a, name: str):
-    """Accept numpy arrays, torch tensors, lists and pandas objects; return ndarray or Tensor."""
-    if isinstance(a, torch.Tensor):
-        return a.detach()
-    if hasattr(a, "to_numpy"):  # pandas
-        a = a.to_numpy()
-    if isinstance(a, np.ndarray):
-        return _from_object(a, name) if a.dtype == object else a
-    if isinstance(a, (np.generic, int, float)):
-        return np.asarray(a)
-    if isinstance(a, (list, tuple)):
-        try:
-            arr = np.asarray(a)
-        except ValueError as exc:
-            raise ValueError(f"{name}: could not make an array of the given sequence ({exc})") from exc
-        return _from_object(arr, name) if arr.dtype == object else arr
-    raise TypeError(f"{name} must be a numpy array, torch tensor or list of rows; "
-                    f"got {type(a).__name__}")
-
-
-_REAL_SCALARS = (bool, int, float, np.bool_, np.integer, np.floating)
-
-
-def _from_object(arr: np.ndarray, name: str) -> np.ndarray:
-    """An object array (pandas columns, lists holding None) as the array it stands for:
-    all strings -> str labels, all real numbers -> their numeric dtype; anything else is a
-    TypeError naming the first offending element, since NumPy's own error names neither."""
-    flat = arr.reshape(-1)
-    is_str = [isinstance(v, str) for v in flat]
-    is_real = [isinstance(v, _REAL_SCALARS) for v in flat]
-    if all(is_str):
-        return arr.astype(str)
-    if all(is_real):
-        out = np.array(flat.tolist()).reshape(arr.shape)
-        return out.astype(np.float64) if out.dtype == object else out  # ints beyond int64
-    if all(s or r for s, r in zip(is_str, is_real)):  # strings mixed with numbers
-        bad = (is_str if sum(is_str) <= sum(is_real) else is_real).index(True)
-    else:
-        bad = next(i for i, (s, r) in enumerate(zip(is_str, is_real)) if not (s or r))
-    where = np.unravel_index(bad, arr.shape)
-    loc = ("its only element" if arr.ndim == 0 else f"row {where[0]}"
-           + (f", column {', '.join(map(str, where[1:]))}" if arr.ndim > 1 else ""))
-    shown = repr(flat[bad])
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    raise TypeError(f"{name} is an object array holding a {type(flat[bad]).__name__} value "
-                    f"({shown}) at {loc}; estimators take arrays of only numbers (or bools) or "
-                    f"only strings (class labels). Convert it, e.g. with .astype(float) or "
-                    f".astype(str)")
-
-
-def _is_integer_like(a) -> bool:
-    if isinstance(a, torch.Tensor):
-        return not (a.dtype.is_floating_point or a.dtype.is_complex)
-    return a.dtype.kind in "biu"
-
-
-def _rows(a) -> int:
-    return int(a.shape[0]) if a.ndim > 0 else 0
-
-
-def _describe_nonfinite(arr: np.ndarray, name: str) -> str | None:
-    bad = ~np.isfinite(arr)
-    count = int(bad.sum())
-    if count == 0:
-        return None
-    nan = int(np.isnan(arr).sum())
-    where = np.argwhere(bad)[0]
-    loc = f"row {where[0]}" + (f", column {where[1]}" if arr.ndim > 1 else "")
-    return (f"{name} has {count} non-finite value(s) ({nan} NaN, {count - nan} inf); "
-            f"the first at {loc}. Remove or impute them before estimating.")
-
-
-def encode_discrete(a, name: str, declared: bool) -> torch.Tensor:
-    """Turn class ids (ints, bools, strings, integral floats when ``declared``) into int64
-    codes 0..K-1 of shape (n,). Rows of several columns are treated as one joint symbol."""
-    if isinstance(a, torch.Tensor):
-        if a.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
-            a = a.float()
-        arr = a.cpu().numpy()
-    else:
-        arr = np.asarray(a)
-    if arr.ndim == 0:
-        raise ValueError(f"{name} must have one row per sample; got a scalar")
-    if arr.dtype.kind in "fc":
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(_describe_nonfinite(arr.reshape(len(arr), -1), name))
-        if not np.all(arr == np.round(arr)):
-            sample = arr.reshape(-1)[~(arr.reshape(-1) == np.round(arr.reshape(-1)))][:3]
-            raise TypeError(f"{name} was declared discrete but holds non-integer values such "
-                            f"as {sample.tolist()}; discrete variables take integer class ids "
-                            f"(or strings/bools), or declare it continuous")
-        # integral floats stay floats: a cast to int64 would merge every id beyond 2**63
-        # into one class; np.unique below codes float ids the same way as integer ones
-    elif arr.dtype.kind not in "biuUSO":
-        raise TypeError(f"{name}: dtype {arr.dtype} cannot be read as class ids")
-    rows = arr.reshape(len(arr), -1)
-    if rows.shape[1] == 1:
-        _, codes = np.unique(rows[:, 0], return_inverse=True)
-    else:
-        _, codes = np.unique(rows, axis=0, return_inverse=True)
-    return torch.as_tensor(codes.reshape(-1).astype(np.int64))
-
-
-def prepare(a, name: str, *, discrete, device: torch.device, dtype: torch.dtype):
-    """Validate one argument and return ``(tensor, is_discrete)``.
-
-    Continuous: float tensor (n, d) on ``device``.  Discrete: int64 codes (n,) on ``device``.
-    ``discrete=None`` decides from the dtype: integer, bool and string arrays of one column
-    are discrete, floats are continuous.
-    """
-    a = to_numpy_or_tensor(a, name)
-    if a.ndim == 0 or _rows(a) == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(a.shape)}); it needs one row per sample")
-    if discrete not in (None, True, False):
-        raise ValueError(f"discrete setting for {name} must be None (decide from dtype), True "
-                         f"or False; got {discrete!r}")
-    width = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
-    if width == 0:
-        raise ValueError(f"{name} has rows of size 0 (shape {tuple(a.shape)})")
-    if isinstance(a, np.ndarray) and a.dtype.kind in "USO":
-        if discrete is False:
-            raise TypeError(f"{name} holds {a.dtype} values, which cannot be continuous")
-        return encode_discrete(a, name, True).to(device), True
-    is_discrete = discrete if discrete is not None else (_is_integer_like(a) and width == 1)
-    if is_discrete:
-        return encode_discrete(a, name, discrete is True).to(device), True
-    t = torch.as_tensor(a) if isinstance(a, np.ndarray) else a
-    if t.dtype.is_complex:
-        raise TypeError(f"{name} is complex ({t.dtype}); estimators take real values")
-    t = t.reshape(t.shape[0], -1).to(device=device, dtype=dtype)
-    # aminmax propagates NaN and inf and is several times cheaper than isfinite().all()
-    lo, hi = torch.aminmax(t)
-    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-        raise ValueError(_describe_nonfinite(t.cpu().double().numpy(), name))
-    return t, False
-
-
-#: A float column read as continuous "looks like labels" when its values are integers and
-#: take from 2 to this many distinct values, with at least LABEL_LIKE_ROWS rows per value.
-LABEL_LIKE_MAX_VALUES, LABEL_LIKE_ROWS = 100, 5
-
-
-def label_like_flag(t: torch.Tensor, name: str, declared) -> str | None:
-    """A flag when an undeclared float column (``t`` as :func:`prepare` returns it) holds a
-    few integer values, like class ids stored as float64 (0., 1., ..., 9.): read as
-    continuous values, such labels can give another number than the same ids as int64
-    (KDE read them as a deterministic map: 1.60 nats where the labels gave 0.88)."""
-    if declared is not None or t.ndim != 2 or t.shape[1] != 1:
-        return None
-    col = t[:, 0]
-    if not bool((col == torch.round(col)).all()):
-        return None
-    k = int(torch.unique(col).numel())
-    if not 2 <= k <= min(LABEL_LIKE_MAX_VALUES, t.shape[0] // LABEL_LIKE_ROWS):
-        return None
-    return (f"{name} is a float column holding only {k} distinct integer values, read as a "
-            f"continuous variable: if these are class labels, pass discrete_{name}=True (or "
-            f"integer ids); as values they can give another number than as labels")
-
-
-# --------------------------------------------------------------------------- chunking
-
-_SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
-def parse_bytes(budget, name: str = "memory_budget") -> int:
-    """``268435456``, ``"256MiB"``, ``"1GB"`` -> bytes."""
-    if isinstance(budget, (int, float)) and not isinstance(budget, bool) and budget > 0:
-        return int(budget)
-    if isinstance(budget, str):
-        s = budget.strip().lower().replace(" ", "")
-        for unit in sorted(_SIZE_UNITS, key=len, reverse=True):
-            if s.endswith(unit):
-                try:
-                    val = float(s[: -len(unit)])
-                except ValueError:
-                    break
-                if val > 0:
-                    return int(val * _SIZE_UNITS[unit])
-    raise ValueError(f"{name}={budget!r} is not a size; give bytes (int > 0) or a string such "
-                     f"as '256MiB' or '2GB'")
-
-
-def default_memory_budget(device: torch.device) -> int:
-    """256 MiB of scratch per pairwise block on CPU; a quarter of free memory on CUDA."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(max(256 * 2**20, free // 4))
-    return 256 * 2**20
-
-
-def chunk_rows(n_rows: int, bytes_per_row: int, budget: int, minimum: int = 1) -> int:
-    """Rows per block so that a block of ``bytes_per_row`` each fits in ``budget``."""
-    rows = max(minimum, int(budget // max(1, bytes_per_row)))
-    return int(min(n_rows, rows))
 
 
 # --------------------------------------------------------------------------- estimator base
@@ -735,34 +414,6 @@ class Estimator:
         """The estimate on ``(x, y[perm])`` for each shuffle; estimators that can reuse
         work across shuffles (binning's symbols) override this."""
         return [float(run(x, y[perm], 10_000 + b)[0]) for b, perm in enumerate(perms, 1)]
-
-
-# --------------------------------------------------------------------------- small checks
-
-
-def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer; got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name}={value} is too small; it must be >= {minimum}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name}={value} is too large; it must be <= {maximum}")
-    return int(value)
-
-
-def check_positive(value, name: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number; got {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        kind = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}={value!r} must be a finite number {kind}")
-    return float(value)
-
-
-def check_choice(value, name: str, choices) -> Any:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not accepted; use one of {list(choices)}")
-    return value
 
 
 def entropy_from_counts(counts: torch.Tensor, miller_madow: bool = False) -> float:
