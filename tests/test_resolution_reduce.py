@@ -175,3 +175,18 @@ def test_fx_unknown_node_and_untraceable_model():
     with pytest.raises(ValueError, match=r"torch.fx trace of model Branchy.*failed"):
         capture_activations(Branchy(), data, layers="fx:relu")
     assert capture_activations(Branchy(), data, layers="lin")["lin"].shape == (8, 3)
+
+
+def test_cli_reduce_option(tmp_path):
+    from click.testing import CliRunner
+
+    from ibtools.cli import main
+
+    ckpt = tmp_path / "net.pt"
+    ckpt.write_bytes(b"")
+    res = CliRunner().invoke(main, ["analyze", str(ckpt), "--reduce", "squash",
+                                    "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "'squash'" in res.output and "project:K" in res.output
+    res = CliRunner().invoke(main, ["analyze", str(ckpt), "--reduce", "pool",
+                                    "--reduce", "channels", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "several bare rules" in res.output

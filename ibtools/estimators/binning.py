@@ -434,29 +434,12 @@ class Binning(Estimator):
 
     def _finish(self, quantity, run, tensors, n, dims, device, extra=None):
         """With ``bin_width='auto'``, each continuous variable's width comes from the whole
-        sample (:func:`ibtools.estimators.resolution.bin_width`) before any resample, and
+        sample (:func:`ibtools.estimators.resolution.binning_auto`) before any resample, and
         is recorded in ``details['auto_resolution']``."""
-        if not resolution.is_auto(self.bin_width):
-            return super()._finish(quantity, run, tensors, n, dims, device, extra)
-        record = {}
-        continuous = [t.is_floating_point() for t in tensors]
-        for slot, t in zip(("x", "y"), tensors):
-            if slot == "x" and len(tensors) == 2 and all(continuous):
-                record[slot] = {"bin_width": None, "widened": None}  # exact rows (the input)
-            elif t.is_floating_point():
-                record[slot] = resolution.bin_width(
-                    t, lambda w, t=t: self._pattern_count(t, w), SATURATION_FRACTION, MAX_BINS)
-        self._auto_widths = {slot: r["bin_width"] for slot, r in record.items()}
-        try:
+        with resolution.binning_auto(self, tensors, SATURATION_FRACTION, MAX_BINS) as record:
             result = super()._finish(quantity, run, tensors, n, dims, device, extra)
-        finally:
-            self._auto_widths = {}
-        result.details["auto_resolution"] = {
-            **{f"bin_width_{slot}": r["bin_width"] for slot, r in record.items()},
-            "rule": "Chebyshev distance to the ceil(sqrt(n))-th neighbour (median), widened "
-                    "while half the rows or more have their own bin pattern; of two continuous "
-                    "variables the first is taken at full resolution",
-            "widened": {slot: r["widened"] for slot, r in record.items()}}
+        if record is not None:
+            result.details["auto_resolution"] = record
         return result
 
     def _symbols(self, t, discrete: bool, name: str, details: dict, flags: list):

@@ -145,6 +145,35 @@ def kde_auto(estimator, tensors):
         estimator.noise_var = AUTO
 
 
+@contextlib.contextmanager
+def binning_auto(estimator, tensors, saturation_fraction: float, max_bins: int):
+    """While an estimate runs, give a ``bin_width="auto"`` binning estimator one width per
+    continuous variable (``estimator._auto_widths``; ``None``, full resolution, for the
+    first of two continuous ones); yields the record for the result's details (``None``
+    when nothing was automatic)."""
+    if not is_auto(estimator.bin_width):
+        yield None
+        return
+    found = {}
+    continuous = [t.is_floating_point() for t in tensors]
+    for slot, t in zip(("x", "y"), tensors):
+        if slot == "x" and len(tensors) == 2 and all(continuous):
+            found[slot] = {"bin_width": None, "widened": None}  # exact rows (the input)
+        elif t.is_floating_point():
+            found[slot] = bin_width(t, lambda w, t=t: estimator._pattern_count(t, w),
+                                    saturation_fraction, max_bins)
+    estimator._auto_widths = {slot: r["bin_width"] for slot, r in found.items()}
+    record = {**{f"bin_width_{slot}": r["bin_width"] for slot, r in found.items()},
+              "rule": "Chebyshev distance to the ceil(sqrt(n))-th neighbour (median), widened "
+                      "while half the rows or more have their own bin pattern; of two "
+                      "continuous variables the first is taken at full resolution",
+              "widened": {slot: r["widened"] for slot, r in found.items()}}
+    try:
+        yield record
+    finally:
+        estimator._auto_widths = {}
+
+
 def record_of(result) -> dict | None:
     """The automatic resolution stored in one result's details, if any."""
     if result is None:
