@@ -66,9 +66,9 @@ def test_kde_auto_noise_follows_the_scale():
 def test_bad_auto_combination_is_refused():
     with pytest.raises(ValueError, match="bin_width='auto'.*quantile"):
         parse_estimator_spec("binning:bin_width=auto,strategy='quantile'")
-    with pytest.raises(ValueError, match="noise_var='loud'.*'auto'"):
+    with pytest.raises(TypeError, match="noise_var='loud'.*'auto'"):
         parse_estimator_spec("kde:noise_var='loud'")
-    with pytest.raises(ValueError, match="bin_width='wide'.*'auto'"):
+    with pytest.raises(TypeError, match="bin_width='wide'.*'auto'"):
         parse_estimator_spec("binning:bin_width='wide'")
 
 

@@ -371,6 +371,9 @@ class Binning(Estimator):
     """
 
     name = "binning"
+    limitations = (
+        "Plug-in entropies of binned activations: the value depends on the bin grid; with "
+        "fine bins and distinct inputs I(X;T) = H(T) approaches ln n.")
     bounded_by_sample_size = True
     defaults = {"n_bins": 30, "bin_width": None, "strategy": "uniform", "range": None,
                 "miller_madow": False}
@@ -389,7 +392,7 @@ class Binning(Estimator):
                                  "(equal-mass bins have no fixed width); use strategy='width' "
                                  "or 'uniform'")
         elif isinstance(self.bin_width, str):
-            raise ValueError(f"bin_width={self.bin_width!r} is not accepted; use a number > 0, "
+            raise TypeError(f"bin_width={self.bin_width!r} is not accepted; use a number > 0, "
                              f"'auto' (chosen from the data's scale) or None")
         elif self.bin_width is not None:
             check_positive(self.bin_width, "bin_width")

@@ -314,7 +314,7 @@ class KDE(Estimator):
         if resolution.is_auto(self.noise_var):
             self.noise_var = resolution.AUTO
         elif isinstance(self.noise_var, str):
-            raise ValueError(f"noise_var={self.noise_var!r} is not accepted; use a number > 0 "
+            raise TypeError(f"noise_var={self.noise_var!r} is not accepted; use a number > 0 "
                              f"or 'auto' (chosen from the data's scale)")
         else:
             check_positive(self.noise_var, "noise_var")
