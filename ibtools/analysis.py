@@ -149,7 +149,9 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
     layers : str, list or None
         Layer names, dotted globs (``"blocks.*.ln_1"``), module types or the groups
         ``"norms"`` / ``"blocks"`` (see :mod:`ibtools.probes.layers`); ``None`` picks every
-        block output (the items of the model's ``nn.ModuleList``).
+        block output (the items of the model's ``nn.ModuleList``).  ``"fx:NAME"`` (globs too)
+        names a node of the model's ``torch.fx`` trace, so functional ops (``F.relu``,
+        ``F.max_pool2d``) are probed as well (:mod:`ibtools.probes.fx_capture`).
     estimators : list of spec
         Estimator specs (``"kde:noise_var=0.1"``, dicts, or ``EstimatorSpec``); a sweep is
         several specs.  Default: binning (30 bins), KDE (noise_var 0.1), KSG (k 3, copula).

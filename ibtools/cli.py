@@ -178,7 +178,9 @@ def main():
               help="digits | text:PATH | npz:PATH | package.module:function")
 @click.option("--layers", "layers", multiple=True,
               help="Layer name, dotted glob (blocks.*.ln_1; ** crosses dots), module type, "
-              "or the group 'norms'/'blocks'; repeatable. Default: every block output.")
+              "or the group 'norms'/'blocks'; fx:NODE for a functional op of the model's "
+              "torch.fx trace (fx:relu, fx:max_pool2d_*); repeatable. Default: every block "
+              "output.")
 @click.option("--estimator", "estimators", multiple=True,
               help="METHOD[:SETTING=VALUE,...], e.g. kde:noise_var=0.1; repeatable (a sweep).")
 @click.option("--beta", "betas", multiple=True, type=float, help="IB trade-off; repeatable.")
