@@ -9,11 +9,12 @@ The unit of work
     before the first, which I(T_prev;T) needs, and the inputs and targets) and runs every
     pending estimator setting on it, returning rows.  The worker loads the checkpoint from
     its path itself, so activations never pass through this process; a model given as an
-    object is sent to the workers (pickled by Dask) once.  A checkpoint is split into as
-    many groups as it takes to give every worker thread a task, and further until a group's
-    capture fits in a quarter of a worker's memory limit.  Before its groups, a checkpoint's
-    *plan* task loads it, runs one batch through it and returns its layers in forward order
-    with their widths and the columns its rows share.
+    object is pickled once and sent to the workers.  With at least as many checkpoints as
+    worker threads a task is a whole checkpoint; with fewer, a *plan* task per checkpoint
+    loads it, runs one batch through it and returns its layers in forward order with their
+    widths, and the layers are split into as many groups as it takes to give every worker
+    thread a task, and further until a group's capture fits in a quarter of a worker's
+    memory limit.
 The run directory
     Only this process (the driver) writes it, as the serial run does: a journal line per
     finished (layer, setting) step as results arrive, in any order, and the table rewritten

@@ -136,7 +136,8 @@ def _plan_task(job: ClusterJob, data, source, label) -> dict:
             probe = AnalysisData(inputs, targets, kind=dataset.kind, name=str(dataset.name))
             with analysis._capture(capture_activations, model, probe, job.data_name,
                                    layers=job.layers, pool=job.pool, seed=job.seed,
-                                   device=dev) as acts:
+                                   device=dev, **{k: v for k, v in job.capture_options.items()
+                                                  if k == "reduce"}) as acts:
                 layers = [(name, int(acts[name][0].numel())) for name in acts.layers]
                 x_dim = int(acts.x[0].numel())
         # a noisy network's mixture rows come from one Monte Carlo over all its layers
@@ -202,7 +203,7 @@ def _step(job: ClusterJob, acts, names, index, name, k, base, paths, dev) -> lis
                                where=f"checkpoint {base['checkpoint']!r}, layer {name!r}, "
                                      f"{spec.label}", paths=noisy.layer_paths(paths, spec, name))
     for r in new:
-        r.update(base, layer=name, layer_index=index)
+        r.update(base, layer=name, layer_index=index, reduction=analysis._reduction(acts, name))
     return noise_channel.label_modes(new)
 
 
