@@ -12,18 +12,21 @@ Methods: ``"auto"`` (the default: chooses among the others, see
 ``"gaussian"``, ``"mixture"`` (Monte Carlo entropy of T + Gaussian noise) and the neural
 bounds ``"mine"``, ``"nwj"``, ``"infonce"``, ``"smile"``.
 Every estimator is also a class (``ibtools.estimators.KSG(k=5)``) whose methods return
-the same :class:`EstimateResult`.
+the same :class:`EstimateResult`; :func:`register` adds a class of your own under a method
+name.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 
 from ibtools.estimators.base import Estimator, EstimateResult
 from ibtools.estimators.transforms import TRANSFORMS, copula, standardize
 
-# method name -> (module, class); modules are imported on first use to keep import fast.
-_METHODS = {
+# The registry: method name -> the class, or (module, class) for a built-in whose module is
+# imported on first use (to keep ``import ibtools`` fast).
+_METHODS: dict = {
     "auto": ("auto", "Auto"),
     "binning": ("binning", "Binning"),
     "kde": ("kde", "KDE"),
@@ -37,14 +40,53 @@ _METHODS = {
     "smile": ("neural", "SMILE"),
 }
 
-METHODS = tuple(_METHODS)
+
+def register(name: str, cls: type[Estimator] | None = None, *, replace: bool = False):
+    """Register an estimator class under a method name (the estimator extension point).
+
+    After ``register("toy", Toy)``, ``mutual_information(x, y, method="toy")``, estimator
+    specs such as ``"toy(bins=4)"`` in :func:`ibtools.analyze`, ``METHODS`` and the contract
+    tests over every registered method all know it.  Also usable as a decorator:
+    ``@register("toy")`` above the class.
+
+    Parameters
+    ----------
+    name : str
+        The method name: lower case letters, digits, ``_`` or ``-``, starting with a letter.
+    cls : subclass of :class:`Estimator`
+        The class; its ``name`` is set to ``name`` when it has none.
+    replace : bool, default False
+        Allow replacing a registered method of the same name.
+    """
+    if cls is None:
+        return lambda klass: register(name, klass, replace=replace)
+    if not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_\-]*", name)):
+        raise ValueError(f"name={name!r} is not a method name; use lower case letters, digits, "
+                         f"'_' or '-', starting with a letter (e.g. 'knife')")
+    if not (isinstance(cls, type) and issubclass(cls, Estimator)):
+        raise TypeError(f"cls={cls!r} is not a subclass of ibtools.estimators.Estimator")
+    if name in _METHODS and not replace:
+        raise ValueError(f"method {name!r} is already registered; pass replace=True to "
+                         f"replace it")
+    if not cls.name:
+        cls.name = name
+    _METHODS[name] = cls
+    return cls
+
+
+def registered_methods() -> tuple:
+    """Every registered method name, built-ins first, in registration order."""
+    return tuple(_METHODS)
 
 
 def get_estimator_class(method: str) -> type[Estimator]:
     """The estimator class registered under ``method``."""
     if not isinstance(method, str) or method.lower() not in _METHODS:
         raise ValueError(f"method={method!r} is not known; use one of {list(_METHODS)}")
-    module_name, class_name = _METHODS[method.lower()]
+    entry = _METHODS[method.lower()]
+    if isinstance(entry, type):
+        return entry
+    module_name, class_name = entry
     module = importlib.import_module(f"ibtools.estimators.{module_name}")
     return getattr(module, class_name)
 
@@ -88,11 +130,14 @@ def entropy(x, method: str = "auto", *, discrete=None, **settings) -> EstimateRe
 
 
 def __getattr__(name):
-    for module_name, class_name in _METHODS.values():
-        if class_name == name:
-            return getattr(importlib.import_module(f"ibtools.estimators.{module_name}"), name)
+    if name == "METHODS":  # live: includes estimators registered after import
+        return registered_methods()
+    for entry in _METHODS.values():
+        if isinstance(entry, tuple) and entry[1] == name:
+            return getattr(importlib.import_module(f"ibtools.estimators.{entry[0]}"), name)
     raise AttributeError(f"module 'ibtools.estimators' has no attribute {name!r}")
 
 
 __all__ = ["Estimator", "EstimateResult", "METHODS", "TRANSFORMS", "copula", "standardize",
-           "entropy", "get_estimator", "get_estimator_class", "mutual_information"]
+           "entropy", "get_estimator", "get_estimator_class", "mutual_information", "register",
+           "registered_methods"]

@@ -116,6 +116,10 @@ class Auto(Estimator):
     """
 
     name = "auto"
+    limitations = (
+        "Chooses KSG, the Gaussian copula or the plug-in from the variables' kinds (the larger "
+        "of KSG and the Gaussian-copula MI for two continuous variables): it carries the "
+        "limitations of the estimator used, which details['auto'] names.")
     defaults = {"k": 3, "ksg_max_samples": 100_000}
     interval_kinds = ("subsample",)
     supports_transform = False

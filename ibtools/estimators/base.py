@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from ibtools.estimators.memory import (  # noqa: F401  (re-exported)
     resolve_dtype,
 )
 from ibtools.estimators.result import LN2, EstimateResult, _jsonable  # noqa: F401
+from ibtools.estimators.settings import COMMON_DEFAULTS, Settings
 from ibtools.estimators.transforms import TRANSFORMS, apply_transform
 from ibtools.estimators.validation import (  # noqa: F401  (re-exported)
     LABEL_LIKE_MAX_VALUES,
@@ -57,19 +58,10 @@ INTERVAL_KINDS = ("subsample", "seeds", "bootstrap")
 
 # --------------------------------------------------------------------------- estimator base
 
-_COMMON_DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "device": None,
-    "dtype": "float32",
-    "memory_budget": None,
-    "ci": None,
-    "n_resamples": 20,
-    "confidence": 0.95,
-    "n_permutations": "auto",
-}
+_COMMON_DEFAULTS = COMMON_DEFAULTS
 
 
-class Estimator:
+class Estimator(Settings):
     """Base class.  ``__init__`` stores and checks settings and does no work.
 
     Common settings (every estimator)
@@ -106,6 +98,9 @@ class Estimator:
     interval_kinds: ClassVar[tuple] = ("bootstrap",)
     #: Whether the ``transform`` setting applies (kNN, KDE, Gaussian).
     supports_transform: ClassVar[bool] = False
+    #: What the estimator cannot do or gets wrong, in one or two plain sentences; reports
+    #: list it under the caveats of every table that used the estimator.
+    limitations: ClassVar[str] = ""
     #: Which (x_discrete, y_discrete) combinations ``_mi`` handles after the base has moved a
     #: discrete variable into the y slot.
     handles_discrete_x: ClassVar[bool] = False
@@ -120,29 +115,13 @@ class Estimator:
     auto_permutations: ClassVar[int] = 0
 
     def __init__(self, **settings):
-        accepted = self.accepted_settings()
-        unknown = sorted(set(settings) - set(accepted))
-        if unknown:
-            raise TypeError(f"{type(self).__name__} got unknown setting(s) {unknown}; accepted "
-                            f"settings are {sorted(accepted)}")
-        merged = dict(accepted)
-        merged.update(settings)
-        self.settings = merged
-        for key, value in merged.items():
-            setattr(self, key, value)
+        self._init_settings(settings)
+
+    # -- settings (declared once: see :mod:`ibtools.estimators.settings`) ------------------
+
+    def _validate(self) -> None:
         self._check_common()
         self._check_settings()
-
-    # -- settings --------------------------------------------------------------------------
-
-    @classmethod
-    def accepted_settings(cls) -> dict:
-        out = dict(_COMMON_DEFAULTS)
-        if cls.supports_transform:
-            out["transform"] = None
-        for klass in reversed(cls.__mro__):
-            out.update(getattr(klass, "defaults", {}) if "defaults" in vars(klass) else {})
-        return out
 
     def _check_common(self) -> None:
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
@@ -166,14 +145,6 @@ class Estimator:
 
     def _check_settings(self) -> None:
         """Estimator-specific checks; raise ValueError/TypeError naming the setting."""
-
-    def get_params(self) -> dict:
-        return dict(self.settings)
-
-    def __repr__(self) -> str:
-        changed = {k: v for k, v in self.settings.items() if v != self.accepted_settings()[k]}
-        inner = ", ".join(f"{k}={v!r}" for k, v in changed.items())
-        return f"{type(self).__name__}({inner})"
 
     def _repr_html_(self) -> str:
         """Jupyter view: the class and every setting, changed ones in bold."""

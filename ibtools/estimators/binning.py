@@ -371,6 +371,9 @@ class Binning(Estimator):
     """
 
     name = "binning"
+    limitations = (
+        "Plug-in entropies of binned activations: the value depends on the bin grid; with "
+        "fine bins and distinct inputs I(X;T) = H(T) approaches ln n.")
     bounded_by_sample_size = True
     defaults = {"n_bins": 30, "bin_width": None, "strategy": "uniform", "range": None,
                 "miller_madow": False}

@@ -177,6 +177,9 @@ class Gaussian(Estimator):
     """
 
     name = "gaussian"
+    limitations = (
+        "Closed form under a Gaussian assumption: a lower bound under the Gaussian copula, "
+        "blind to non-linear dependence.")
     defaults = {"ridge": 1e-6, "bias_correction": True}
     interval_kinds = ("bootstrap",)
     supports_transform = True

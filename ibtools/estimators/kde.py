@@ -302,6 +302,9 @@ class KDE(Estimator):
     """
 
     name = "kde"
+    limitations = (
+        "Pairwise-distance bounds on T + N(0, noise_var I): the value depends on noise_var "
+        "and saturates at ln n when noise_var is small next to the spread of T.")
     bounded_by_sample_size = True
     defaults = {"noise_var": 0.1, "bound": "upper", "deterministic": False}
     interval_kinds = ("subsample", "bootstrap")

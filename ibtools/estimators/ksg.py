@@ -150,6 +150,9 @@ class KSG(Estimator):
     """
 
     name = "ksg"
+    limitations = (
+        "k-nearest-neighbour estimate (Kraskov et al. 2004): biased low in high dimension and "
+        "for strongly dependent variables.")
     defaults = {"k": 3, "algorithm": 1, "noise": 1e-10, "neighbours": "auto"}
     interval_kinds = ("subsample", "seeds")
     supports_transform = True

@@ -130,6 +130,10 @@ class MixtureEntropy(Estimator):
     """
 
     name = "mixture"
+    limitations = (
+        "Monte Carlo entropy of the mixture T + N(0, noise_var I) (Goldfeld et al. 2019): "
+        "unbiased for that mixture; on a deterministic layer it saturates at ln n when "
+        "noise_var is small next to the spread of T.")
     defaults = {"noise_var": 0.1, "n_mc": "auto", "mc_tolerance": 0.01, "max_mc": 262144,
                 "antithetic": True, "deterministic": False, "noisy_x": False, "ci": "mc"}
     interval_kinds = ("mc", "subsample", "seeds")

@@ -317,6 +317,9 @@ class MINE(NeuralEstimator):
     """
 
     name = "mine"
+    limitations = (
+        "Donsker-Varadhan lower bound with a trained critic: high variance, depends on critic "
+        "training.")
     bound = "dv"
     bound_name = "Donsker-Varadhan (MINE)"
     defaults = {"ema": 0.0}
@@ -349,6 +352,8 @@ class NWJ(NeuralEstimator):
     """
 
     name = "nwj"
+    limitations = (
+        "Variational lower bound with a trained critic: high variance at large MI.")
     bound = "nwj"
     bound_name = "Nguyen-Wainwright-Jordan (NWJ)"
 
@@ -375,6 +380,8 @@ class InfoNCE(NeuralEstimator):
     """
 
     name = "infonce"
+    limitations = (
+        "Contrastive lower bound: can never exceed ln(batch size).")
     bound = "infonce"
     bound_name = "InfoNCE"
 
@@ -418,6 +425,8 @@ class SMILE(NeuralEstimator):
     """
 
     name = "smile"
+    limitations = (
+        "Clipped Donsker-Varadhan bound: the clip trades bias for variance.")
     bound = "smile"
     bound_name = "SMILE (clipped Donsker-Varadhan, JS-trained critic)"
     is_lower_bound = False

@@ -227,6 +227,8 @@ class MatrixRenyi(Estimator):
     """
 
     name = "renyi"
+    limitations = (
+        "Matrix-based Renyi entropy: depends on alpha and the kernel width rule.")
     bounded_by_sample_size = True
     defaults = {"alpha": 1.01, "sigma": None, "max_samples": 1000}
     interval_kinds = ("subsample",)

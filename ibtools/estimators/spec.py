@@ -10,7 +10,7 @@ import ast
 import json
 from dataclasses import dataclass, field
 
-from ibtools.estimators import METHODS, get_estimator_class
+from ibtools.estimators import get_estimator_class, registered_methods
 
 SPEC_FORM = ("METHOD[:SETTING=VALUE[,SETTING=VALUE...]], e.g. 'ksg', 'kde:noise_var=0.1', "
              "'binning:n_bins=30,miller_madow=True'")
@@ -109,9 +109,9 @@ def parse_estimator_spec(spec) -> EstimatorSpec:
     else:
         raise TypeError(f"estimator spec {spec!r} is not understood; give a string ({SPEC_FORM}), "
                         f"a dict with 'method', or a (method, settings) pair")
-    if out.method not in METHODS:
+    if out.method not in registered_methods():
         raise ValueError(f"estimator spec {spec!r}: method {out.method!r} is not known; use one "
-                         f"of {list(METHODS)}")
+                         f"of {list(registered_methods())}")
     accepted = get_estimator_class(out.method).accepted_settings()
     unknown = sorted(set(out.settings) - set(accepted))
     if unknown:

@@ -13,27 +13,17 @@ import pandas as pd
 from ibtools.reports.ranking import STATUS_TEXT, TIE_TOLERANCE_NATS, rank_variants
 from ibtools.reports.table import LN2, aggregate_seeds, select_step, shorten_flag
 
-#: What every user of an estimator should keep in mind, whatever its flags say.  Short and
-#: factual; the per-row flags add what happened in this run.
-KNOWN_LIMITATIONS = {
-    "binning": "Plug-in entropies of binned activations: the value depends on the bin grid; "
-               "with fine bins and distinct inputs I(X;T) = H(T) approaches ln n.",
-    "kde": "Pairwise-distance bounds on T + N(0, noise_var I): the value depends on noise_var "
-           "and saturates at ln n when noise_var is small next to the spread of T.",
-    "ksg": "k-nearest-neighbour estimate (Kraskov et al. 2004): biased low in high dimension "
-           "and for strongly dependent variables.",
-    "infonce": "Contrastive lower bound: can never exceed ln(batch size).",
-    "mine": "Donsker-Varadhan lower bound with a trained critic: high variance, depends on "
-            "critic training.",
-    "nwj": "Variational lower bound with a trained critic: high variance at large MI.",
-    "smile": "Clipped Donsker-Varadhan bound: the clip trades bias for variance.",
-    "renyi": "Matrix-based Renyi entropy: depends on alpha and the kernel width rule.",
-    "mixture": "Monte Carlo entropy of the mixture T + N(0, noise_var I) (Goldfeld et al. "
-               "2019): unbiased for that mixture; on a deterministic layer it saturates at ln n "
-               "when noise_var is small next to the spread of T.",
-    "gaussian": "Closed form under a Gaussian assumption: a lower bound under the Gaussian "
-                "copula, blind to non-linear dependence.",
-}
+def known_limitation(method: str) -> str:
+    """What every user of the estimator registered as ``method`` should keep in mind,
+    whatever its flags say: the class's own ``limitations`` text (short and factual; the
+    per-row flags add what happened in this run).  Empty for a method not registered in
+    this process (a table from elsewhere)."""
+    from ibtools.estimators import get_estimator_class
+
+    try:
+        return str(getattr(get_estimator_class(str(method).lower()), "limitations", "") or "")
+    except ValueError:
+        return ""
 
 
 def _unit_scale(units: str) -> float:
@@ -240,7 +230,7 @@ def collect_caveats(prepared: pd.DataFrame) -> list[dict]:
         x = np.where(rows["x_quantity"] == "i_prev_t", rows["i_prev_t"], rows["i_xt"])
         near = int(np.sum(np.isfinite(x) & (x >= 0.98 * ceiling)))
         out.append({"estimator": estimator,
-                    "limitation": KNOWN_LIMITATIONS.get(estimator.lower(), ""),
+                    "limitation": known_limitation(estimator),
                     "flags": sorted(groups.values(), key=lambda g: (-g["rows"], g["example"])),
                     "near_ln_n": near, "rows": len(rows)})
     return out
