@@ -17,27 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 
-#: Columns every results table has (the contract between analysis and reports), in display order.
-COLUMNS = [
-    "checkpoint", "model", "norm", "lam", "seed", "step", "layer", "layer_index",
-    "estimator", "setting", "params", "reference", "ib_kind",
-    "i_xt", "i_ty", "i_prev_t", "ib_value", "beta", "unit", "ci_low", "ci_high",
-    "ci_low_xt", "ci_high_xt", "ci_low_ty", "ci_high_ty", "ci_low_prev_t", "ci_high_prev_t",
-    "n_samples", "dim", "seconds", "flag_text",
-]
-#: The column of each row's flags (a JSON list of strings).  Tables written before it was
-#: renamed call it ``flags``, which pandas shadows (``table.flags`` is ``DataFrame.flags``);
-#: every reader here takes the old name as the new one.
-FLAG_COLUMN = "flag_text"
-OLD_FLAG_COLUMN = "flags"
-#: Columns that identify a row; a resumed run skips rows whose key is already present.
-KEY = ["checkpoint", "layer", "setting", "beta"]
-#: Where a row's checkpoint was read from: the resolved path and a content fingerprint
-#: (``ibtools.run_directory.fingerprint``), so a resume recognises the same file under another
-#: name and re-analyses a file replaced in place.  Empty for models passed in memory.
-SOURCE_COLUMNS = ["checkpoint_path", "checkpoint_fingerprint"]
-#: Model metrics copied from checkpoint metadata when present.
-METRIC_COLUMNS = ["test_accuracy", "val_loss", "train_loss", "epoch"]
+from ibtools.schema import (  # noqa: F401  (re-exported)
+    COLUMNS,
+    FLAG_COLUMN,
+    KEY,
+    METRIC_COLUMNS,
+    OLD_FLAG_COLUMN,
+    SOURCE_COLUMNS,
+)
 
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"

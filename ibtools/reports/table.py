@@ -14,27 +14,16 @@ import re
 import numpy as np
 import pandas as pd
 
-LN2 = math.log(2.0)
+from ibtools.schema import (  # noqa: F401  (re-exported)
+    INFORMATION_COLUMNS,
+    INTERVALS,
+    NUMERIC_COLUMNS,
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    UNITS,
+)
 
-REQUIRED_COLUMNS = (
-    "checkpoint", "model", "norm", "lam", "seed", "step", "layer", "layer_index",
-    "estimator", "params", "i_xt", "i_ty", "i_prev_t", "ib_value", "beta", "unit",
-    "ci_low", "ci_high", "n_samples", "dim", "seconds",
-)
-OPTIONAL_COLUMNS = (
-    "flag_text", "setting", "reference", "ib_kind", "ci_low_xt", "ci_high_xt",
-    "ci_low_ty", "ci_high_ty", "ci_low_prev_t", "ci_high_prev_t", "test_accuracy", "val_loss",
-)
-#: Columns holding information in the table's unit; converted together.
-INFORMATION_COLUMNS = (
-    "i_xt", "i_ty", "i_prev_t", "ib_value", "ci_low", "ci_high",
-    "ci_low_xt", "ci_high_xt", "ci_low_ty", "ci_high_ty", "ci_low_prev_t", "ci_high_prev_t",
-)
-NUMERIC_COLUMNS = INFORMATION_COLUMNS + (
-    "lam", "seed", "step", "layer_index", "beta", "n_samples", "dim", "seconds",
-    "test_accuracy", "val_loss",
-)
-UNITS = ("nats", "bits")
+LN2 = math.log(2.0)
 
 
 def check_units(units) -> str:
