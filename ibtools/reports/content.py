@@ -4,6 +4,7 @@ same summary, figures, caveats, settings and table."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -35,6 +36,58 @@ class ReportFigure:
     title: str
     caption: str
     figure: Figure
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One entry of the report's figure registry: when it applies to a prepared table, its
+    caption (which may depend on the table) and how to draw it.  Adding a figure to every
+    report is one entry in :data:`FIGURES`."""
+
+    key: str
+    title: str
+    applies: Callable[[pd.DataFrame], bool]
+    caption: Callable[[pd.DataFrame], str]
+    make: Callable[[pd.DataFrame, str, object], Figure]
+
+
+def _plane_caption(prepared: pd.DataFrame) -> str:
+    single_step = prepared["progress"].nunique() <= 1
+    return ("One panel per model variant and estimator setting; "
+            + ("each layer has its own colour and marker, and a line joins the layers in "
+               "order. " if single_step else
+               "markers tell the layers apart, colour gives the training step. ")
+            + "The dashed line is ln n, the most I(X;T) a sample of n points can show: "
+            "points on it measure the estimator's resolution, not compression.")
+
+
+def _always(prepared: pd.DataFrame) -> bool:
+    return True
+
+
+#: The figures of a report, in order.
+FIGURES = (
+    FigureSpec("information-plane", "Information plane", _always, _plane_caption,
+               lambda t, units, step: plot_information_plane(t, units=units)),
+    FigureSpec("ib-across-layers", "IB value across layers", _always,
+               lambda t: "One line per model variant (norm kind and λ), one panel per "
+                         "estimator setting; lines are means over seeds, bands span the "
+                         "seeds' intervals.",
+               lambda t, units, step: plot_ib_across_layers(t, units=units, step=step)),
+    FigureSpec("ib-across-lam", "IB value across λ",
+               lambda t: len(t["lam"].fillna(0.0).unique()) > 1,
+               lambda t: "One line per layer; hollow markers and dotted level lines mark the "
+                         "baseline (λ = 0 or a plain norm), so a gain from compression reads "
+                         "as a line above its dotted level.",
+               lambda t, units, step: plot_ib_across_lam(t, units=units, step=step)),
+    # with one variant every panel would say "nothing to rank"
+    FigureSpec("estimator-agreement", "Estimator agreement",
+               lambda t: t["variant"].nunique() > 1,
+               lambda t: "The IB value of each variant under each estimator setting, one "
+                         "panel per layer; crossing lines mean the ranking of the variants "
+                         "depends on the estimator. Each panel's title gives the verdict.",
+               lambda t, units, step: plot_estimator_agreement(t, units=units, step=step)),
+)
 
 
 @dataclass
@@ -98,37 +151,9 @@ def build_report_content(table, *, config=None, environment=None, units: str = "
         raise TypeError(f"title must be a string; got {type(title).__name__}")
     prepared = prepare_table(table, units)
     prepared["n_flags"] = prepared["flag_list"].map(len)
-    single_step = prepared["progress"].nunique() <= 1
-    one_variant = prepared["variant"].nunique() == 1
-    figures = [
-        ReportFigure("information-plane", "Information plane",
-                     "One panel per model variant and estimator setting; "
-                     + ("each layer has its own colour and marker, and a line joins the "
-                        "layers in order. " if single_step else
-                        "markers tell the layers apart, colour gives the training step. ")
-                     + "The dashed line is ln n, the most I(X;T) a sample of n points can "
-                     "show: points on it measure the estimator's resolution, not compression.",
-                     plot_information_plane(prepared, units=units)),
-        ReportFigure("ib-across-layers", "IB value across layers",
-                     "One line per model variant (norm kind and λ), one panel per estimator "
-                     "setting; lines are means over seeds, bands span the seeds' intervals.",
-                     plot_ib_across_layers(prepared, units=units, step=step)),
-    ]
-    lams = prepared["lam"].fillna(0.0).unique()
-    if len(lams) > 1:
-        figures.append(ReportFigure(
-            "ib-across-lam", "IB value across λ",
-            "One line per layer; hollow markers and dotted level lines mark the baseline "
-            "(λ = 0 or a plain norm), so a gain from compression reads as a line above its "
-            "dotted level.",
-            plot_ib_across_lam(prepared, units=units, step=step)))
-    if not one_variant:  # with one variant every panel would say "nothing to rank"
-        figures.append(ReportFigure(
-            "estimator-agreement", "Estimator agreement",
-            "The IB value of each variant under each estimator setting, one panel per layer; "
-            "crossing lines mean the ranking of the variants depends on the estimator. Each "
-            "panel's title gives the verdict.",
-            plot_estimator_agreement(prepared, units=units, step=step)))
+    figures = [ReportFigure(spec.key, spec.title, spec.caption(prepared),
+                            spec.make(prepared, units, step))
+               for spec in FIGURES if spec.applies(prepared)]
     for fig in figures:
         # Lay out once and freeze: constrained layout costs about as much as a draw, and
         # each figure is saved twice (SVG and PDF) with the same geometry.
