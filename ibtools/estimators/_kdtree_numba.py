@@ -82,9 +82,10 @@ def build(points, leaf_size):
 
 
 # The box tests are inlined into the traversals (inline="always"): as ordinary compiled
-# calls they measured 1.2-1.6x slower in the hot loops.  In the leaves, a point's distance is
-# taken over every coordinate without an early exit: on KSG's n = 10^5, 5+5 d case that made
-# the 10-d kNN 2x faster (1.96 -> 0.94 s) and the 5-d counts 4x (2.87 -> 0.73 s), 2 threads.
+# calls they were measurably slower in the hot loops.  In the leaves, a point's distance is
+# taken over every coordinate without an early exit: a branch-free loop the compiler
+# vectorises, faster than breaking out early on KSG's kNN and counts
+# (``benchmarks/scaling.py``).
 @njit(cache=True, inline="always")
 def _gap(lo, hi, node, pts, i):
     """Nearest max-norm distance from ``pts[i]`` to the box of ``node`` (0 inside it)."""
@@ -143,7 +144,7 @@ def count_within(pts, radius, strict, start, end, left, lo, hi):
                     total += end[k] - start[k]
                     continue
             if left[k] < 0:
-                # no early exit: a branch-free scan measured 2-4x faster
+                # no early exit: a branch-free scan (vectorised) measured faster
                 for j in range(start[k], end[k]):
                     v = 0.0
                     for c in range(d):
@@ -180,7 +181,7 @@ def knn(pts, k, start, end, left, lo, hi):
                 continue
             if left[node] < 0:
                 for j in range(start[node], end[node]):
-                    # the whole distance, no early exit: measured 2x faster than breaking
+                    # the whole distance, no early exit: measured faster than breaking
                     # off once it exceeds the k-th best
                     v = 0.0
                     for c in range(d):

@@ -70,8 +70,9 @@ def kde_engine(n: int, dtype: torch.dtype, device: torch.device) -> str:
     """Which code does the elementwise part of the KDE kernel for n float rows.
 
     ``"numba"``: one fused, compiled pass per block (:mod:`ibtools.estimators._kde_numba`;
-    needs numba: ``pip install "ibtools[fast]"``), float32 on CPU only; 1.2-2x faster than
-    ``"torch"`` (eager torch passes: clamp, exp2, squarings, sums), most at small d.  The two
+    needs numba: ``pip install "ibtools[fast]"``), float32 on CPU only; faster than
+    ``"torch"`` (eager torch passes: clamp, exp2, squarings, sums), most at small d
+    (``benchmarks/RESULTS.md``).  The two
     agree to about 1e-6 nats (their exponentials differ in the last bits).  The environment
     variable ``IBTOOLS_KDE_ENGINE`` (``auto`` | ``numba`` | ``torch``) overrides the choice;
     ``auto`` takes numba when it is installed, the work is float32 on CPU and
@@ -112,7 +113,7 @@ def pairwise_log_means(t: torch.Tensor, noise_var: float, budget: int):
     ``-||t_i - t_j||^2 log2(e) / (8 s2)`` directly, from the augmented rows
     ``[2u_i, -|u_i|^2, -1] . [u_j, 1, |u_j|^2]`` with ``u = t sqrt(log2(e) / (8 s2))`` after
     centring (smaller norms, less cancellation); it is clamped to ``[_MIN_EXPONENT, 0]``,
-    the diagonal set to exactly 0, and ``exp2`` (measured 1.5x faster than ``exp`` on CPU)
+    the diagonal set to exactly 0, and ``exp2`` (measured faster than ``exp`` on CPU)
     gives the Bhattacharyya kernel.  The KL kernel is its fourth power (two in-place
     squarings instead of a second exponential).  Every row sum holds ``2^0 = 1`` and lies
     in ``[1, n]``: no max-shift is needed.  Each block's sums are taken in the working
@@ -178,7 +179,7 @@ def pairwise_log_means(t: torch.Tensor, noise_var: float, budget: int):
             nb.clamp_(min=_MIN_EXPONENT, max=0.0)
             kb = ker_buf[:b * m].view(b, m)
             torch.exp2(nb, out=kb)                                 # exp(-D / (8 s2))
-            # sums in the working dtype (a float64 accumulating sum is 3-4x slower on CPU),
+            # sums in the working dtype (a float64 accumulating sum is much slower on CPU),
             # then accumulated in float64 across blocks
             bd[r0:r1] += kb.sum(dim=1)
             bd[r1:] += kb[:, b:].sum(dim=0)

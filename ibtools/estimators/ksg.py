@@ -134,8 +134,8 @@ class KSG(Estimator):
     regions where the density changes — about 15 % low on a 5+5-dimensional Gaussian with
     n = 10 000.  Values can be slightly negative at independence.  Strongly non-linear
     marginals (``y**3``) add to the downward bias; ``transform="copula"`` removes it.
-    Work: trees in low dimension (on 10^5 points, 5+5 dimensions, about 50 CPU-seconds),
-    O(n^2 d) brute force otherwise (the same problem takes 1.7 s on an H200).
+    Work: k-d trees in low dimension on CPU, O(n^2 d) brute force otherwise and on GPUs
+    (:mod:`ibtools.estimators.neighbours`; timings in ``benchmarks/RESULTS.md``).
     Intervals: ``ci="subsample"`` (m-out-of-n, the ``"auto"`` choice) or ``ci="seeds"``
     (spread over tie-breaking noise only: small unless the data have ties).
 

@@ -9,23 +9,23 @@ that return identical numbers:
     O(n^2 d); the choice on CUDA, in high dimension, and (compiled) for moderate n.  With
     numba installed (``ibtools[fast]``), float64 points on CPU and n >= ``BRUTE_NUMBA_MIN_N``,
     compiled per-row kernels (:mod:`ibtools.estimators._brute_numba`: one row of distances
-    at a time, no block in memory, rows in parallel), 4-10x faster than the following.
-    Otherwise torch, on the device of the inputs: blocks of query rows against all rows,
-    sized to the estimator's memory budget, ``torch.cdist(p=inf)`` on CPU (one fused pass
-    per pair, measured 6-8x faster there than a per-coordinate running maximum over
-    broadcast differences), the running maximum on CUDA (see ``_chebyshev``).
+    at a time, no block in memory, rows in parallel), several times faster than the
+    following.  Otherwise torch, on the device of the inputs: blocks of query rows against
+    all rows, sized to the estimator's memory budget, ``torch.cdist(p=inf)`` on CPU (one
+    fused pass per pair, faster there than a per-coordinate running maximum over broadcast
+    differences), the running maximum on CUDA (see ``_chebyshev``).
 ``"tree"``
     CPU k-d trees.  With numba installed (``ibtools[fast]``) and n >= ``NUMBA_MIN_N``, a
     compiled max-norm tree of our own (:mod:`ibtools.estimators._kdtree_numba`: leaf-ordered
-    points, whole nodes added when their box lies inside the radius, queries in parallel);
-    KSG on 10^5 points, 5+5 d, takes 2.8 s with it and 10.9 s with the following.  Otherwise
+    points, whole nodes added when their box lies inside the radius, queries in parallel),
+    several times faster than the following.  Otherwise
     :class:`scipy.spatial.cKDTree` (``p=inf``, all cores) for the k-th
     neighbour, and scikit-learn's :class:`~sklearn.neighbors.KDTree` for counts, because its
     ``count_only`` adds a node's size when the node lies wholly inside the radius whereas
     cKDTree's ``return_length`` still walks every point inside.  Both trees are queried in
-    their own leaf order on data stored in that order: on 10^5 points this cut the marginal
-    counting of a 5-d Gaussian 4-5x (cache locality), and it is what lets KSG run on
-    10^5 points in seconds rather than minutes.
+    their own leaf order on data stored in that order (cache locality), which is what lets
+    KSG run on 10^5 points in seconds rather than minutes.  Measured timings of every
+    engine are in ``benchmarks/RESULTS.md`` (``python -m benchmarks``).
 
 One-dimensional counts use neither: a sorted copy and a vectorised binary search on the
 exact predicate ``|v_j - v_i| < r_i`` (or ``<=``), O(n log n) on any device.
@@ -108,9 +108,9 @@ def _chebyshev(queries: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     (d, n), i.e. the points transposed and contiguous.
 
     On CPU, ``torch.cdist(p=inf)`` (one fused pass per pair) is the fastest measured.  On
-    CUDA its kernel spends one thread block per output pair, which measured a flat 29 s for
-    10^10 pairs (n = 10^5) on an H200 whatever d was; a running maximum over coordinates,
-    each step a coalesced (b, n) pass, is far cheaper there for the d a kNN estimator sees.
+    CUDA its kernel spends one thread block per output pair, so its time grows with the
+    number of pairs whatever d is; a running maximum over coordinates, each step a coalesced
+    (b, n) pass, is far cheaper there for the d a kNN estimator sees.
     Both compute ``|a - b|`` in the same dtype, so the numbers are identical.
     """
     if queries.device.type != "cuda" or queries.shape[1] > CUDA_LOOP_MAX_DIM:
@@ -140,9 +140,8 @@ def _columns(parts):
 
 #: Points from which "auto" runs the brute-force backend through the compiled kernels of
 #: :mod:`ibtools.estimators._brute_numba` (a fresh install first compiles them, a few
-#: seconds, then cached on disk).  Measured (2 threads, KSG counts, k = 3, float64):
-#: n = 20 000, 5+5 d: 0.57 s against 6.2 s for the torch blocks; n = 3000, 64+64 d: 0.09 s
-#: against 0.40 s.
+#: seconds, then cached on disk).  The crossover where the kernels beat torch's blocks was
+#: tuned with ``benchmarks/scaling.py``; its measurements are in ``benchmarks/RESULTS.md``.
 BRUTE_NUMBA_MIN_N = 2_000
 _BRUTE = _jit.Compiled("_brute_numba")
 
@@ -152,8 +151,8 @@ def brute_engine(n: int, dtype: torch.dtype, device: torch.device) -> str:
 
     ``"numba"``: compiled per-row kernels (:mod:`ibtools.estimators._brute_numba`; needs
     numba: ``pip install "ibtools[fast]"``), float64 on CPU, no (rows, n) block in memory;
-    4-10x faster than ``"torch"`` (``torch.cdist`` blocks and ``topk``).  Both give identical
-    distances and counts, except that among points at exactly the k-th distance the
+    several times faster than ``"torch"`` (``torch.cdist`` blocks and ``topk``).  Both give
+    identical distances and counts, except that among points at exactly the k-th distance the
     compiled kernels call the lowest index a neighbour and ``topk`` any of them, which can
     change KSG algorithm 2's counts on tied data (KSG's default jitter makes ties
     practically impossible).  The environment variable ``IBTOOLS_BRUTE_ENGINE`` (``auto`` |
@@ -272,8 +271,8 @@ def count_brute(points: torch.Tensor, radius: torch.Tensor, strict: bool,
 #: at n = 10^5).
 NUMBA_LEAF_SIZE = 16
 #: Points from which "auto" uses the numba tree.  Its first use in a fresh install compiles
-#: it (about 15 s, then cached on disk); below this size the scipy / scikit-learn trees take
-#: well under a second anyway.
+#: it (then cached on disk); below this size the scipy / scikit-learn trees are fast enough
+#: that compiling would not pay.
 NUMBA_MIN_N = 20_000
 _TREE = _jit.Compiled("_kdtree_numba")
 
@@ -282,8 +281,9 @@ def tree_engine(n: int | None = None) -> str:
     """Which k-d tree the ``"tree"`` backend uses for ``n`` points.
 
     ``"numba"``: the compiled max-norm tree of :mod:`ibtools.estimators._kdtree_numba`
-    (needs numba: ``pip install "ibtools[fast]"``), 4x faster than the alternative on KSG
-    at n = 10^5 (2.8 s against 10.9 s, 5+5 d).  ``"scipy"``: scipy's cKDTree for the k-th
+    (needs numba: ``pip install "ibtools[fast]"``), several times faster than the
+    alternative on KSG at n = 10^5 (``benchmarks/RESULTS.md``).  ``"scipy"``: scipy's
+    cKDTree for the k-th
     neighbour and scikit-learn's KDTree for counts.  Both give identical distances and
     counts; which of several equidistant points is called a neighbour may differ (KSG's
     default jitter makes such ties practically impossible).  The environment

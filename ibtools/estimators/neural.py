@@ -403,20 +403,18 @@ class SMILE(NeuralEstimator):
     Bias: clipping trades variance for bias, and the estimate is not a lower bound
     (``details["lower_bound"]`` is False).  At high MI it overestimates: the clip at
     e^tau removes the rare large ratios that carry much of E_Q[e^f], so the partition
-    term reads low.  With the exact log density ratio as critic, on the 20 + 20-dim
-    Gaussian with about 10^6 held-out negatives, tau = 5 reads 2.03, 4.25, 6.68 and 9.27
-    nats at true 2, 4, 6 and 8 nats (clipping from below, at e^-tau, pulls the other
-    way, by less).  A critic with inflated scores inflates the estimate further, which
+    term reads low, even with the exact log density ratio as critic, and more the larger
+    the MI (clipping from below, at e^-tau, pulls the other way, by less).  A critic with inflated scores inflates the estimate further, which
     is why critics are compared by the held-out Jensen-Shannon objective and never by
     the SMILE value.  Its variance stays bounded.  As tau grows it tends to the DV value
     of a JS-trained critic; that unclipped reading of the chosen critic, on the same
     held-out rows, is reported as ``details["dv_value"]``, and a value within 1 nat of
     tau is flagged "clip-limited".
 
-    Measured on that Gaussian staircase (n = 20 000, 2000 steps, batch 256, mean of three
-    seeds; benchmarks/NEURAL.md): tau = 5 reads -11, +0, +7, +18 and +28 % at 2, 4, 6, 8
-    and 10 nats; tau = 10 reads -15, -17, -17, -9 and +1 %; MINE -8, -4, -6, -8 and -12 %.
-    Above about 6 nats prefer MINE or a larger tau.
+    On a Gaussian staircase of 2 to 10 nats, tau = 5 reads close at a few nats and
+    increasingly high above that, while a larger tau and MINE read low
+    (``benchmarks/NEURAL.md`` has the measured errors per level); above about 6 nats
+    prefer MINE or a larger tau.
 
     References
     ----------
