@@ -248,7 +248,8 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         the run goes on.
     """
     ckpts = inputs_io.normalize_checkpoints(checkpoints)
-    specs = parse_estimator_specs(list(estimators) if estimators is not None
+    # one spec ("binning", a dict) is one setting, never a sequence of letters or keys
+    specs = parse_estimator_specs(estimators if estimators is not None
                                   else list(DEFAULT_ESTIMATORS))
     if not specs:
         raise ValueError("estimators is empty; give at least one estimator spec")

@@ -219,3 +219,23 @@ def test_unavailable_accelerator_is_a_user_error(tmp_path, captured):
                                     "--out", str(tmp_path / "o")])
     assert res.exit_code == 2, res.output
     assert "--device" in res.output and "no CUDA device" in res.output
+
+
+def test_analyze_takes_one_estimator_spec_as_a_string():
+    # list("binning") once made seven one-letter specs ('b' is not a method)
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 120)
+    table = ibtools.analyze([model], data=(x, y), layers="1", estimators="binning:n_bins=5",
+                            max_samples=120, progress=False)
+    assert list(table["estimator"].unique()) == ["binning"]
+
+
+def test_vit_refuses_a_zero_patch_size_by_name():
+    from ibtools.models import build_model
+
+    with pytest.raises(ValueError, match="patch_size must be a positive integer; got 0"):
+        build_model("vit", patch_size=0)

@@ -54,6 +54,9 @@ class ViT(ReferenceModel):
                  depth: int = 2, heads: int = 4, mlp_ratio: float = 2.0, n_classes: int = 10, norm="layer",
                  lam: float | None = None, norm_order: str = "compress_first") -> None:
         super().__init__()
+        for key, value in (("image_size", image_size), ("patch_size", patch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key} must be a positive integer; got {value!r}")
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
         if depth < 1 or n_classes < 2:
