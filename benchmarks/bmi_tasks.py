@@ -98,18 +98,22 @@ def run_bmi(name: str, x: np.ndarray, y: np.ndarray, seed: int) -> dict:
 
 
 def read_records(paths) -> list[dict]:
-    out = []
+    """The records of these files; a (task, estimator, seed) seen twice keeps its last."""
+    out = {}
     for path in paths:
         if Path(path).exists():
-            out += [json.loads(line) for line in Path(path).read_text().splitlines() if line]
-    return out
+            for line in Path(path).read_text().splitlines():
+                if line:
+                    r = json.loads(line)
+                    out[(r["task"], r["estimator"], r["seed"])] = r
+    return list(out.values())
 
 
 def measure(args) -> list[dict]:
     """Run every (task, estimator) not already in ``args.records``; return all records."""
     records = read_records([args.records]) if args.records else []
     done = {(r["task"], r["estimator"]) for r in records}
-    estimators = list(args.specs) + ([] if args.no_bmi else list(BMI_ESTIMATORS))
+    estimators = list(args.specs) + ([] if args.no_bmi else list(args.bmi))
     sink = args.records.open("a") if args.records else None
     for index, task in load_tasks():
         if args.tasks is not None and index not in args.tasks:
@@ -166,6 +170,7 @@ def judge(tasks: dict, estimators) -> dict:
     singles = [e for e in estimators if not _is_policy(e)]
     counts = {e: sum(abs(t["values"][e] - t["truth"]) <= TOLERANCE
                      for t in tasks.values() if e in t["values"]) for e in estimators}
+    ran = {e: sum(e in t["values"] for t in tasks.values()) for e in estimators}
     oracle, behind = 0, []
     for index, t in tasks.items():
         errors = [abs(t["values"][e] - t["truth"]) for e in singles if e in t["values"]]
@@ -177,7 +182,8 @@ def judge(tasks: dict, estimators) -> dict:
             gap = abs(t["values"]["auto"] - t["truth"]) - best
             if gap > TOLERANCE:
                 behind.append((index, t["name"], gap))
-    return {"counts": counts, "oracle": oracle, "behind": behind, "total": len(tasks)}
+    return {"counts": counts, "ran": ran, "oracle": oracle, "behind": behind,
+            "total": len(tasks)}
 
 
 def _cell(value, truth) -> str:
@@ -196,6 +202,17 @@ def _verdict(ok: bool, judged: bool) -> str:
     if not judged:
         return "not judged (not all 40 tasks)"
     return "PASS" if ok else "FAIL"
+
+
+def not_run(tasks: dict, estimators) -> list[str]:
+    """A line per estimator that has no value on some tasks (its count is out of fewer)."""
+    out = []
+    for e in estimators:
+        missing = [str(i) for i, t in tasks.items() if e not in t["values"]]
+        if missing:
+            out.append(f"- {e} has no value on tasks #{', #'.join(missing)} (not run in time): "
+                       f"its count is out of the tasks it ran on")
+    return ["", *out] if out else []
 
 
 def misses(records) -> list[str]:
@@ -253,8 +270,9 @@ def render(records, header_lines=(), other_seeds=()) -> str:
     total = verdict["total"]
     lines += ["", f"| within {TOLERANCE} nat | " + " | ".join(estimators) + " |",
               "|---|" + "---:|" * len(estimators),
-              "| tasks | " + " | ".join(f"{verdict['counts'][e]}/{total}" for e in estimators)
-              + " |", "",
+              "| tasks | " + " | ".join(f"{verdict['counts'][e]}/{verdict['ran'][e]}"
+                                        for e in estimators)
+              + " |", *not_run(tasks, estimators), "",
               f"Best single estimator per task, chosen with the truth in hand (every column "
               f"but auto's): {verdict['oracle']}/{total}.", ""]
     if "auto" in estimators:
@@ -309,9 +327,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks", type=int, nargs="+", default=None,
                    help="task indices (BMI's order, 0-39); default all")
-    p.add_argument("--specs", nargs="+", default=list(IBTOOLS_SPECS),
+    p.add_argument("--specs", nargs="*", default=list(IBTOOLS_SPECS),
                    help="ibtools estimator specs to run")
     p.add_argument("--no-bmi", action="store_true", help="skip BMI's CCA and KSG")
+    p.add_argument("--bmi", nargs="+", choices=BMI_ESTIMATORS, default=list(BMI_ESTIMATORS),
+                   help="which of BMI's estimators to run")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--records", type=Path, default=None,
                    help="JSON lines, one per (task, estimator); reused to resume")
