@@ -50,6 +50,55 @@ def covariance(blocks, budget: int) -> torch.Tensor:
     return cov / max(n - 1, 1)
 
 
+#: Classes with at most this many rows are zero-padded to a power of two and reduced by
+#: batched matmuls, many classes per call; larger classes get one matmul each (at most
+#: n / _PACKED_MAX_ROWS of them, each with enough rows to amortise the call).
+_PACKED_MAX_ROWS = 256
+
+
+def class_covariances(rows: torch.Tensor, sizes, budget: int) -> torch.Tensor:
+    """Unbiased covariances, shape (C, d, d), of consecutive segments of ``rows``.
+
+    ``rows`` (float64, sorted by class) holds C classes one after another, class c with
+    ``sizes[c]`` rows.  All class means come from one ``index_add_`` and one gather centres
+    every row; the cross-products of small classes come from batched matmuls over
+    zero-padded segments (a zero row adds nothing to ``X^T X``), grouped by padded size, so
+    the cost is a few calls however many classes there are rather than one Python step per
+    class.  A class of one row has a zero covariance (divided by max(n_c - 1, 1)), as before.
+    """
+    n, d = rows.shape
+    dev = rows.device
+    sizes_t = torch.as_tensor(sizes, dtype=torch.long, device=dev)
+    n_cls = len(sizes)
+    seg = torch.repeat_interleave(torch.arange(n_cls, device=dev), sizes_t)
+    means = torch.zeros(n_cls, d, dtype=rows.dtype, device=dev).index_add_(0, seg, rows)
+    means /= sizes_t[:, None].to(rows.dtype)
+    centred = torch.cat([rows - means[seg], rows.new_zeros(1, d)])  # row n: the zero pad
+    covs = rows.new_empty(n_cls, d, d)
+    starts = torch.cumsum(sizes_t, 0) - sizes_t
+    padded = [1 << max(0, (k - 1).bit_length()) for k in sizes]
+    by_width: dict[int, list[int]] = {}
+    for c, (k, p) in enumerate(zip(sizes, padded)):
+        if k > _PACKED_MAX_ROWS:
+            s0 = int(starts[c])
+            block = centred[s0:s0 + k]
+            covs[c] = block.T @ block
+        else:
+            by_width.setdefault(p, []).append(c)
+    for p, members in by_width.items():
+        cls = torch.as_tensor(members, dtype=torch.long, device=dev)
+        offs = torch.arange(p, device=dev)
+        index = starts[cls, None] + offs
+        index = torch.where(offs < sizes_t[cls, None], index, n)
+        per_class = (p + d) * d * 8
+        batch = max(1, chunk_rows(len(members), per_class, budget))
+        for b0 in range(0, len(members), batch):
+            g = centred[index[b0:b0 + batch]]                     # (B, p, d)
+            covs[cls[b0:b0 + batch]] = g.transpose(1, 2) @ g
+    covs /= (sizes_t - 1).clamp_min(1).to(rows.dtype)[:, None, None]
+    return covs
+
+
 def logdet(m: torch.Tensor, ridge: float):
     """``(ln det(m + ridge I), ln det(m) or None)`` by Cholesky; ``m`` may be batched.
 
@@ -280,25 +329,27 @@ class Gaussian(Estimator):
 
     def _class_logdets(self, x, y, inv, lam, budget):
         """Per class present: ``(id, rows, ln det of its covariance + ridge, the same
-        without the ridge or None)``, classes batched into stacked Cholesky calls."""
+        without the ridge or None)``.  The rows are sorted by class once; each group of
+        consecutive classes (sized to ``budget``) gets its covariances from one segment
+        reduction (:func:`class_covariances`) and its log-dets from one stacked Cholesky."""
         d = x.shape[1]
         counts = torch.bincount(y)
         present = (counts > 0).nonzero().squeeze(1)
         order = torch.argsort(y, stable=True)
-        starts = torch.cumsum(counts, 0) - counts
+        sizes = counts[present].tolist()
+        ends = [0]
+        for k in sizes:
+            ends.append(ends[-1] + k)
         scaled = x[order].to(torch.float64) * inv
+        ids_all = present.tolist()
         out = []
-        group = max(1, chunk_rows(len(present), d * d * 8 * 3, budget))
-        for g0 in range(0, len(present), group):
-            ids = present[g0:g0 + group].tolist()
-            covs = []
-            for c in ids:
-                rows = scaled[int(starts[c]):int(starts[c] + counts[c])]
-                centred = rows - rows.mean(dim=0)
-                covs.append(centred.T @ centred / max(int(counts[c]) - 1, 1))
-            ld, raw = logdet(torch.stack(covs), lam)
-            for i, c in enumerate(ids):
-                out.append((c, int(counts[c]), float(ld[i]),
+        group = max(1, chunk_rows(len(ids_all), d * d * 8 * 3, budget))
+        for g0 in range(0, len(ids_all), group):
+            g1 = min(len(ids_all), g0 + group)
+            covs = class_covariances(scaled[ends[g0]:ends[g1]], sizes[g0:g1], budget)
+            ld, raw = logdet(covs, lam)
+            for i in range(g1 - g0):
+                out.append((ids_all[g0 + i], sizes[g0 + i], float(ld[i]),
                             None if raw is None else float(raw[i])))
         return out, counts
 

@@ -442,6 +442,8 @@ class KDE(Estimator):
         return value, details, self._saturation_flags(b) + not_a_function_flag(x, y)
 
     def _mi_discrete(self, t, labels):
+        from ibtools.estimators.kde_classes import packed_class_bounds
+
         whole = self._bounds(t)
         n = int(t.shape[0])
         # sort once and slice each class: O(n log n), not O(n) per class (token ids can
@@ -453,10 +455,15 @@ class KDE(Estimator):
         h_noise = whole["h_noise"]
         cond_upper = cond_lower = 0.0
         per_class = {}
-        for cls in torch.nonzero(counts).flatten().tolist():
+        present = torch.nonzero(counts).flatten().tolist()
+        packed = packed_class_bounds(t_sorted, counts, starts, present, h_noise,
+                                     float(self.noise_var), self._budget(t.device))
+        for cls in present:
             size, start = int(counts[cls]), int(starts[cls])
             if size == 1:  # one kernel: H(T+Z | Y=y) is the noise entropy exactly
                 h_up = h_low = h_noise
+            elif cls in packed:
+                h_up, h_low = packed[cls]
             else:
                 b = self._bounds(t_sorted[start:start + size])
                 h_up, h_low = b["h_upper"], b["h_lower"]
