@@ -455,9 +455,11 @@ def test_auto_backend_follows_the_brute_engine(monkeypatch):
     if nb._BRUTE.module() is None:
         return
     monkeypatch.setenv("IBTOOLS_BRUTE_ENGINE", "auto")
-    # compiled brute force: trees from 1000 * 2^(d/2) points
-    assert nb.choose_backend("auto", cpu, 10, 30_000) == "brute"
-    assert nb.choose_backend("auto", cpu, 10, 40_000) == "tree"
+    # compiled brute force: trees from the measured crossover, 1600 * 2^(d/3) points (5+5 d
+    # at n = 30 000 took 2.4x the CPU time on brute force as on the compiled tree)
+    assert nb.choose_backend("auto", cpu, 10, 15_000) == "brute"
+    assert nb.choose_backend("auto", cpu, 10, 17_000) == "tree"
+    assert nb.choose_backend("auto", cpu, 10, 30_000) == "tree"
     assert nb.choose_backend("auto", cpu, 4, 3_000) == "brute"
     assert nb.choose_backend("auto", cpu, 4, 5_000) == "tree"
     assert nb.choose_backend("auto", cpu, 20, 10**5) == "brute"
@@ -491,8 +493,9 @@ def test_auto_backend_does_not_flip_at_the_compiled_threshold(monkeypatch):
         pytest.skip(f"the compiled brute-force kernels cannot load: {nb._BRUTE.error}")
     monkeypatch.delenv("IBTOOLS_BRUTE_ENGINE", raising=False)
     cpu = torch.device("cpu")
-    # d = 10: brute force below 1000 * 2^5 = 32000 points, on either side of BRUTE_NUMBA_MIN_N
-    picks = {n: nb.choose_backend("auto", cpu, 10, n) for n in (1000, 1999, 2000, 31999)}
+    # d = 10: brute force below 1600 * 2^(10/3) = 16127 points, on either side of
+    # BRUTE_NUMBA_MIN_N
+    picks = {n: nb.choose_backend("auto", cpu, 10, n) for n in (1000, 1999, 2000, 16000)}
     assert set(picks.values()) == {"brute"}
     x, y, _ = gaussian_pair(600, 0.5, d=2, seed=21)
     labels = (x[:, 0] > 0).astype(int)

@@ -55,14 +55,19 @@ BACKENDS = ("auto", "brute", "tree")
 #: d = 40: 3.9 / 2.7.  Beyond d of about 20 a k-d tree prunes almost nothing.
 TREE_MAX_DIM = 20
 
-#: Below this many points brute force beats building trees even in low dimension.  With the
-#: compiled brute-force kernels (engine "numba") the trees start at TREE_MIN_N * 2^(d/2)
-#: points instead: a tree's cost grows more slowly with n than brute force's n^2 but faster
-#: with d.  Measured (2 threads, KSG, k = 3, Gaussian data; seconds brute / numba tree /
-#: scipy tree): 2+2 d, n = 3000: 0.012 / 0.011 / 0.023, n = 10 000: 0.10 / 0.044 / 0.077;
-#: 5+5 d, n = 10 000: 0.14 / 0.25 / 0.36, n = 30 000: 1.19 / 1.05 / 1.62; 10+10 d,
-#: n = 30 000: 1.77 / 6.3 / 11.7; 16+16 d, n = 30 000: 2.8 / 16.3 / 18.3.
+#: Below this many points brute force beats building trees even in low dimension.
 TREE_MIN_N = 1_000
+
+#: With the compiled brute-force kernels (engine "numba") the trees start at
+#: TREE_CROSSOVER_N * 2^(d / TREE_DIMS_PER_DOUBLING) points instead: a tree's cost grows more
+#: slowly with n than brute force's n^2 but faster with d.  Set from the measured crossover
+#: (KSG, k = 3, Gaussian data, one thread, interleaved, min of 2-3 runs, CPU seconds brute /
+#: compiled tree; benchmarks/new_paths.py --only crossover): 2+2 d, n = 3000: 0.025 / 0.030,
+#: n = 10 000: 0.22 / 0.11; 3+3 d, n = 10 000: 0.27 / 0.24, n = 30 000: 2.6 / 0.44; 5+5 d,
+#: n = 10 000: 0.32 / 0.66, n = 30 000: 3.0 / 1.2, n = 10^5: 62 / 7.5; 8+8 d, n = 10 000:
+#: 0.45 / 1.7.  Crossovers near 4000 (d = 4), 9000 (d = 6) and 16 000 (d = 10) points.
+TREE_CROSSOVER_N = 1_600
+TREE_DIMS_PER_DOUBLING = 3
 
 _INF = float("inf")
 
@@ -71,17 +76,18 @@ _INF = float("inf")
 CUDA_LOOP_MAX_DIM = 64
 
 
-def enough_points(n: int, dim: int, base: float) -> bool:
-    """Whether ``n >= base * 2^(dim/2)``, in logarithms: ``2.0 ** (dim / 2)`` overflows a
-    float from about 2046 dimensions (a conv layer's flattened map)."""
-    return n > 0 and dim / 2 <= math.log2(n / base)
+def enough_points(n: int, dim: int, base: float, per_doubling: float = 2) -> bool:
+    """Whether ``n >= base * 2^(dim / per_doubling)``, in logarithms: ``2.0 ** (dim / 2)``
+    overflows a float from about 2046 dimensions (a conv layer's flattened map)."""
+    return n > 0 and dim / per_doubling <= math.log2(n / base)
 
 
 def choose_backend(backend: str, device: torch.device, dim: int, n: int) -> str:
     """Resolve ``"auto"`` for n points of joint dimension ``dim``: brute force on CUDA, where
     the O(n^2) blocks are cheap.  On CPU, when brute force would run compiled (see
-    :func:`brute_engine`; the points are float64), trees from ``TREE_MIN_N * 2^(dim/2)``
-    points; otherwise trees for ``dim <= TREE_MAX_DIM`` and ``n >= TREE_MIN_N``."""
+    :func:`brute_engine`; the points are float64), trees from
+    ``TREE_CROSSOVER_N * 2^(dim / TREE_DIMS_PER_DOUBLING)`` points (the measured crossover);
+    otherwise trees for ``dim <= TREE_MAX_DIM`` and ``n >= TREE_MIN_N``."""
     if backend not in BACKENDS:
         raise ValueError(f"neighbours={backend!r} is not accepted; use one of {list(BACKENDS)}")
     if backend != "auto":
@@ -91,7 +97,7 @@ def choose_backend(backend: str, device: torch.device, dim: int, n: int) -> str:
     # whether brute force runs compiled at scale: asked at BRUTE_NUMBA_MIN_N at least, so the
     # rule does not flip at that threshold (below it torch's blocks are as fast as trees)
     if brute_engine(max(n, BRUTE_NUMBA_MIN_N), torch.float64, device) == "numba":
-        return "tree" if enough_points(n, dim, TREE_MIN_N) else "brute"
+        return "tree" if enough_points(n, dim, TREE_CROSSOVER_N, TREE_DIMS_PER_DOUBLING) else "brute"
     return "tree" if dim <= TREE_MAX_DIM and n >= TREE_MIN_N else "brute"
 
 
