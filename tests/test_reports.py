@@ -230,16 +230,19 @@ def test_figures_display_in_a_fresh_notebook_kernel(table):
 
 def test_summary_calls_overlapping_intervals_a_tie(table):
     summary = summarize(prepare_table(table))
-    # Seed intervals of +-0.04..0.09 nats overlap margins of 0.03..0.10 nats here: no layer
-    # has a winner, and the headline says so instead of naming the best point value.
+    # Seed intervals of +-0.04..0.09 nats overlap margins of 0.03..0.10 nats here, and two
+    # seeds a variant do not separate them in a Welch test: no layer has a winner, and the
+    # headline says so instead of naming the best point value.
     assert summary["headline"] == (
         "No variant has a clearly highest IB value at any layer (4): every margin is below "
-        "0.001 nats or inside overlapping intervals.")
+        "0.001 nats, inside overlapping intervals or not separated by the seeds (Welch test, "
+        "Holm-corrected, where there are two or more).")
     assert all(set(entry["winners"].values()) == {None} for entry in summary["layers"])
     assert all("no variant stands out" in s for s in summary["sentences"])
     winners = summary["winners"].set_index(["layer", "setting"])
     assert not winners["separated"].any()
-    assert set(winners["status"]) == {"tie (intervals overlap)"}
+    assert set(winners["status"]) <= {"tie (seeds do not separate them: Welch test, Holm-corrected)",
+                                      "tie (margin below tolerance)"}
     # The point-best variant and its value are still reported, recomputed by hand.
     assert winners.loc[("blocks.0.norm", "ksg(k=3)"), "best"] == "layer, λ=0"
     assert winners.loc[("blocks.0.norm", "kde(noise_var=0.1)"), "best"] == "ib-T, λ=2"
@@ -275,6 +278,29 @@ def test_clear_winner_needs_margin_and_separated_intervals():
     # one seed, no interval: a margin above the tolerance is a winner whose size is unjudged
     bare = rank_variants(_panel([("ksg", "a", 1.2, 1.2, 1.2), ("ksg", "b", 1.0, 1.0, 1.0)]))
     assert bare["status"]["ksg"] == "unjudged" and bare["winner"]["ksg"] == "a"
+
+
+def test_several_seeds_are_judged_by_the_welch_rule():
+    # 4 seeds a side; the seed bands overlap, but the seeds differ by far more than their sd
+    rng = np.random.default_rng(0)
+    seeds = pd.DataFrame(
+        [("ksg", v, base + 0.002 * rng.standard_normal()) for v, base in (("a", 1.05), ("b", 1.0))
+         for _ in range(4)]
+        + [("kde", v, base + 0.05 * rng.standard_normal()) for v, base in (("a", 1.02), ("b", 1.0))
+           for _ in range(4)]
+        + [("bin", v, base + 1e-6 * rng.standard_normal()) for v, base in (("a", 1.005), ("b", 1.0))
+           for _ in range(4)],
+        columns=["setting_label", "variant", "ib_value"])
+    panel = aggregate_seeds(seeds.assign(seed=np.tile(np.arange(4), 6), ci_low=np.nan,
+                                         ci_high=np.nan), ["setting_label", "variant"])
+    wide = panel.assign(band_low=panel["ib_value"] - 1, band_high=panel["ib_value"] + 1)
+    assert rank_variants(wide)["status"] == {"ksg": "overlap", "kde": "overlap", "bin": "overlap"}
+    verdict = rank_variants(wide, seeds=seeds)
+    # ksg: 0.05 apart at sd 0.002, clear after Holm; kde: sd 0.05 hides 0.02;
+    # bin: 0.005 apart at sd 1e-6 is "significant" but below the 0.01-nat minimum effect
+    assert verdict["status"] == {"ksg": "clear", "kde": "not significant", "bin": "tie"}
+    assert verdict["winner"] == {"ksg": "a", "kde": None, "bin": None}
+    assert verdict["p"]["ksg"] < 0.05 and set(verdict["p"]) == {"ksg", "kde"}
 
 
 def test_caveats_come_from_the_rows_flags(table):
@@ -407,7 +433,7 @@ def test_html_is_self_contained_and_complete(report, table):
     summary = parser.text["summary"]
     assert summarize(prepare_table(table))["headline"] in summary
     assert "At blocks.0.norm, no variant stands out" in summary
-    assert "tie (intervals overlap)" in summary
+    assert "tie (seeds do not separate them: Welch test, Holm-corrected)" in summary
     rows = [a for tag, a in parser.attrs_seen if tag == "tr"]
     assert text.count('<td class="num" data-v=') > 0
     assert len(rows) >= len(table) + 1

@@ -411,7 +411,8 @@ def plot_estimator_agreement(table, *, units: str = "nats", quantity: str = "ib_
                         marker=MARKERS[i % len(MARKERS)], markersize=5, capsize=2,
                         linewidth=1.2, label=variant)
         verdict = rank_variants(panel, value=quantity,
-                                tolerance=TIE_TOLERANCE_NATS * (1 if units == "nats" else 1 / LN2))
+                                tolerance=TIE_TOLERANCE_NATS * (1 if units == "nats" else 1 / LN2),
+                                seeds=frame[frame["layer"] == layer])  # as the summary judges
         ax.set_title(f"{layer}\n{verdict['verdict']}", fontsize=9)
         ax.set_xticks(np.arange(len(settings)), labels=settings, rotation=25, ha="right",
                       fontsize=7.5)

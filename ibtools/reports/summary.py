@@ -58,7 +58,8 @@ def _layer_sentence(layer: str, verdict: dict, n_settings: int, tolerance: str) 
             by_variant.setdefault(variant, []).append(setting)
     if not by_variant:
         return (f"At {layer}, no variant stands out: under every setting the best margin is "
-                f"below {tolerance} or inside overlapping intervals (a tie).")
+                f"below {tolerance}, inside overlapping intervals or not separated by the "
+                f"seeds (a tie).")
     parts = [f"{v} under {_join(s)}" for v, s in by_variant.items()]
     tail = f"; a tie under {_join(ties)}" if ties else ""
     return (f"At {layer}, the highest IB value goes to {_join(parts)}{tail}: the ranking "
@@ -72,7 +73,9 @@ def _headline(layers: list[dict], n_settings: int, tolerance: str) -> str:
     tied = [e for e in layers if set(e["winners"].values()) == {None}]
     if len(tied) == len(layers):
         return (f"No variant has a clearly highest IB value at any layer ({len(layers)}): "
-                f"every margin is below {tolerance} or inside overlapping intervals.")
+                f"every margin is below {tolerance}, inside overlapping intervals or not "
+                f"separated by the seeds (Welch test, Holm-corrected, where there are two or "
+                f"more).")
     if len(agree) == len(layers) and len({next(iter(e["winners"].values())) for e in agree}) == 1:
         best = next(iter(agree[0]["winners"].values()))
         return (f"{best} has the highest IB value at every layer ({len(layers)}) under "
@@ -126,7 +129,8 @@ def summarize(prepared: pd.DataFrame, step="last") -> dict:
     n_settings = agg["setting_label"].nunique()
     records, layers, sentences = [], [], []
     for (_, layer), panel in agg.groupby(["layer_index", "layer"], sort=True):
-        verdict = rank_variants(panel, tolerance=tolerance)
+        verdict = rank_variants(panel, tolerance=tolerance,
+                                seeds=final[final["layer"] == layer])  # Welch when >= 2 seeds
         if not verdict["order"]:
             continue
         for setting, order in verdict["order"].items():
