@@ -26,7 +26,8 @@ Writes into OUT ``control.csv`` (per lambda, layer and setting: mean and sd over
 swap's change of the IB value, I(T;Y) and I(T_prev;T), how many nets moved up, the Welch /
 Holm verdict of :mod:`ibtools.compare` against the original nets, and the trained IBNorm-T
 net's difference from the study's table where it has one), ``control.md`` and
-``environment.json``; ``--data-dir`` also copies ``bijection_control.csv`` there.
+``environment.json``; ``--data-dir`` also writes ``bijection_control.csv`` and
+``bijection_control_environment.json`` there.
 The default (10 nets, 4 lambdas, 11 settings) takes a few minutes of CPU time; ``--quick``
 (2 nets, 3 epochs, lambda 1 and 4, 4 settings) well under a minute.
 """
@@ -194,8 +195,10 @@ def main() -> None:
              markdown_table(control.drop(columns=["p", "cohens_d"])), "",
              "## Environment", "", *[f"- {line}" for line in environment_lines(env)]]
     write_atomic(out / "control.md", "\n".join(lines) + "\n")
-    if args.data_dir:
+    if args.data_dir:  # the shipped data carry the machine that measured them
         write_csv(control, Path(args.data_dir) / "bijection_control.csv")
+        write_atomic(Path(args.data_dir) / "bijection_control_environment.json",
+                     json.dumps(env, indent=2) + "\n")
     counts = control["verdict"].value_counts().to_dict()
     print(f"[control] {len(control)} cells, verdicts {counts}; "
           f"{time.perf_counter() - start:.1f} s; {out / 'control.md'}")
