@@ -22,6 +22,10 @@ from ibtools.results import write_atomic
 
 #: Columns of summary.csv that name one group of seeds.
 GROUP_KEYS = ["model", "norm", "lam", "variant", "layer", "layer_index", "setting"]
+#: Layers no normalization touches (the language models' token embeddings): for an
+#: injective embedding I(T;Y) = I(byte; next byte) in every variant, so any verdict there is
+#: the estimator's and the rule's false positive -- a free negative control.
+EMBEDDING_LAYERS = ("wte", "embed")
 #: Quantities summarized over seeds (mean, sd, min, max).
 QUANTITIES = ["ib_value", "i_ty", "i_prev_t", "i_xt"]
 
@@ -337,6 +341,10 @@ def write_outputs(table: pd.DataFrame, out: Path, *, title: str, metric: str, ba
     write_csv(summary, out / "summary.csv")
     write_csv(comparison, out / "comparison.csv")
     write_csv(robust, out / "robustness.csv")
+    control = (comparison[comparison["layer"].isin(EMBEDDING_LAYERS)] if not comparison.empty
+               else comparison)
+    if not control.empty:
+        write_csv(control, out / "embedding_control.csv")
     write_atomic(out / "environment.json", json.dumps(env, indent=2) + "\n")
     figures = save_figures(table, out, plane_setting, plane_variants, log=log)
 
@@ -352,6 +360,12 @@ def write_outputs(table: pd.DataFrame, out: Path, *, title: str, metric: str, ba
              f"{compare.MIN_EFFECT_NATS:g} nats are 'below effect size' whatever the test says.",
              "",
              markdown_table(counts), "",
+             *([] if control.empty else [
+                 "## Embedding-layer control", "",
+                 "No norm touches the embedding; for an injective embedding every variant has "
+                 "the same true I(T;Y), so a verdict here is an artefact of the estimator and "
+                 "the rule (embedding_control.csv).", "",
+                 markdown_table(compare.summarize(control, by=["model", "setting"])), ""]),
              "## Does the verdict hold under every estimator setting?", "",
              markdown_table(robust) if not robust.empty else "(no IBNorm/baseline pairs)", "",
              "## Seed summary", "", markdown_table(show), "",

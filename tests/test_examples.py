@@ -87,6 +87,10 @@ def test_tiny_lm_quick(tmp_path):
     _run("ibnorm_tiny_lm.py", out)
     results, summary = _check_common(out, n_variants=2, n_layers=4, n_settings=2, n_seeds=2)
     assert set(results["layer"]) == {"wte", "blocks.0", "blocks.1", "ln_f"}
+    # the embedding-layer negative control: the comparison's wte rows, also in study.md
+    control = pd.read_csv(out / "embedding_control.csv")
+    assert set(control["layer"]) == {"wte"} and len(control) == 2
+    assert "## Embedding-layer control" in (out / "study.md").read_text(encoding="utf-8")
     # Y is the next byte: a plug-in I(T;Y) cannot exceed ln of the 300 sampled tokens
     binned = results[results["estimator"] == "binning"]
     assert binned["i_ty"].max() <= math.log(300) + 1e-6
