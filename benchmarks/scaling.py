@@ -249,7 +249,8 @@ def section(ctx):
         if kde_n_slope is not None else "KDE growth in n: too few timed points",
         "Brute-force KSG is not a matmul (see the module docstring): 3 vector operations per "
         "pair-coordinate (subtract, absolute value, maximum) are counted against 1 FMA.  On "
-        "CPU, 'auto' uses it below 1000 * 2^(d/2) points when compiled (trees above).",
+        "CPU, 'auto' uses it below 1600 * 2^(d/3) points when compiled (trees above; the "
+        "measured crossover, benchmarks/new_paths.py --only crossover).",
         "Memory: the pairwise estimators hold one block of rows against all n (256 MiB "
         "budget), so the added peak stays near that budget plus O(n d) for the inputs' copies "
         "while n^2 float64 would be 8 n^2 bytes (12.8 GB at n = 40 000)."]
