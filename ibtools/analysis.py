@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -27,8 +26,12 @@ from ibtools import inputs as inputs_io
 from ibtools import noise_channel, noisy
 from ibtools import results as results_io
 from ibtools import run_directory
-from ibtools.estimators.resolution import auto_resolution
-from ibtools.estimators.spec import EstimatorSpec, parse_estimator_specs
+from ibtools.estimators.spec import parse_estimator_specs
+from ibtools.layer_rows import (  # noqa: F401 - public names of the pipeline
+    ESTIMATOR_FAILURES,
+    EstimatorFailedWarning,
+)
+from ibtools.layer_rows import layer_rows as _layer_rows
 from ibtools.probes.reduce import describe as describe_reduce
 
 DEFAULT_ESTIMATORS = ("binning:n_bins=30", "kde:noise_var=0.1", "ksg:k=3,transform='copula'")
@@ -77,48 +80,6 @@ def _progress(iterable, desc, enabled, total=None, leave=False):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True)
-
-
-class EstimatorFailedWarning(UserWarning):
-    """An estimator could not compute a quantity of one layer; its row holds NaN and a flag."""
-
-
-#: What an estimator raises on data it cannot handle (bad shapes or values, a singular or
-#: overflowing computation, memory it cannot get): the step becomes a NaN row with a flag.
-#: Programming errors (AttributeError, NameError, KeyError, IndexError, ...) still propagate.
-ESTIMATOR_FAILURES = (ValueError, TypeError, RuntimeError, ArithmeticError, MemoryError)
-
-
-def _estimate(est, a, b, where=None, quantity=None, **kw):
-    """One estimate, or NaN with the reason when the estimator cannot handle the pair; with
-    ``where`` (checkpoint, layer, setting) the failure is also a warning naming them."""
-    try:
-        return est.mutual_information(a, b, **kw), None
-    except ESTIMATOR_FAILURES as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        if where is not None:
-            import warnings
-
-            warnings.warn(f"{where}: {quantity or 'a quantity'} not computed ({reason}); its "
-                          f"row holds NaN and a flag, the run goes on", EstimatorFailedWarning,
-                          stacklevel=2)
-        return None, reason
-
-
-def _value(result):
-    return float("nan") if result is None else result.value
-
-
-def _ci(result):
-    if result is None or result.ci is None:
-        return (float("nan"), float("nan"))
-    return result.ci
-
-
-def _flags(label, result, error):
-    if error is not None:
-        return [f"{label} not computed ({error})"]
-    return [f"{label}: {f}" for f in result.flags] if result is not None else []
 
 
 def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None, betas=(0.1,),
@@ -441,49 +402,6 @@ def _capture(capture_activations, model, dataset, data, **kwargs):
                          f"({type(model).__name__}) cannot take: {exc}. Use data that matches "
                          f"the architecture (digits for vision models, text:PATH for language "
                          f"models)") from exc
-
-
-def _layer_rows(spec: EstimatorSpec, x, y, t, t_prev, index, betas, seed, device, ci,
-                reference, where=None, paths=None):
-    # a layer's output is a deterministic function of the input and of the previous layer:
-    # KDE's I(X;T) = H(T+Z) - H(Z) needs that said (other estimators do not take the setting)
-    est = spec.build(seed=seed, device=device, ci=ci, deterministic=True)
-    # an analysis-time channel (noise_std): the layers as it presents them, and the chain
-    t, t_prev, chain = noise_channel.channel_view(spec, est, t, t_prev, index, seed)
-    start = time.perf_counter()
-    if paths is not None:  # a noisy network's layer, from noise paths (ibtools.noisy)
-        (r_ty, e_ty), (r_xt, e_xt), (r_prev, e_prev) = paths
-    else:  # KDE computes T's whole-sample entropy bounds once for the three quantities
-        with getattr(est, "reuse_bounds", contextlib.nullcontext)():
-            r_ty, e_ty = _estimate(est, t, y, where, "I(T;Y)", discrete_y=True)
-            r_xt, e_xt = _estimate(est, x, t, where, "I(X;T)")
-            if index == 0:
-                r_prev, e_prev = r_xt, e_xt
-            else:
-                r_prev, e_prev = _estimate(chain, t_prev, t, where, "I(T_prev;T)")
-    seconds = time.perf_counter() - start
-    flags = _flags("I(T;Y)", r_ty, e_ty) + _flags("I(X;T)", r_xt, e_xt)
-    if index > 0:
-        flags += _flags("I(T_prev;T)", r_prev, e_prev)
-    i_ty, i_xt, i_prev = _value(r_ty), _value(r_xt), _value(r_prev)
-    (ty_lo, ty_hi), (xt_lo, xt_hi), (pv_lo, pv_hi) = _ci(r_ty), _ci(r_xt), _ci(r_prev)
-    # the compression term the IB value charges for, and its interval
-    comp, c_lo, c_hi = (i_xt, xt_lo, xt_hi) if reference == "input" else (i_prev, pv_lo, pv_hi)
-    rows = []
-    for beta in betas:
-        rows.append({
-            "estimator": spec.method, "setting": spec.label, "params": spec.params_json,
-            "i_xt": i_xt, "i_ty": i_ty, "i_prev_t": i_prev, "beta": beta,
-            "ib_value": i_ty - beta * comp,
-            # conservative: the worst combination of the two component intervals
-            "ci_low": ty_lo - beta * c_hi, "ci_high": ty_hi - beta * c_lo,
-            "ci_low_xt": xt_lo, "ci_high_xt": xt_hi, "ci_low_ty": ty_lo, "ci_high_ty": ty_hi,
-            "ci_low_prev_t": pv_lo, "ci_high_prev_t": pv_hi,
-            "n_samples": int(t.shape[0]), "dim": int(t[0].numel()), "seconds": seconds,
-            "resolution": auto_resolution(r_ty, r_xt, r_prev),
-            results_io.FLAG_COLUMN: json.dumps(flags),
-        })
-    return rows
 
 
 def _config(settings, ckpts, betas, device, old=None):

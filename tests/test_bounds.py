@@ -61,3 +61,11 @@ def test_label_entropy_is_the_miller_madow_estimate():
     codes = torch.tensor([0, 0, 1, 2, 2, 2])
     p = np.array([2, 1, 3]) / 6
     assert label_entropy(codes) == pytest.approx(-(p * np.log(p)).sum() + 2 / 12, abs=1e-12)
+
+
+def test_processing_inequality_violation_is_flagged_in_the_rows():
+    # Y -> X -> T: an estimator reading I(T;Y) above I(X;T) has failed on this layer
+    from ibtools.layer_rows import _processing_flags
+
+    assert _processing_flags(1.2, 1.0)[0].startswith("I(T;Y) = 1.2 exceeds I(X;T) = 1 nats")
+    assert _processing_flags(1.0, 1.0) == [] and _processing_flags(float("nan"), 1.0) == []
