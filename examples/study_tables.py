@@ -135,6 +135,25 @@ def t_lm_verdicts(d: Path) -> str:
     return _counts(pd.read_csv(d / "lm_verdict_counts_seed_ranges.csv"))
 
 
+def t_verdicts_welch(d: Path) -> str:
+    """Verdict counts under ibtools.compare's rule (Welch, Holm over every cell, minimum
+    effect), written by ``--from-run``."""
+    return _counts(pd.read_csv(d / "mlp_verdict_counts.csv"))
+
+
+def t_lm_verdicts_welch(d: Path) -> str:
+    return _counts(pd.read_csv(d / "lm_verdict_counts.csv"))
+
+
+def t_bijection_layers(d: Path) -> str:
+    """The bijection control at every layer: mean change (nets up / nets, verdict)."""
+    df = pd.read_csv(d / "bijection_control.csv")
+    return grid(df, ["layer", "setting"], "lam",
+                lambda r: f"{r['d_ib_value_mean']:+.3f} ({r['n_up']}/{r['n_nets']}, {r['verdict']})",
+                lambda layer, setting: f"{layer}, {setting_label(setting)}", "layer, setting",
+                lambda lam: f"swap λ={lam:g}")
+
+
 def t_bijection(d: Path, layer: str = "layers.3") -> str:
     """The swap's mean change of the IB value (nets up / nets) per setting and lambda, with
     the trained IBNorm-T net's difference beside it where the study measured one."""
@@ -165,6 +184,12 @@ TABLES = {
     "lm_ib": (t_lm_ib, "lm_ib.csv", "LM IB values"),
     "lm_verdicts": (t_lm_verdicts, "lm_verdict_counts_seed_ranges.csv", "LM verdict counts"),
     "bijection": (t_bijection, "bijection_control.csv", "Bijection control (layers.3)"),
+    "bijection_layers": (t_bijection_layers, "bijection_control.csv",
+                         "Bijection control, every layer"),
+    "verdicts_welch": (t_verdicts_welch, "mlp_verdict_counts.csv",
+                       "Verdict counts, Welch + Holm + minimum effect (MLPs)"),
+    "lm_verdicts_welch": (t_lm_verdicts_welch, "lm_verdict_counts.csv",
+                          "Verdict counts, Welch + Holm + minimum effect (LMs)"),
 }
 
 
@@ -174,6 +199,9 @@ def from_run(run: Path, data_dir: Path) -> list[Path]:
     from _study_common import verdict_counts, write_csv
 
     summary = pd.read_csv(run / "summary.csv")
+    # baselines first, then IBNorm by flavour and lambda, as the doc's tables list them
+    summary = summary.assign(_ib=summary["norm"].astype(str).str.startswith("ib-")).sort_values(
+        ["_ib", "model", "norm", "lam"], kind="mergesort").drop(columns="_ib")
     written = []
     lm = "val_loss_mean" in summary.columns
     last = summary[summary["layer_index"] == summary["layer_index"].max()]

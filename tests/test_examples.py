@@ -184,3 +184,29 @@ def test_bijection_control_quick(tmp_path):
     assert (rows["distinct"] == 450).all() and (rows["distinct_pairs"] == 450).all()
     assert control["d_ib_value_mean"].abs().max() > 0  # the estimators do see the swap
     assert "[control]" in stdout and (out / "control.md").exists()
+
+
+def test_study_tables_from_run_converts_a_study_folder(tmp_path, capsys):
+    sys.path.insert(0, str(EXAMPLES))
+    import study_tables
+
+    run, data = tmp_path / "run", tmp_path / "data"
+    run.mkdir()
+    rows = []
+    for norm, lam, acc in (("ib-T", 4.0, 0.9), ("layer", 0.0, 0.97)):
+        for index, layer in enumerate(("layers.0", "layers.3")):
+            rows.append({"model": "mlp", "norm": norm, "lam": lam, "layer": layer,
+                         "layer_index": index, "setting": "binning(bin_width=0.5)", "n_seeds": 3,
+                         "ib_value_mean": 1.9 + index / 10 + lam / 100, "ib_value_sd": 0.01,
+                         "i_ty_mean": 2.2, "i_prev_t_mean": 3.1, "test_accuracy_mean": acc,
+                         "test_accuracy_sd": 0.002})
+    pd.DataFrame(rows).to_csv(run / "summary.csv", index=False)
+    pd.DataFrame({"model": ["mlp"] * 2, "setting": ["binning(bin_width=0.5)"] * 2,
+                  "verdict": ["higher", "below effect size"]}).to_csv(run / "comparison.csv",
+                                                                      index=False)
+    assert study_tables.main(["--from-run", str(run), "--data-dir", str(data)]) == 0
+    printed = capsys.readouterr().out
+    # the last layer only, baseline first; counts under the Welch rule
+    assert ("| LayerNorm | 2.000 ± 0.010 |\n| IBNorm-T, λ=4 | 2.040 ± 0.010 |") in printed
+    assert "| norm | baseline | lambda 4 |\n|---|---|---|\n| LayerNorm | 0.970 ± 0.002 |  |" in printed
+    assert "| binning 0.5 | 1 | 0 | 0 | 1 | 0 | 2 |" in printed
