@@ -145,6 +145,11 @@ def t_lm_verdicts_welch(d: Path) -> str:
     return _counts(pd.read_csv(d / "lm_verdict_counts.csv"))
 
 
+def t_embedding_control(d: Path) -> str:
+    """Verdicts at the LMs' embedding, which no norm touches: the rule's false positives."""
+    return _counts(pd.read_csv(d / "lm_embedding_control.csv"))
+
+
 def t_bijection_layers(d: Path) -> str:
     """The bijection control at every layer: mean change (nets up / nets, verdict)."""
     df = pd.read_csv(d / "bijection_control.csv")
@@ -186,6 +191,8 @@ TABLES = {
     "bijection": (t_bijection, "bijection_control.csv", "Bijection control (layers.3)"),
     "bijection_layers": (t_bijection_layers, "bijection_control.csv",
                          "Bijection control, every layer"),
+    "lm_embedding_control": (t_embedding_control, "lm_embedding_control.csv",
+                             "LM embedding-layer control (verdict counts)"),
     "verdicts_welch": (t_verdicts_welch, "mlp_verdict_counts.csv",
                        "Verdict counts, Welch + Holm + minimum effect (MLPs)"),
     "lm_verdicts_welch": (t_lm_verdicts_welch, "lm_verdict_counts.csv",
@@ -221,6 +228,10 @@ def from_run(run: Path, data_dir: Path) -> list[Path]:
                                  data_dir / "mlp_ib_layers3.csv"))
         written.append(write_csv(last[["model", "norm", "lam", "layer", "setting", "n_seeds",
                                        "i_ty_mean", "i_prev_t_mean"]], data_dir / "mlp_why_layers3.csv"))
+    control = run / "embedding_control.csv"
+    if control.exists():
+        counts = verdict_counts(pd.read_csv(control))
+        written.append(write_csv(counts, data_dir / "lm_embedding_control.csv"))
     comparison = run / "comparison.csv"
     if comparison.exists():
         counts = verdict_counts(pd.read_csv(comparison))
