@@ -16,7 +16,7 @@ def test_value_above_the_label_entropy_is_flagged_not_hidden():
     y = rng.integers(0, 50, 600)
     t = rng.normal(size=(600, 60)) + 0.01 * y[:, None]
     r = ibtools.mutual_information(t, y, method="gaussian", n_permutations=0)
-    ceiling = r.details["ceiling"]
+    ceiling = r.details["mi_ceiling"]
     assert ceiling["bound"] == "H(y)"
     counts = np.bincount(y)
     p = counts / counts.sum()
@@ -31,9 +31,9 @@ def test_discrete_x_is_named_x_in_the_ceiling():
     labels = rng.integers(0, 4, 1000)
     t = labels[:, None] + 0.1 * rng.normal(size=(1000, 1))
     r = ibtools.mutual_information(labels, t, method="ksg", k=3)
-    assert r.details["ceiling"]["bound"] == "H(x)"
+    assert r.details["mi_ceiling"]["bound"] == "H(x)"
     # separated classes: KSG reads the ceiling itself, within its error, and is not flagged
-    assert r.value == pytest.approx(r.details["ceiling"]["value"], abs=0.01)
+    assert r.value == pytest.approx(r.details["mi_ceiling"]["value"], abs=0.01)
     assert not any("exceeds" in f for f in r.flags)
 
 
@@ -50,7 +50,7 @@ def test_sample_bounded_estimators_keep_their_interval_below_ln_n(method, settin
         settings.pop("deterministic", None)
         r = ibtools.mutual_information(x, 2 * x, method=method, ci="auto", n_resamples=30,
                                        **settings)
-    assert r.details["ceiling"] == {"value": math.log(200), "bound": "ln n (n=200)"}
+    assert r.details["mi_ceiling"] == {"value": math.log(200), "bound": "ln n (n=200)"}
     assert r.ci[1] <= math.log(200) + 1e-12
     assert r.ci[0] <= r.value <= r.ci[1]
 

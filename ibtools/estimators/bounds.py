@@ -12,7 +12,7 @@ Whatever an estimator's model of the data, two ceilings hold exactly:
 A violation is a flag, and the value is *not* clipped: a number above its ceiling says the
 estimator failed on this data, and clipping would hide that behind a plausible value.  An
 interval's upper end is clipped to the ceiling (or to the value, when the value itself is
-above it), since no value above the ceiling is possible.  ``details["ceiling"]`` records the
+above it), since no value above the ceiling is possible.  ``details["mi_ceiling"]`` records the
 tightest ceiling and what it is.
 """
 
@@ -47,12 +47,12 @@ def ceilings(n: int, discrete: dict, sample_bounded: bool) -> list[tuple[float, 
 
 def check_ceilings(result, n: int, discrete: dict, sample_bounded: bool) -> None:
     """Flag ``result`` (an EstimateResult of I(X;Y)) when it exceeds a ceiling, and clip its
-    interval's upper end; record the tightest ceiling in ``details["ceiling"]``."""
+    interval's upper end; record the tightest ceiling in ``details["mi_ceiling"]``."""
     found = ceilings(n, discrete, sample_bounded)
     if not found:
         return
     limit, what = min(found)
-    result.details["ceiling"] = {"value": limit, "bound": what}
+    result.details["mi_ceiling"] = {"value": limit, "bound": what}
     if result.value > limit + TOLERANCE:
         result.flags.append(
             f"the estimate {result.value:.4g} nats exceeds {what} = {limit:.4g} nats, the most "
