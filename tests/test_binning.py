@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ibtools
-from ibtools.estimators import binning as binning_module
+from ibtools.estimators import binning_grid as grid_module
 from ibtools.estimators.binning import Binning, BinningAccumulator, quantile_edges
 
 LN2 = math.log(2.0)
@@ -143,13 +143,13 @@ def test_quantile_strategy_gives_equal_counts():
 def test_hash_collisions_are_resolved_exactly(monkeypatch):
     x = torch.randint(0, 5, (3000, 20)).double()
     ref = ibtools.entropy(x, method="binning", n_bins=5)
-    original = binning_module.row_keys
-    monkeypatch.setattr(binning_module, "row_keys", lambda w: original(w) % 7)
+    original = grid_module.row_keys
+    monkeypatch.setattr(grid_module, "row_keys", lambda w: original(w) % 7)
     r = ibtools.entropy(x, method="binning", n_bins=5)
     assert r.details["bins_x"]["hash_collisions"] > 0
     assert r.value == ref.value and r.details["symbols"] == ref.details["symbols"]
     # streaming: colliding keys across batches are told apart by comparing rows
-    monkeypatch.setattr(binning_module, "row_keys", lambda w: original(w) % 4093)
+    monkeypatch.setattr(grid_module, "row_keys", lambda w: original(w) % 4093)
     acc = BinningAccumulator(edges=torch.arange(1, 5.0) - 0.5)  # one edge row for all units
     for start in range(0, 3000, 700):
         acc.update(x[start:start + 700])
