@@ -90,7 +90,7 @@ def crossover(args, device):
         pick = choose_backend("auto", x.device, 2 * d, n)
         diff = abs(t["brute"][0] - t["tree"][0])
         rows.append(_row("crossover", f"KSG {d}+{d} d, n={n}", "tree", "brute", t,
-                         f"auto picks {pick}; |diff| {diff:.1e}"))
+                         f"auto picks {pick}; abs. diff {diff:.1e}"))
     return rows
 
 
@@ -136,7 +136,7 @@ def per_class(args, device):
     return [_row("per-class KDE", case + f" ({len(small)} packed)", "one pass", "per class",
                  kde_t),
             _row("per-class Gaussian", case, "one pass", "per class", cov_t,
-                 f"max |cov diff| {gap:.1e}")]
+                 f"max abs. cov diff {gap:.1e}")]
 
 
 def auto(args, device):

@@ -122,7 +122,7 @@ def _case(label, makers, data, rounds, same_algorithm):
                      "-" if name == "ibtools" else f"{wall / ib_wall:.2f}x", diff, verdict])
     print(markdown_table(["case", "implementation", "estimate (nats)", "min wall s",
                           "min CPU s", "peer/ibtools CPU", "peer/ibtools wall",
-                          "|diff| vs ibtools", "same algorithm"], rows), flush=True)
+                          "abs. diff vs ibtools", "same algorithm"], rows), flush=True)
     print(f"- {load_note()}\n", flush=True)
     return rows
 
