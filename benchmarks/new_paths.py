@@ -84,8 +84,8 @@ def crossover(args, device):
     rows = []
     for n, d in grid:
         x, y = _gaussian_pair(n, d, 0, device)
-        fns = {b: (lambda b=b: KSG(k=3, neighbours=b, n_permutations=0).mutual_information(
-            x, y).value) for b in ("brute", "tree")}
+        fns = {b: (lambda b=b, x=x, y=y: KSG(k=3, neighbours=b, n_permutations=0)
+                   .mutual_information(x, y).value) for b in ("brute", "tree")}
         t = _timed(fns, args.rounds)
         pick = choose_backend("auto", x.device, 2 * d, n)
         diff = abs(t["brute"][0] - t["tree"][0])
@@ -176,8 +176,9 @@ def mixture(args, device):
         kde = KDE(noise_var=s2, deterministic=True, n_permutations=0)
         mix = MixtureEntropy(noise_var=s2, deterministic=True, mc_tolerance=0.01,
                              n_permutations=0)
-        tm = _timed({"mixture": lambda: mix.mutual_information(x, t),
-                     "kde bounds": lambda: kde.mutual_information(x, t)}, args.rounds)
+        tm = _timed({"mixture": lambda mix=mix, x=x, t=t: mix.mutual_information(x, t),
+                     "kde bounds": lambda kde=kde, x=x, t=t: kde.mutual_information(x, t)},
+                    args.rounds)
         k, m = tm["kde bounds"][0], tm["mixture"][0]
         rows.append(_row("mixture", f"n={n}, d={d}, s2={s2:g}", "mixture", "kde bounds", tm,
                          f"{m.value:.3f} +- {m.details['mc_se']:.3f} in "
