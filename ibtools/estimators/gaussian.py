@@ -238,13 +238,19 @@ class Gaussian(Estimator):
         """Whether independence could give this value (Wilks): ``2n I`` is about chi-square
         with ``d_x d_y`` degrees of freedom for two continuous variables and
         ``(K - 1)(d + d(d + 1)/2)`` for K classes (means and covariances); above its mean
-        plus four sds the 30 refits of the automatic null are skipped."""
+        plus four sds the 30 refits of the automatic null are skipped.  They are skipped too
+        when a class has no more rows than dimensions: its covariance is singular, the value
+        is already flagged as set by the ridge, and each refit would cost one factorisation
+        per class (token ids give hundreds of classes; the refits then took nearly all of an
+        analysis's time)."""
         counts = result.details.get("class_counts")
         dx, dy = result.dims
         if counts is None:
             df = dx * dy
         else:
             d = dy if result.details.get("swapped_arguments") else dx
+            if any(0 < k <= d for k in counts):
+                return False
             df = (len(counts) - 1) * (d + d * (d + 1) / 2)
         return result.value <= wilks_reach(df, result.n)
 
