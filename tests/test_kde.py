@@ -385,3 +385,20 @@ def test_numba_engine_gives_way_to_torch_on_non_finite_rows(monkeypatch):
     t[5, 0] = float("nan")
     kl, bd, info = pairwise_log_means(t, 1.0, 1 << 20)
     assert info["engine"] == "torch" and bool(torch.isnan(kl).all())
+
+
+def test_labels_independent_of_t_are_flagged_by_the_automatic_check():
+    # fewer kernels per class than in the whole mixture: KDE reads 0.066 nats here for
+    # independent labels, which used to come back without a word
+    rng = np.random.default_rng(0)
+    t, y = rng.normal(size=(500, 1)), rng.integers(0, 10, 500)
+    r = ibtools.mutual_information(t, y, method="kde", noise_var=0.1)
+    assert r.value > 0.05
+    assert r.details["null"]["automatic"] and r.details["null"]["p_value"] > 0.05
+    assert any(f.startswith("not distinguishable from independence") for f in r.flags)
+    # real dependence of the same size is not flagged, and a strong one needs no shuffles
+    t = rng.normal(size=(2000, 2))
+    r = ibtools.mutual_information(t, (t[:, 0] > 1.5).astype(int), method="kde", noise_var=0.1)
+    assert not any("independence" in f for f in r.flags)
+    r = ibtools.mutual_information(t, (t[:, 0] > 0).astype(int), method="kde", noise_var=0.1)
+    assert "null" not in r.details
