@@ -89,7 +89,6 @@ def reference_ksg(x, y, k: int = 3, seed: int = 0) -> float:
 def run_cell(method: str, n: int, d: int, device: str, seed: int) -> dict:
     import resource
 
-    import numpy as np
     import torch
 
     x, y, truth = gaussian_data(n, d, seed)

@@ -134,7 +134,7 @@ def verdict(comp: pd.DataFrame) -> str:
                      f"than {COMPRESSION_NATS} nats after their peak; in {k} of them the "
                      f"within-class share of variance fell meanwhile (clustering); {sat} end "
                      f"saturated at ln n, where compression could not show")
-    (n_t, c_t, k_t, _), (n_r, c_r, _, sat_r) = share("tanh"), share("relu")
+    (_, c_t, k_t, _), (n_r, c_r, _, sat_r) = share("tanh"), share("relu")
     tanh = ("tanh: reproduced - its compressing layers all clustered while they compressed"
             if c_t and k_t == c_t else "tanh: not reproduced - "
             + ("no layer compressed" if not c_t else "compression without clustering"))
