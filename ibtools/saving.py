@@ -20,7 +20,6 @@ user names it too (``arch=`` / ``--arch``) or trusts the file (``trust_code``).
 from __future__ import annotations
 
 import io
-import math
 import os
 import zipfile
 from collections.abc import Mapping
@@ -29,31 +28,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ibtools.models.checkpoint_format import _check_plain as check_plain
 from ibtools.results import write_atomic
 
 SAVED_FORMAT = "ibtools-model"
 SAVED_VERSION = 1
-_PLAIN = (str, int, float, bool, type(None))
-
-
-def _plain(value, where: str):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, _PLAIN):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{where}: keys must be strings; got {key!r}")
-            out[key] = _plain(item, f"{where}[{key!r}]")
-        return out
-    raise TypeError(f"{where} must hold only str/int/float/bool/None, lists and dicts (it is "
-                    f"stored as data, not code); got {type(value).__name__}")
-
-
 def norm_swap(model: nn.Module) -> dict | None:
     """The :func:`~ibtools.norms.swap_norms` call that turns a freshly built ``model``'s norms
     into the ones it has: ``{"to": "ib-S", "order": ...}``, or ``None`` when it has no
@@ -123,11 +102,11 @@ def save_model(model: nn.Module, path, *, arch: str, arch_kwargs: Mapping | None
                          f"'package.module:factory'")
     swap = norm_swap(model)
     info = describe_norms(model)
-    meta = _plain(dict(meta or {}), "meta")
+    meta = check_plain(dict(meta or {}), "meta")
     meta.setdefault("norm", info["norm"])
     meta.setdefault("lam", info["lam"])
     obj = {"format": SAVED_FORMAT, "version": SAVED_VERSION, "arch": arch,
-           "arch_kwargs": _plain(dict(arch_kwargs or {}), "arch_kwargs"), "norm_swap": swap,
+           "arch_kwargs": check_plain(dict(arch_kwargs or {}), "arch_kwargs"), "norm_swap": swap,
            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
            "meta": meta}
     buffer = io.BytesIO()
