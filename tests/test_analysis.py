@@ -17,22 +17,6 @@ from ibtools.results import COLUMNS
 SPECS = ["binning:n_bins=10", "kde:noise_var=0.1"]
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Two tiny MLPs (LayerNorm and IBNorm-T lam 2), a checkpoint before and after 8 steps."""
-    from ibtools.models import train
-
-    root = tmp_path_factory.mktemp("runs")
-    paths = []
-    for norm, lam in (("layer", 0.0), ("ib-T", 2.0)):
-        out = root / f"{norm}_{lam:g}"
-        train("mlp", model_config={"norm": norm, "lam": lam, "widths": [16, 8]}, data="digits",
-              max_steps=8, checkpoint_every=8, out_dir=out, seed=0)
-        paths += sorted(str(p) for p in out.glob("*.pt"))
-    assert len(paths) == 4
-    return paths
-
-
 def _analyze(ckpts, **kw):
     kw.setdefault("estimators", SPECS)
     kw.setdefault("max_samples", 200)
