@@ -327,7 +327,7 @@ def test_numba_engine_row_sums_hold_every_pair(monkeypatch):
 
 
 def test_kde_engine_choice(monkeypatch):
-    from ibtools.estimators import kde as kde_mod
+    from ibtools.estimators import kde_kernel as kde_mod
 
     cpu = torch.device("cpu")
     monkeypatch.delenv("IBTOOLS_KDE_ENGINE", raising=False)
@@ -346,7 +346,7 @@ def test_kde_engine_choice(monkeypatch):
 
 def test_numba_kernel_that_cannot_load_falls_back(monkeypatch):
     from ibtools.estimators import _jit
-    from ibtools.estimators import kde as kde_mod
+    from ibtools.estimators import kde_kernel as kde_mod
 
     def broken(name):
         raise RuntimeError(f"cannot cache function 'block_sums': no locator available ({name})")
