@@ -116,13 +116,7 @@ def open_checkpoint(ckpt, load_model, **load_kwargs):
     if isinstance(ckpt, NamedCheckpoint) and ckpt.in_memory:
         return ckpt.source, {"arch": ckpt.name, "meta": {}}
     path = ckpt.source if isinstance(ckpt, NamedCheckpoint) else ckpt
-    from ibtools import saving
-
-    if saving.read_saved_model(path) is not None:  # save_model's file: rebuild swapped norms
-        kwargs = {k: v for k, v in load_kwargs.items() if k != "trust_pickle"}
-        model, info = saving.load_saved_model(path, **kwargs)
-    else:
-        model, info = load_model(path, **load_kwargs)
+    model, info = load_model(path, **load_kwargs)  # any registered reader, save_model's too
     if isinstance(ckpt, NamedCheckpoint):
         info = dict(info, arch=ckpt.name)
     return model, info

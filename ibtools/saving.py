@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ibtools.models.checkpoint_format import MAX_PARAMETERS
 from ibtools.models.checkpoint_format import _check_plain as check_plain
 from ibtools.results import write_atomic
 
@@ -131,7 +132,8 @@ def read_saved_model(path) -> dict | None:
 
 
 def load_saved_model(path, *, arch=None, trust_code: bool = False, strict: bool = True,
-                     map_location="cpu", **arch_kwargs):
+                     map_location="cpu", max_parameters: int | None = MAX_PARAMETERS,
+                     **arch_kwargs):
     """Rebuild a model :func:`save_model` wrote: ``(model, info)`` as
     :func:`ibtools.probes.load_model` returns them.
 
@@ -145,6 +147,9 @@ def load_saved_model(path, *, arch=None, trust_code: bool = False, strict: bool 
         Let the stored architecture name any importable factory.
     strict : bool
         Refuse keys that do not match; ``False`` loads what matches and warns.
+    max_parameters : int or None
+        Refuse stored arguments that would build more parameters than this (``None``: no
+        limit), as :func:`ibtools.probes.load_model`.
     **arch_kwargs
         Override stored factory arguments.
     """
@@ -163,7 +168,7 @@ def load_saved_model(path, *, arch=None, trust_code: bool = False, strict: bool 
         arch = stored_arch(obj.get("arch"), where=where, trust_code=trust_code)
     kwargs = {**(obj.get("arch_kwargs") or {}), **arch_kwargs}
     model, info = load_model(None, arch=arch, trust_code=trust_code, map_location="cpu",
-                             **kwargs)
+                             max_parameters=max_parameters, **kwargs)
     swap = obj.get("norm_swap")
     if swap:
         swap_norms(model, to=swap["to"], order=swap.get("order", "compress_first"))

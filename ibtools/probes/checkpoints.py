@@ -25,7 +25,6 @@ such.
 
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
 import pickletools
@@ -36,13 +35,19 @@ import zipfile
 import torch
 from torch import nn
 
-from ibtools.models.checkpoint_format import (
-    MAX_PARAMETERS, is_ibtools_checkpoint, read_checkpoint_fields,
-)
-from ibtools.probes.architectures import UntrustedCodeError, build_architecture, choose_architecture
+from ibtools.models.checkpoint_format import MAX_PARAMETERS
+from ibtools.probes.architectures import UntrustedCodeError
 
 __all__ = ["UnsafePickleError", "UntrustedCodeError", "load_model", "read_checkpoint",
-           "pickle_globals", "unwrap_state_dict", "load_hf_directory"]
+           "pickle_globals", "unwrap_state_dict"]
+
+
+def __getattr__(name):  # moved to readers.py with the other format readers
+    if name == "load_hf_directory":
+        from ibtools.probes.readers import load_hf_directory
+
+        return load_hf_directory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "ema", "model_ema",
                 "state_dict_ema", "net", "network", "params")
@@ -291,50 +296,6 @@ def load_state_dict_reported(model: nn.Module, state_dict: dict, strict: bool) -
     return report
 
 
-def _hf_directory(path) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
-
-
-def load_hf_directory(path, *, map_location="cpu", trust_code: bool = False, **kwargs):
-    """A Hugging Face model directory through transformers (class from ``architectures``).
-
-    The class must be one transformers ships; model code kept in the directory itself
-    (``auto_map``) runs only with ``trust_code=True`` (transformers' ``trust_remote_code``).
-    """
-    try:
-        transformers = importlib.import_module("transformers")
-    except ImportError as exc:
-        raise ImportError(f"{path!r} is a Hugging Face model directory; reading it needs "
-                          f"transformers: pip install 'ibtools[hf]'") from exc
-    remote = {"trust_remote_code": bool(trust_code), "local_files_only": True}
-    try:
-        config = transformers.AutoConfig.from_pretrained(path, **remote)
-    except ValueError as exc:
-        if "trust_remote_code" not in str(exc):
-            raise
-        raise UntrustedCodeError(f"{path!r} is a Hugging Face directory with its own model code "
-                                 f"(auto_map in config.json); nothing from it was run.  If you "
-                                 f"trust it, pass trust_code=True (CLI: --trust-code)") from None
-    names = list(getattr(config, "architectures", None) or [])
-    cls = getattr(transformers, names[0], None) if names and isinstance(names[0], str) else None
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        if names and not trust_code:
-            raise ValueError(f"{os.path.join(path, 'config.json')}: 'architectures' names "
-                             f"{names[0]!r}, which is not a model class of transformers; a "
-                             f"config file may name only those unless trust_code=True")
-        cls = transformers.AutoModel
-    try:
-        model, loading = cls.from_pretrained(path, output_loading_info=True, **remote, **kwargs)
-    except OSError as exc:
-        raise ValueError(f"hf:{path} could not be loaded (missing or corrupt weights?): "
-                         f"{exc}") from exc
-    model.to(map_location)
-    report = {k: sorted(map(str, loading.get(k, []))) for k in ("missing_keys",
-                                                                "unexpected_keys")}
-    report["mismatched_keys"] = [list(map(str, m)) for m in loading.get("mismatched_keys", [])]
-    return model, {"arch": f"hf:{path}", "config": config.to_dict(), **report}
-
-
 def load_model(checkpoint=None, arch=None, *, trust_pickle: bool = False,
                trust_code: bool = False, strict: bool = True, map_location="cpu",
                state_key: str | None = None, max_parameters: int | None = MAX_PARAMETERS,
@@ -384,78 +345,23 @@ def load_model(checkpoint=None, arch=None, *, trust_pickle: bool = False,
         config, ``norm``, ``lam``, ``seed``, ``step``; plus ``missing_keys``,
         ``unexpected_keys``, ``mismatched_keys``, ``stripped_prefixes``, ``wrapper``.
     """
+    from ibtools.probes.readers import LoadRequest, find_reader
+
     if (isinstance(checkpoint, str) and checkpoint.startswith(_SCHEMES) and arch is None
             and not os.path.exists(checkpoint)):
         checkpoint, arch = None, checkpoint
-    info: dict = {"checkpoint": None if checkpoint is None or isinstance(checkpoint, (dict,
-                  nn.Module)) else os.fspath(checkpoint), "arch": None, "config": {}, "meta": {},
-                  "wrapper": None, "missing_keys": [], "unexpected_keys": [],
-                  "mismatched_keys": [], "stripped_prefixes": []}
     if isinstance(arch, str) and arch.startswith("hf:"):
         hf_dir = arch[3:]
         if checkpoint is not None and os.fspath(checkpoint) != hf_dir:
             raise ValueError(f"arch={arch!r} loads its own weights; give checkpoint=None or the "
                              f"same directory, not {checkpoint!r}")
-        checkpoint = hf_dir
-    if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
-        if not _hf_directory(checkpoint):
-            raise ValueError(f"checkpoint={os.fspath(checkpoint)!r} is a directory without "
-                             f"config.json; give a checkpoint file or a Hugging Face directory")
-        model, hf_info = load_hf_directory(os.fspath(checkpoint), map_location=map_location,
-                                           trust_code=trust_code, **arch_kwargs)
-        info.update(hf_info, format="huggingface")
-        return model.eval(), _hoist(info)
-
-    obj, fmt, metadata = None, "none", {}
-    if isinstance(checkpoint, (str, os.PathLike)):
-        obj, fmt, metadata = read_checkpoint(checkpoint, trust_pickle=trust_pickle,
-                                             map_location=map_location)
-    elif isinstance(checkpoint, (dict, nn.Module)):
-        obj, fmt = checkpoint, "object"
-    elif checkpoint is not None:
+        checkpoint, arch = hf_dir, None
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike, dict, nn.Module)):
         raise TypeError(f"checkpoint: {type(checkpoint).__name__} is not accepted; give a path, "
                         f"a loaded dict, a module or None")
-    info["format"] = fmt
-
-    if isinstance(obj, nn.Module) and arch is None:  # a trusted pickled module
-        info.update(arch=f"{type(obj).__module__}.{type(obj).__qualname__}", format="module")
-        return obj.to(map_location).eval(), _hoist(info)
-
-    stored, where = None, _where(checkpoint)
-    if isinstance(obj, dict) and is_ibtools_checkpoint(obj):
-        stored = read_checkpoint_fields(obj, where=where)
-        info["format"] = "ibtools"
-        obj = {"state_dict": stored["state_dict"]}
-    elif is_ibtools_checkpoint(metadata):
-        stored = read_checkpoint_fields(metadata, where=where)
-    if stored is not None:
-        info["meta"] = stored["meta"]
-    arch, arch_kwargs = choose_architecture(arch, stored, arch_kwargs, where=where,
-                                            trust_code=trust_code,
-                                            max_parameters=max_parameters)
-    model = build_architecture(arch, **arch_kwargs)
-    info["arch"] = arch if isinstance(arch, str) else getattr(arch, "__qualname__", repr(arch))
-    built_config = getattr(model, "config", None)
-    info["config"] = dict(built_config) if isinstance(built_config, dict) else dict(arch_kwargs)
-    if obj is not None:
-        state_dict, info["wrapper"] = unwrap_state_dict(obj, state_key)
-        state_dict = {k: (v.to(map_location) if isinstance(v, torch.Tensor) else v)
-                      for k, v in state_dict.items()}
-        info.update(load_state_dict_reported(model, state_dict, strict))
-    return model.to(map_location).eval(), _hoist(info)
-
-
-def _where(checkpoint) -> str:
-    if isinstance(checkpoint, (str, os.PathLike)):
-        return f"checkpoint={os.fspath(checkpoint)!r}"
-    return f"checkpoint (a {type(checkpoint).__name__} in memory)"
-
-
-def _hoist(info: dict) -> dict:
-    for key in ("norm", "lam", "seed", "step", "epoch"):
-        for source in (info.get("meta") or {}, info.get("config") or {}):
-            if isinstance(source, dict) and key in source:
-                info.setdefault(key, source[key])
-                break
-        info.setdefault(key, None)
-    return info
+    if isinstance(checkpoint, (str, os.PathLike)) and not os.path.exists(checkpoint):
+        raise FileNotFoundError(f"checkpoint={os.fspath(checkpoint)!r}: no such file")
+    request = LoadRequest(checkpoint, arch, trust_pickle=trust_pickle, trust_code=trust_code,
+                          strict=strict, map_location=map_location, state_key=state_key,
+                          max_parameters=max_parameters, arch_kwargs=dict(arch_kwargs))
+    return find_reader(request).read(request)
