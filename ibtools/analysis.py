@@ -16,51 +16,33 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from ibtools import inputs as inputs_io
-from ibtools import noise_channel, noisy
+from ibtools import noise_channel, noisy, run_directory
 from ibtools import results as results_io
-from ibtools import run_directory
-from ibtools.estimators.spec import parse_estimator_specs
+from ibtools.analysis_settings import (  # noqa: F401 - public names of the pipeline
+    DEFAULT_ESTIMATORS,
+    DEFAULT_NOISE_PATHS,
+    REFERENCES,
+    AnalysisSettings,
+    _check_betas,
+)
+from ibtools.errors import InputError
 from ibtools.layer_rows import (  # noqa: F401 - public names of the pipeline
     ESTIMATOR_FAILURES,
     EstimatorFailedWarning,
 )
 from ibtools.layer_rows import layer_rows as _layer_rows
-from ibtools.probes.reduce import describe as describe_reduce
-
-DEFAULT_ESTIMATORS = ("binning:n_bins=30", "kde:noise_var=0.1", "ksg:k=3,transform='copula'")
-REFERENCES = ("input", "previous")
 
 #: Settings whose change makes old rows incomparable (a resume with others is refused).
 _RUN_KEYS = ("arch", "data", "layers", "estimators", "reference", "max_samples", "seed",
-             "pool", "ci", "split", "noise_std", "reduce")
-
-
-def _as_list(value, name):
-    if value is None:
-        return None
-    if isinstance(value, (str, Path)):
-        return [value]
-    try:
-        return list(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a value or a list of values; got {value!r}") from None
-
-
-def _check_betas(betas):
-    betas = _as_list(betas, "betas") or [0.1]
-    out = []
-    for b in betas:
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b < 0:
-            raise ValueError(f"betas: {b!r} is not accepted; each beta must be a finite number >= 0")
-        out.append(float(b))
-    return out
+             "pool", "ci", "split", "noise_std", "reduce", "noise_paths")
+#: Run keys that older config.json files lack, read as the value those runs used.
+_RUN_KEY_DEFAULTS = {"noise_paths": DEFAULT_NOISE_PATHS}
 
 
 def _resolve_device(device):
@@ -87,7 +69,7 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
             split="test", out_dir=None, overwrite=False, progress=None, arch_kwargs=None,
             trust_pickle=False, threads="auto", lock_timeout=None, trust_code=False,
             memory_budget="auto", spill_dir=None, batch_size=64, strict=True, executor=None,
-            noise_std=None, reduce=None):
+            noise_std=None, reduce=None, noise_paths=DEFAULT_NOISE_PATHS):
     """Estimate information quantities of chosen layers of one or more checkpoints.
 
     Parameters
@@ -154,9 +136,9 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
     threads : "auto", int or None
         torch intra-op threads on CPU while the analysis runs (restored afterwards).
         ``"auto"`` uses 1 when ``max_samples <= 4096``: the per-layer problems are then small
-        and thread synchronisation costs more than it saves (3x slower with 2 threads on a
-        busy 2-core machine at n = 450), while at 8192 rows the pairwise matmuls gain from
-        every core (43 s vs 54 s for a 12-layer GPT); ``None`` keeps torch's setting.
+        and thread synchronisation costs more than it saves, while larger pairwise matmuls
+        gain from every core (measurements in ``benchmarks/RESULTS.md``); ``None`` keeps
+        torch's setting.
     lock_timeout : float or None
         Seconds to wait when another run holds ``out_dir``: ``None`` waits until it is done,
         ``0`` refuses at once (:class:`ibtools.run_directory.RunDirectoryBusyError` naming
@@ -190,6 +172,9 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         a model trained with noise (``noise_std`` in its config) is measured as a noisy
         network, the mixture estimator's I(X;T) from noise paths per input
         (:func:`ibtools.noisy.noisy_network_information`), and refuses this channel on top.
+    noise_paths : int
+        Noise paths per input (K >= 2, default 8) from which a network trained with noise has
+        h(T_l|X) estimated; recorded in config.json.
     reduce : None, str or dict
         Reduce conv maps and wide layers as they are captured: ``"pool"`` (global average
         over space, one value per channel), ``"pool:max"``, ``"channels"`` (average over
@@ -206,82 +191,39 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         The results table (``ibtools.results.COLUMNS`` plus model metrics from the checkpoint
         metadata), in nats.  An estimator that fails on one layer leaves NaN in that row with
         a flag, and an :class:`EstimatorFailedWarning` naming checkpoint, layer and setting;
-        the run goes on.
+        the run goes on.  Arguments that are not accepted raise
+        :class:`ibtools.errors.InputError` (a ``ValueError``) naming them.
     """
     ckpts = inputs_io.normalize_checkpoints(checkpoints)
-    # one spec ("binning", a dict) is one setting, never a sequence of letters or keys
-    specs = parse_estimator_specs(estimators if estimators is not None
-                                  else list(DEFAULT_ESTIMATORS))
-    if not specs:
-        raise ValueError("estimators is empty; give at least one estimator spec")
-    specs = noise_channel.expand_specs(specs, noise_channel.check_noise_std(noise_std))
-    betas = _check_betas(betas)
-    if reference not in REFERENCES:
-        raise ValueError(f"reference={reference!r} is not accepted; use one of {list(REFERENCES)}")
-    if pool not in (None, "mean", "last"):
-        raise ValueError(f"pool={pool!r} is not accepted; use None, 'mean' or 'last'")
-    if ci not in (None, "auto"):
-        raise ValueError(f"ci={ci!r} is not accepted; use None or 'auto'")
-    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 10:
-        raise ValueError(f"max_samples={max_samples!r} must be an integer >= 10")
+    settings = AnalysisSettings.from_arguments(
+        estimators=estimators, betas=betas, reference=reference, max_samples=max_samples,
+        seed=seed, pool=pool, ci=ci, split=split, arch=arch, data=data, layers=layers,
+        arch_kwargs=arch_kwargs, trust_pickle=trust_pickle, trust_code=trust_code,
+        strict=strict, threads=threads, noise_std=noise_std, noise_paths=noise_paths,
+        memory_budget=memory_budget, spill_dir=spill_dir, batch_size=batch_size, reduce=reduce)
     if executor is not None:  # workers resolve "auto" and check CUDA on their own machines
         from ibtools import distributed
 
         dev = distributed.check_executor(executor, device)
     else:
         dev = _resolve_device(device)
-    show = inputs_io.show_progress(progress)
-    worker_threads = threads  # a worker applies "auto" to the device it resolves
-    if threads == "auto":
-        threads = 1 if str(dev) == "cpu" and max_samples <= 4096 else None
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):
-        raise ValueError(f"threads={threads!r} is not accepted; use 'auto', None or an int >= 1")
+    threads = settings.threads_on(dev)  # a worker applies "auto" to the device it resolves
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         with (run_directory.run_directory_lock(out_dir, lock_timeout) if out_dir is not None
               else contextlib.nullcontext()):
-            return _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci,
-                            split, out_dir, overwrite, show, arch, data, layers, arch_kwargs,
-                            trust_pickle, trust_code=trust_code,
-                            capture_options=_capture_options(memory_budget, spill_dir,
-                                                             batch_size, reduce),
-                            strict=strict, executor=(executor, worker_threads))
+            return _analyze(ckpts, settings, data, dev, out_dir=out_dir, overwrite=overwrite,
+                            show=inputs_io.show_progress(progress), executor=executor)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _capture_options(memory_budget, spill_dir, batch_size, reduce=None) -> dict:
-    """The capture's memory controls and reduction, checked before any model is loaded."""
-    from ibtools.estimators.base import parse_bytes
-    from ibtools.probes.reduce import parse_reduce
-    from ibtools.probes.storage import check_spill_dir
-
-    if memory_budget not in (None, "auto"):
-        parse_bytes(memory_budget, "memory_budget")
-    check_spill_dir(spill_dir)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is not accepted; use an int >= 1")
-    options = {"memory_budget": inputs_io.capture_budget(memory_budget),
-               "spill_dir": spill_dir, "batch_size": batch_size, "keep_spill": False}
-    if reduce is not None:
-        options["reduce"] = parse_reduce(reduce)
-    return options
-
-
-def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, split, out_dir,
-             overwrite, show, arch, data, layers, arch_kwargs, trust_pickle, trust_code=False,
-             capture_options=None, strict=True, executor=(None, "auto")):
-    from ibtools.probes import capture_activations, load_model
-
-    settings = {"arch": arch, "data": inputs_io.describe_data(data), "layers": layers,
-                "estimators": [s.spec_string for s in specs], "reference": reference,
-                "max_samples": max_samples, "seed": seed, "pool": pool, "ci": ci, "split": split,
-                "noise_std": noise_channel.sweep_of(specs),
-                "reduce": describe_reduce((capture_options or {}).get("reduce"))}
-    rows, old_config = (_open_run_dir(out_dir, settings, overwrite, specs)
+def _analyze(ckpts, settings: AnalysisSettings, data, dev, out_dir=None, overwrite=False,
+             show=False, executor=None):
+    record = settings.record()
+    rows, old_config = (_open_run_dir(out_dir, record, overwrite, settings.specs)
                         if out_dir is not None else ([], None))
     sources = [inputs_io.checkpoint_source(c) for c in ckpts]
     rows, labels = run_directory.reconcile(rows, ckpts, sources)
@@ -289,60 +231,31 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
             for r in rows}
     # config.json is written with the first result, so a run that fails before it (a bad
     # layer name) leaves nothing that would block the corrected rerun
-    pending_config = [_config(settings, ckpts, betas, dev, old_config)]
-    executor, worker_threads = executor
+    pending_config = [_config(record, ckpts, settings.betas, dev, old_config)]
     if executor is not None:  # the loop below, as tasks on a Dask cluster
         from ibtools import distributed
 
-        distributed.run_on_cluster(executor, distributed.ClusterJob(
-            specs=specs, betas=betas, reference=reference, max_samples=max_samples,
-            device=str(dev), seed=seed, pool=pool, ci=ci, split=split, arch=arch, data=data,
-            layers=layers, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle,
-            trust_code=trust_code, capture_options=capture_options, strict=strict,
-            threads=worker_threads), ckpts, sources, labels, rows, done, out_dir,
-            lambda: _flush_config(pending_config, out_dir), show)
+        distributed.run_on_cluster(executor, distributed.ClusterJob(settings, str(dev), data),
+                                   ckpts, sources, labels, rows, done, out_dir,
+                                   lambda: _flush_config(pending_config, out_dir), show)
     serial = list(zip(ckpts, sources)) if executor is None else []
     for ckpt, (ident, fp) in _progress(serial, "checkpoints", show and len(ckpts) > 1,
                                        leave=True):
         label = labels.get(ident) or inputs_io.checkpoint_label(ckpt)
-        model, info = inputs_io.open_checkpoint(ckpt, load_model, arch=arch,
-                                                trust_pickle=trust_pickle, trust_code=trust_code,
-                                                strict=strict, **(arch_kwargs or {}))
-        model = model.to(dev).eval()
-        base = _row_base(model, info, label, ident, fp, seed, reference)
-        trained_std = noisy.check_single_channel(model, specs, label)
-        dataset = inputs_io.resolve_data(data, model=model, split=split, seed=seed)
-        acts = _capture(capture_activations, model, dataset, settings["data"], layers=layers,
-                        max_rows=max_samples, pool=pool, seed=seed, device=dev,
-                        **(capture_options or {}))
-        x, y = acts.x, acts.y
-        names = list(acts.layers)
-        paths = noisy.checkpoint_paths(model, dataset, x, y, names, specs, seed, trained_std)
-        for index, name in enumerate(_progress(names, "layers", show)):
-            todo = [s for s in specs
-                    if any((ident, name, s.label, b) not in done for b in betas)]
-            if not todo:
-                continue
-            t = acts[name]
-            t_prev = x if index == 0 else acts[names[index - 1]]
-            for spec in _progress(todo, name, show):
-                new = _layer_rows(spec, x, y, t, t_prev, index, betas, seed, dev, ci,
-                                  reference,
-                                  where=f"checkpoint {label!r}, layer {name!r}, {spec.label}",
-                                  paths=noisy.layer_paths(paths, spec, name))
-                noise_channel.label_modes([r.update(base, layer=name, layer_index=index,
-                                                    reduction=_reduction(acts, name))
-                                           or r for r in new])
-                for r in new:
-                    key = (ident, name, r["setting"], r["beta"])
-                    if key not in done:
-                        rows.append(r)
-                        done.add(key)
-                if out_dir is not None:  # a journal line per step; Ctrl-C loses one step
-                    _flush_config(pending_config, out_dir)
-                    results_io.append_journal(new, out_dir)
-        acts.close()  # spilled files go now, not when the garbage collector gets to them
-        del acts, model  # free before the next checkpoint is loaded
+
+        def wanted(name, spec, ident=ident):
+            return any((ident, name, spec.label, b) not in done for b in settings.betas)
+
+        for new in _checkpoint_steps(settings, data, ckpt, (label, ident, fp), dev, wanted,
+                                     show):
+            for r in new:
+                key = (ident, r["layer"], r["setting"], r["beta"])
+                if key not in done:
+                    rows.append(r)
+                    done.add(key)
+            if out_dir is not None:  # a journal line per step; Ctrl-C loses one step
+                _flush_config(pending_config, out_dir)
+                results_io.append_journal(new, out_dir)
         if out_dir is not None:
             _flush_config(pending_config, out_dir)
             results_io.save_results(pd.DataFrame(rows), out_dir)
@@ -350,8 +263,8 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
     # rows resumed from a cluster's journal (finished in any order) take the serial order
     from ibtools.distributed import run_order
 
-    rows = noise_channel.label_modes(run_order(rows, [ident for ident, _ in sources], specs,
-                                               betas))
+    rows = noise_channel.label_modes(run_order(rows, [ident for ident, _ in sources],
+                                               settings.specs, settings.betas))
     table = results_io.order_columns(pd.DataFrame(rows)) if rows else pd.DataFrame(
         columns=results_io.COLUMNS)
     if out_dir is not None:
@@ -359,6 +272,52 @@ def _analyze(ckpts, specs, betas, reference, max_samples, dev, seed, pool, ci, s
         results_io.save_results(table, out_dir)
         results_io.clear_journal(out_dir)
     return table
+
+
+def _checkpoint_steps(settings: AnalysisSettings, data, ckpt, names, dev, wanted, show=False):
+    """Load and capture one checkpoint (``names``: its label, identity and fingerprint) and
+    yield the rows of each (layer, setting) step ``wanted(layer, spec)`` asks for."""
+    from ibtools.probes import capture_activations, load_model
+
+    label, ident, fp = names
+    model, info = inputs_io.open_checkpoint(ckpt, load_model, arch=settings.arch,
+                                            trust_pickle=settings.trust_pickle,
+                                            trust_code=settings.trust_code,
+                                            strict=settings.strict, **(settings.arch_kwargs or {}))
+    model = model.to(dev).eval()
+    base = _row_base(model, info, label, ident, fp, settings.seed, settings.reference)
+    trained_std = noisy.check_single_channel(model, settings.specs, label)
+    dataset = inputs_io.resolve_data(data, model=model, split=settings.split, seed=settings.seed)
+    acts = _capture(capture_activations, model, dataset, settings.data_name,
+                    layers=settings.layers, max_rows=settings.max_samples, pool=settings.pool,
+                    seed=settings.seed, device=dev, **settings.capture_options)
+    with acts:  # spilled files go when the checkpoint is done, not when the GC gets to them
+        yield from layer_steps(settings, model, dataset, acts, base,
+                               list(enumerate(acts.layers)), wanted, trained_std, dev, show)
+
+
+def layer_steps(settings: AnalysisSettings, model, dataset, acts, base, entries, wanted,
+                trained_std, dev, show=False):
+    """The rows of each wanted (layer, setting) step of captured activations, one list per
+    step: the serial loop's and a Dask task's.  ``entries`` are ``(index, name)`` of the
+    captured layers in forward order (a layer's T_prev is entry ``index - 1``), ``base`` the
+    checkpoint's shared columns, ``trained_std`` its train-time noise (the mixture rows of a
+    noisy network come from noise paths over all ``entries``)."""
+    names = dict(entries)
+    paths = noisy.checkpoint_paths(model, dataset, acts.x, acts.y, list(names.values()),
+                                   settings.specs, settings.seed, trained_std,
+                                   tokens=(acts.sample_ids, acts.positions),
+                                   n_paths=settings.noise_paths)
+    for index, name in _progress(entries, "layers", show):
+        todo = [s for s in settings.specs if wanted(name, s)]
+        for spec in _progress(todo, name, show and bool(todo)):
+            t_prev = acts.x if index == 0 else acts[names[index - 1]]
+            new = _layer_rows(spec, settings, acts.x, acts.y, acts[name], t_prev, index, dev,
+                              where=f"checkpoint {base['checkpoint']!r}, layer {name!r}, "
+                                    f"{spec.label}", paths=noisy.layer_paths(paths, spec, name))
+            for r in new:
+                r.update(base, layer=name, layer_index=index, reduction=_reduction(acts, name))
+            yield noise_channel.label_modes(new)
 
 
 def _row_base(model, info, label, ident, fp, seed, reference) -> dict:
@@ -398,7 +357,7 @@ def _capture(capture_activations, model, dataset, data, **kwargs):
     except RuntimeError as exc:
         inputs = getattr(dataset, "inputs", None)
         shape = "" if inputs is None else f" of shape {tuple(inputs.shape)} ({inputs.dtype})"
-        raise ValueError(f"data {data!r} gives inputs{shape} that the model "
+        raise InputError(f"data {data!r} gives inputs{shape} that the model "
                          f"({type(model).__name__}) cannot take: {exc}. Use data that matches "
                          f"the architecture (digits for vision models, text:PATH for language "
                          f"models)") from exc
@@ -428,7 +387,7 @@ def _open_run_dir(out_dir, settings, overwrite, specs):
     whose rows come from other settings."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir={str(out)!r} exists and is not a directory")
+        raise InputError(f"out_dir={str(out)!r} exists and is not a directory")
     if overwrite:
         for name in (results_io.RESULTS_CSV, results_io.RESULTS_JSON, results_io.RESULTS_PARQUET,
                      results_io.RESULTS_JOURNAL):
@@ -438,15 +397,17 @@ def _open_run_dir(out_dir, settings, overwrite, specs):
         return [], None  # a config.json without rows (a failed run) protects nothing
     old = results_io.load_config(out)
     old_settings = (old or {}).get("settings", {})
-    differ = {k: (old_settings.get(k), settings.get(k)) for k in _RUN_KEYS
-              if _norm(old_settings.get(k)) != _norm(settings.get(k))}
+    old_settings = {k: old_settings.get(k, _RUN_KEY_DEFAULTS.get(k)) for k in _RUN_KEYS}
+    differ = {k: (old_settings[k], settings.get(k)) for k in _RUN_KEYS
+              if _as_json(old_settings[k]) != _as_json(settings.get(k))}
     if differ:
         detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
-        raise ValueError(f"out_dir={str(out)!r} holds results of different settings ({detail}); "
+        raise InputError(f"out_dir={str(out)!r} holds results of different settings ({detail}); "
                          f"use another directory or overwrite=True (--overwrite)")
     schema = run_directory.RunSchema.from_specs(specs, settings["reference"])
     return run_directory.read_resume_rows(out, schema), old
 
 
-def _norm(value):
+def _as_json(value):
+    """``value`` as config.json gives it back (tuples as lists, objects as strings)."""
     return json.loads(json.dumps(value, default=str))

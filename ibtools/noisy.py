@@ -88,13 +88,16 @@ def _seeded_noise(model: nn.Module, seed: int):
 
 @torch.no_grad()
 def noise_paths(model: nn.Module, x: torch.Tensor, layers: list, n_paths: int = 8,
-                seed: int = 0, batch_size: int = 256) -> dict:
+                seed: int = 0, batch_size: int = 256, per_token: bool = False) -> dict:
     """Pre-noise outputs of each layer over ``n_paths`` noise paths per input.
 
     Returns ``{name: (centres (n, n_paths, d), sigma)}``: ``centres[i, k]`` is
     ``f_l(T_{l-1})`` on path k of input i (the input of the layer's noise module), sigma the
-    std of that module.  The model runs in its current mode; its noise streams are seeded
-    with ``seed`` and restored afterwards, so a training run is not disturbed.
+    std of that module.  With ``per_token`` (sequence models, outputs ``(B, T, C)``) a row is
+    one position of one input: ``n = B T`` rows (input-major) of ``d = C``; otherwise a
+    row is one input, its output flattened.  The model runs in its current mode; its noise
+    streams are seeded with ``seed`` and restored afterwards, so a training run is not
+    disturbed.
     """
     if isinstance(n_paths, bool) or not isinstance(n_paths, int) or n_paths < 2:
         raise ValueError(f"n_paths={n_paths!r} is not accepted; use an int >= 2 (noise paths "
@@ -102,9 +105,18 @@ def noise_paths(model: nn.Module, x: torch.Tensor, layers: list, n_paths: int = 
     modules = {name: _layer_noise_module(model, name) for name in layers}
     device = next((p.device for p in model.parameters()), x.device)
     seen: dict = {}
+
+    def rows_of(out: torch.Tensor) -> torch.Tensor:
+        if per_token:
+            if out.dim() != 3:
+                raise ValueError(f"per_token rows need (B, T, C) block outputs; got shape "
+                                 f"{tuple(out.shape)}")
+            return out.detach().reshape(-1, out.shape[-1]).float()
+        return out.detach().flatten(1).float()
+
     hooks = [m.register_forward_hook(
-        lambda mod, args, out, name=name: seen.setdefault(name, []).append(
-            args[0].detach().flatten(1).float())) for name, m in modules.items()]
+        lambda mod, args, out, name=name: seen.setdefault(name, []).append(rows_of(args[0])))
+        for name, m in modules.items()]
     try:
         with _seeded_noise(model, seed):
             for _ in range(n_paths):
@@ -113,7 +125,7 @@ def noise_paths(model: nn.Module, x: torch.Tensor, layers: list, n_paths: int = 
     finally:
         for h in hooks:
             h.remove()
-    n = int(x.shape[0])
+    n = int(x.shape[0]) * (int(x.shape[1]) if per_token else 1)
     out = {}
     for name, m in modules.items():
         flat = torch.cat(seen[name])                       # (n_paths * n, d), path-major
@@ -178,8 +190,8 @@ def _path_monte_carlo(centres, labels, noise_var, gen, tolerance, max_draws, blo
 
 def _result(value, se, n, d, noise_var, seconds, details, tolerance, confidence=0.95):
     half = NormalDist().inv_cdf(0.5 + confidence / 2.0) * se
-    flags = ([f"Monte Carlo error: standard error {se:.4f} nats exceeds mc_tolerance="
-              f"{tolerance:g}; raise max_draws"] if se > tolerance else [])
+    flags = ([(f"Monte Carlo error: standard error {se:.4f} nats exceeds mc_tolerance="
+               f"{tolerance:g}; raise max_draws")] if se > tolerance else [])
     return EstimateResult(value=float(value), quantity="mutual_information",
                           method="noisy-network", params={"noise_var": noise_var}, n=n,
                           dims=(d,), seconds=seconds, ci=(value - half, value + half),
@@ -189,7 +201,8 @@ def _result(value, se, n, d, noise_var, seconds, details, tolerance, confidence=
 
 def noisy_network_information(model: nn.Module, x, y, layers, noise_std: float | None = None,
                               n_paths: int = 8, seed: int = 0, mc_tolerance: float = 0.01,
-                              max_draws: int = 65536, batch_size: int = 256) -> dict:
+                              max_draws: int = 65536, batch_size: int = 256,
+                              rows=None) -> dict:
     """I(X;T_l), I(T_l;Y) and I(T_{l-1};T_l) of a noisy network (Goldfeld et al. 2019).
 
     Parameters
@@ -199,11 +212,15 @@ def noisy_network_information(model: nn.Module, x, y, layers, noise_std: float |
         with ``noise_std > 0``); its noise runs in training and evaluation mode alike.
     x : Tensor (n, ...)
         Inputs, one row per sample, as the model takes them.
-    y : Tensor (n,)
-        Integer class labels.
+    y : Tensor (n,) or (B, T)
+        Integer class labels, one per input; or, for a language model taking token ids
+        ``x`` of shape ``(B, T)``, one label per position (the next token), ``y.shape ==
+        x.shape``: then a row is one position of one sequence (``B T`` rows, input-major),
+        T_l its block output there (the ``C`` features), X its context, and h(T_l|X) the
+        mixture over that position's noise paths.
     layers : list of str
-        Module names whose output ends in noise: block outputs ``"layers.{i}"`` (or the noise
-        modules themselves).
+        Module names whose output ends in noise: block outputs ``"layers.{i}"`` /
+        ``"blocks.{i}"`` (or the noise modules themselves).
     noise_std : float, optional
         The noise's std; ``None`` reads each layer's noise module.  A value that differs from
         the module's is refused: the conditional density would be wrong.
@@ -219,6 +236,9 @@ def noisy_network_information(model: nn.Module, x, y, layers, noise_std: float |
         Most antithetic draw pairs.
     batch_size : int
         Inputs per forward pass.
+    rows : Tensor (m,) of int, optional
+        Keep only these rows (of the ``n`` inputs, or of the ``B T`` positions), after the
+        forward passes: the analysis measures a sample of token rows.
 
     Returns
     -------
@@ -242,13 +262,30 @@ def noisy_network_information(model: nn.Module, x, y, layers, noise_std: float |
     """
     x = torch.as_tensor(x)
     y = torch.as_tensor(y)
-    if y.ndim != 1 or y.shape[0] != x.shape[0] or y.dtype.is_floating_point:
-        raise ValueError(f"y must hold one integer class label per row of x ({x.shape[0]}); "
-                         f"got shape {tuple(y.shape)}, dtype {y.dtype}")
+    per_token = (y.ndim == 2 and x.ndim == 2 and tuple(y.shape) == tuple(x.shape)
+                 and not x.dtype.is_floating_point)
+    if y.dtype.is_floating_point or not (per_token or (y.ndim == 1
+                                                       and y.shape[0] == x.shape[0])):
+        raise ValueError(f"y must hold one integer class label per row of x ({x.shape[0]}), "
+                         f"or one per position of token ids x {tuple(x.shape)}; got shape "
+                         f"{tuple(y.shape)}, dtype {y.dtype}")
+    y = y.reshape(-1)
+    if rows is not None:
+        rows = torch.as_tensor(rows).reshape(-1).long()
+        if rows.numel() == 0 or int(rows.min()) < 0 or int(rows.max()) >= int(y.shape[0]):
+            raise ValueError(f"rows must index the {int(y.shape[0])} rows (inputs, or "
+                             f"positions of token ids); got {rows.numel()} indices in "
+                             f"[{int(rows.min()) if rows.numel() else 0}, "
+                             f"{int(rows.max()) if rows.numel() else 0}]")
+        y = y[rows]
     if not isinstance(mc_tolerance, (int, float)) or not mc_tolerance > 0:
         raise ValueError(f"mc_tolerance={mc_tolerance!r} must be a number > 0 (nats)")
     layers = [layers] if isinstance(layers, str) else list(layers)
-    paths = noise_paths(model, x, layers, n_paths=n_paths, seed=seed, batch_size=batch_size)
+    paths = noise_paths(model, x, layers, n_paths=n_paths, seed=seed, batch_size=batch_size,
+                        per_token=per_token)
+    if rows is not None:
+        paths = {name: (centres[rows.to(centres.device)], sigma)
+                 for name, (centres, sigma) in paths.items()}
     gen_device = next(iter(paths.values()))[0].device if paths else torch.device("cpu")
     out = {}
     for index, name in enumerate(layers):
@@ -289,14 +326,33 @@ def check_single_channel(model: nn.Module, specs: list, label: str) -> float | N
 
 
 def checkpoint_paths(model: nn.Module, dataset, x, y, names: list, specs: list, seed: int,
-                     trained_std: float | None) -> dict | None:
+                     trained_std: float | None, tokens=None, n_paths: int = 8) -> dict | None:
     """Per layer of a noisy network, the (result, error) pairs of I(T;Y), I(X;T) and
     I(T_prev;T) from noise paths, for the mixture estimator's rows; None when the model has
-    no noise or no mixture setting is asked for."""
+    no noise or no mixture setting is asked for.
+
+    ``tokens``: for a language model's rows, ``(sample_ids, positions)`` of each row (the
+    activations' columns; ``positions`` None when the rows are pooled sequences, which noise
+    paths do not measure); ``n_paths``: noise paths per input (``analyze(noise_paths=...)``)."""
     if not trained_std or not any(s.method == "mixture" for s in specs):
         return None
     inputs = getattr(dataset, "inputs", None)
-    x_in = x.reshape(int(x.shape[0]), *inputs.shape[1:]) if inputs is not None else x
+    select = None
+    if getattr(dataset, "kind", None) == "language":
+        samples, positions = tokens if tokens is not None else (None, None)
+        if positions is None or inputs is None:
+            why = ("noise paths of a language model are measured per token; these rows are "
+                   "pooled over positions (or the sequences are not at hand), so the noisy-"
+                   "network estimate does not apply; analyse without pooling")
+            return {name: ((None, why),) * 3 for name in names}
+        # the sequences the rows come from, each run once per noise path; a row is one
+        # position of one of them
+        used, inverse = torch.unique(samples.long(), return_inverse=True)
+        x_in = inputs[used]
+        y = dataset.targets[used]
+        select = inverse * int(inputs.shape[1]) + positions.long()
+    else:
+        x_in = x.reshape(int(x.shape[0]), *inputs.shape[1:]) if inputs is not None else x
     out, usable = {}, []
     for name in names:
         try:
@@ -308,7 +364,8 @@ def checkpoint_paths(model: nn.Module, dataset, x, y, names: list, specs: list, 
         tol = next((s.settings.get("mc_tolerance") for s in specs if s.method == "mixture"
                     and "mc_tolerance" in s.settings), 0.01)
         info = noisy_network_information(model, x_in, y, [n.split("#")[0] for n in usable],
-                                         seed=seed, mc_tolerance=tol)
+                                         n_paths=n_paths, seed=seed, mc_tolerance=tol,
+                                         rows=select)
         for name in usable:
             layer = info[name.split("#")[0]]
             out[name] = ((layer.i_ty, None), (layer.i_xt, None), (layer.i_prev_t, None))

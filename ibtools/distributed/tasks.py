@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ibtools import analysis
+from ibtools import analysis, noisy
 from ibtools import inputs as inputs_io
-from ibtools import noise_channel, noisy
+from ibtools.analysis_settings import AnalysisSettings
 from ibtools.distributed.cluster import worker_device
 
 #: Errors in what the user gave: raised on the driver at once, never retried.
@@ -32,27 +32,26 @@ _exit_once_marker = None
 
 @dataclasses.dataclass(frozen=True)
 class ClusterJob:
-    """The run's settings, as every task needs them (``data`` travels separately)."""
+    """What every task needs: the run's :class:`~ibtools.analysis_settings.AnalysisSettings`,
+    the device asked for (each worker resolves it) and the data (the driver replaces data
+    that is not a name with a scattered future before the tasks go out)."""
 
-    specs: list
-    betas: list
-    reference: str
-    max_samples: int
+    settings: AnalysisSettings
     device: str
-    seed: int
-    pool: str | None
-    ci: str | None
-    split: str
-    arch: str | None
-    data: object
-    layers: object
-    arch_kwargs: dict | None
-    trust_pickle: bool
-    trust_code: bool
-    capture_options: dict
-    strict: bool
-    threads: object
+    data: object = None
     data_name: str = ""
+
+    @property
+    def specs(self):
+        return self.settings.specs
+
+    @property
+    def betas(self):
+        return self.settings.betas
+
+    @property
+    def max_samples(self):
+        return self.settings.max_samples
 
 
 def _arm_exit_once(marker) -> None:
@@ -87,9 +86,7 @@ def _on_worker(job: ClusterJob):
     from ibtools.estimators.base import resolve_device
 
     dev = resolve_device(worker_device(job.device, _worker_name()))
-    threads = job.threads
-    if threads == "auto":
-        threads = 1 if dev.type == "cpu" and job.max_samples <= 4096 else None
+    threads = job.settings.threads_on(dev)
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -114,10 +111,12 @@ def _open(job: ClusterJob, source, dev):
                                     f"reads them under the same path, or pass the models as "
                                     f"objects")
         ckpt = inputs_io.NamedCheckpoint(name, obj) if name is not None else obj
-    model, info = inputs_io.open_checkpoint(ckpt, load_model, arch=job.arch,
-                                            trust_pickle=job.trust_pickle,
-                                            trust_code=job.trust_code, strict=job.strict,
-                                            **(job.arch_kwargs or {}))
+    settings = job.settings
+    model, info = inputs_io.open_checkpoint(ckpt, load_model, arch=settings.arch,
+                                            trust_pickle=settings.trust_pickle,
+                                            trust_code=settings.trust_code,
+                                            strict=settings.strict,
+                                            **(settings.arch_kwargs or {}))
     return model.to(dev).eval(), info
 
 
@@ -128,20 +127,24 @@ def _plan_task(job: ClusterJob, data, source, label) -> dict:
     from ibtools.probes.datasets import AnalysisData
 
     try:
+        settings = job.settings
         with _on_worker(job) as (dev, caught):
             model, _ = _open(job, source, dev)
-            trained_std = noisy.check_single_channel(model, job.specs, label)
-            dataset = inputs_io.resolve_data(data, model=model, split=job.split, seed=job.seed)
-            inputs, targets = next(iter(dataset.batches(job.capture_options["batch_size"])))
+            trained_std = noisy.check_single_channel(model, settings.specs, label)
+            dataset = inputs_io.resolve_data(data, model=model, split=settings.split,
+                                             seed=settings.seed)
+            batch = settings.capture_options["batch_size"]
+            inputs, targets = next(iter(dataset.batches(batch)))
             probe = AnalysisData(inputs, targets, kind=dataset.kind, name=str(dataset.name))
-            with analysis._capture(capture_activations, model, probe, job.data_name,
-                                   layers=job.layers, pool=job.pool, seed=job.seed,
-                                   device=dev, **{k: v for k, v in job.capture_options.items()
-                                                  if k == "reduce"}) as acts:
+            with analysis._capture(capture_activations, model, probe, settings.data_name,
+                                   layers=settings.layers, pool=settings.pool,
+                                   seed=settings.seed, device=dev,
+                                   **{k: v for k, v in settings.capture_options.items()
+                                      if k == "reduce"}) as acts:
                 layers = [(name, int(acts[name][0].numel())) for name in acts.layers]
                 x_dim = int(acts.x[0].numel())
         # a noisy network's mixture rows come from one Monte Carlo over all its layers
-        whole = bool(trained_std) and any(s.method == "mixture" for s in job.specs)
+        whole = bool(trained_std) and any(s.method == "mixture" for s in settings.specs)
         return {"layers": layers, "x_dim": x_dim, "whole": whole,
                 "warnings": _shown(caught)}
     except USER_ERRORS as exc:
@@ -155,28 +158,31 @@ def _group_task(job: ClusterJob, data, source, label, ident, fp, entries, todo) 
     ``todo`` then holds the (layer, setting, beta) steps already done."""
     from ibtools.probes import capture_activations
 
+    settings = job.settings
     try:
         with _on_worker(job) as (dev, caught):
             model, info = _open(job, source, dev)
-            base = analysis._row_base(model, info, label, ident, fp, job.seed, job.reference)
-            trained_std = noisy.check_single_channel(model, job.specs, label)
-            dataset = inputs_io.resolve_data(data, model=model, split=job.split, seed=job.seed)
-            acts = analysis._capture(capture_activations, model, dataset, job.data_name,
-                                     layers=job.layers if entries is None else
-                                     _modules(entries, job.layers), max_rows=job.max_samples,
-                                     pool=job.pool, seed=job.seed, device=dev,
-                                     **job.capture_options)
+            base = analysis._row_base(model, info, label, ident, fp, settings.seed,
+                                      settings.reference)
+            trained_std = noisy.check_single_channel(model, settings.specs, label)
+            dataset = inputs_io.resolve_data(data, model=model, split=settings.split,
+                                             seed=settings.seed)
+            acts = analysis._capture(capture_activations, model, dataset, settings.data_name,
+                                     layers=settings.layers if entries is None else
+                                     _modules(entries, settings.layers),
+                                     max_rows=settings.max_samples, pool=settings.pool,
+                                     seed=settings.seed, device=dev, **settings.capture_options)
             _exit_once_for_tests()
             with acts:
                 if entries is None:
                     entries, todo = _whole(acts.layers, todo, job)
-                names = dict(entries)
-                # a noisy network's group is all its layers (the plan's "whole"), as serially
-                paths = noisy.checkpoint_paths(model, dataset, acts.x, acts.y,
-                                               list(names.values()), job.specs, job.seed,
-                                               trained_std)
-                steps = [_step(job, acts, names, index, name, k, base, paths, dev)
-                         for index, name in entries if name in todo for k in todo[name]]
+                # the serial loop's own steps; a noisy network's group is all its layers
+                # (the plan's "whole"), so its noise paths are the serial ones
+                steps = list(analysis.layer_steps(
+                    settings, model, dataset, acts, base, entries,
+                    lambda name, spec: any(settings.specs[k] is spec
+                                           for k in todo.get(name, ())),
+                    trained_std, dev))
         return {"steps": steps, "warnings": _shown(caught)}
     except USER_ERRORS as exc:
         return {"error": exc}
@@ -192,19 +198,6 @@ def _whole(layers, done, job: ClusterJob):
         if missing:
             todo[name] = missing
     return entries, todo
-
-
-def _step(job: ClusterJob, acts, names, index, name, k, base, paths, dev) -> list[dict]:
-    """The rows of one (layer, setting) step, as the serial loop makes them."""
-    spec = job.specs[k]
-    t_prev = acts.x if index == 0 else acts[names[index - 1]]
-    new = analysis._layer_rows(spec, acts.x, acts.y, acts[name], t_prev, index, job.betas,
-                               job.seed, dev, job.ci, job.reference,
-                               where=f"checkpoint {base['checkpoint']!r}, layer {name!r}, "
-                                     f"{spec.label}", paths=noisy.layer_paths(paths, spec, name))
-    for r in new:
-        r.update(base, layer=name, layer_index=index, reduction=analysis._reduction(acts, name))
-    return noise_channel.label_modes(new)
 
 
 def _module_names(layer_names) -> list[str]:

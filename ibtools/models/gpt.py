@@ -1,4 +1,8 @@
-"""A tiny GPT-2-style byte-level language model (Radford et al., 2019), nanoGPT naming."""
+"""A tiny GPT-2-style byte-level language model (Radford et al., 2019), nanoGPT naming.
+
+With ``noise_std > 0`` Gaussian noise follows every block (Goldfeld et al. 2019's noisy
+network; see :class:`~ibtools.models.MLP`).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,21 @@ import torch
 from torch import nn
 
 from ibtools.models.attention import SelfAttention
-from ibtools.models.layers import ReferenceModel, make_norm, norm_config, resolve_lam
+from ibtools.models.layers import (
+    GaussianNoise,
+    NoiseSource,
+    ReferenceModel,
+    make_norm,
+    noise_config,
+    norm_config,
+    resolve_lam,
+)
 
 __all__ = ["GPT"]
 
 
 class GPTBlock(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, norm) -> None:
+    def __init__(self, n_embd: int, n_head: int, norm, noise: nn.Module | None = None) -> None:
         super().__init__()
         self.ln_1 = norm(n_embd)
         self.attn = SelfAttention(n_embd, n_head, causal=True)
@@ -23,14 +35,17 @@ class GPTBlock(nn.Module):
         self.mlp.add_module("c_fc", nn.Linear(n_embd, 4 * n_embd))
         self.mlp.add_module("gelu", nn.GELU(approximate="tanh"))
         self.mlp.add_module("c_proj", nn.Linear(4 * n_embd, n_embd))
+        if noise is not None:
+            self.noise = noise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.mlp(self.ln_2(x))
+        return self.noise(x) if hasattr(self, "noise") else x
 
 
 class GPT(ReferenceModel):
-    """GPT-2-style LM; module names ``wte``, ``wpe``, ``blocks.{i}`` (``.ln_1``, ``.attn``, ``.ln_2``, ``.mlp``), ``ln_f``, ``lm_head``.
+    """GPT-2-style LM; module names ``wte``, ``wpe``, ``blocks.{i}`` (``.ln_1``, ``.attn``, ``.ln_2``, ``.mlp``, ``.noise``), ``ln_f``, ``lm_head``.
 
     Takes byte ids ``(B, T)`` (``T <= block_size``) and returns logits ``(B, T, vocab_size)``.
     ``lm_head`` shares its weight with ``wte``.
@@ -50,6 +65,13 @@ class GPT(ReferenceModel):
         IBNorm strength; default 1.0 for IBNorm, 0 otherwise.
     norm_order : {"compress_first", "standardize_first"}
         IBNorm order.
+    noise_std : float, default 0
+        Standard deviation of Gaussian noise added to every block's output, residual stream
+        included (``blocks.{i}.noise``, at every position), in training and in evaluation; 0
+        builds the noiseless model exactly as before (same parameters, same outputs, no
+        config entry).  See :class:`~ibtools.models.MLP`.
+    noise_seed : int, default 0
+        Seed of the model's noise stream (``model.noise_source``).
     """
 
     name = "gpt"
@@ -57,22 +79,27 @@ class GPT(ReferenceModel):
 
     def __init__(self, vocab_size: int = 256, block_size: int = 64, n_layer: int = 2, n_head: int = 4,
                  n_embd: int = 64, norm="layer", lam: float | None = None,
-                 norm_order: str = "compress_first") -> None:
+                 norm_order: str = "compress_first", noise_std: float = 0.0, noise_seed: int = 0) -> None:
         super().__init__()
+        noise = noise_config(noise_std, noise_seed)
         if n_layer < 1 or block_size < 1 or vocab_size < 2:
             raise ValueError(f"GPT needs n_layer >= 1, block_size >= 1, vocab_size >= 2, got "
                              f"n_layer={n_layer}, block_size={block_size}, vocab_size={vocab_size}")
         lam = resolve_lam(norm, lam)
         self.config = {"vocab_size": int(vocab_size), "block_size": int(block_size), "n_layer": int(n_layer),
                        "n_head": int(n_head), "n_embd": int(n_embd), "norm": norm_config(norm), "lam": lam,
-                       "norm_order": norm_order}
+                       "norm_order": norm_order, **noise}
+        self.noise_source = NoiseSource(noise_seed) if noise else None
 
         def norm_layer(c: int) -> nn.Module:
             return make_norm(norm, c, family="layer", layout="sequence", lam=lam, order=norm_order)
 
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.wpe = nn.Embedding(block_size, n_embd)
-        self.blocks = nn.ModuleList(GPTBlock(n_embd, n_head, norm_layer) for _ in range(n_layer))
+        self.blocks = nn.ModuleList(
+            GPTBlock(n_embd, n_head, norm_layer,
+                     GaussianNoise(noise_std, self.noise_source) if noise else None)
+            for _ in range(n_layer))
         self.ln_f = norm_layer(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight

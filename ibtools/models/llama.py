@@ -1,7 +1,8 @@
 """A tiny LLaMA-style byte-level language model (Touvron et al., 2023).
 
 Pre-norm RMSNorm blocks, SwiGLU feed-forward (Shazeer, 2020), rotary positions (Su et al.,
-2021), no biases, untied output head.
+2021), no biases, untied output head.  With ``noise_std > 0`` Gaussian noise follows every
+block (Goldfeld et al. 2019's noisy network; see :class:`~ibtools.models.MLP`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from torch import nn
 
 from ibtools.models.attention import SelfAttention
 from ibtools.models.gpt import _check_tokens
-from ibtools.models.layers import ReferenceModel, make_norm, norm_config, resolve_lam
+from ibtools.models.layers import (
+    GaussianNoise,
+    NoiseSource,
+    ReferenceModel,
+    make_norm,
+    noise_config,
+    norm_config,
+    resolve_lam,
+)
 
 __all__ = ["Llama"]
 
@@ -29,20 +38,24 @@ class SwiGLU(nn.Module):
 
 
 class LlamaBlock(nn.Module):
-    def __init__(self, dim: int, n_head: int, hidden: int, norm) -> None:
+    def __init__(self, dim: int, n_head: int, hidden: int, norm,
+                 noise: nn.Module | None = None) -> None:
         super().__init__()
         self.attn_norm = norm(dim)
         self.attn = SelfAttention(dim, n_head, causal=True, bias=False)
         self.mlp_norm = norm(dim)
         self.mlp = SwiGLU(dim, hidden)
+        if noise is not None:
+            self.noise = noise
 
     def forward(self, x: torch.Tensor, rotary) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), rotary)
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + self.mlp(self.mlp_norm(x))
+        return self.noise(x) if hasattr(self, "noise") else x
 
 
 class Llama(ReferenceModel):
-    """LLaMA-style LM; module names ``embed``, ``layers.{i}`` (``.attn_norm``, ``.attn``, ``.mlp_norm``, ``.mlp``), ``norm``, ``lm_head``.
+    """LLaMA-style LM; module names ``embed``, ``layers.{i}`` (``.attn_norm``, ``.attn``, ``.mlp_norm``, ``.mlp``, ``.noise``), ``norm``, ``lm_head``.
 
     Takes byte ids ``(B, T)`` and returns logits ``(B, T, vocab_size)``.
 
@@ -65,6 +78,13 @@ class Llama(ReferenceModel):
         IBNorm strength; default 1.0 for IBNorm, 0 otherwise.
     norm_order : {"compress_first", "standardize_first"}
         IBNorm order.
+    noise_std : float, default 0
+        Standard deviation of Gaussian noise added to every block's output, residual stream
+        included (``layers.{i}.noise``, at every position), in training and in evaluation; 0
+        builds the noiseless model exactly as before (same parameters, same outputs, no
+        config entry).  See :class:`~ibtools.models.MLP`.
+    noise_seed : int, default 0
+        Seed of the model's noise stream (``model.noise_source``).
     """
 
     name = "llama"
@@ -72,8 +92,10 @@ class Llama(ReferenceModel):
 
     def __init__(self, vocab_size: int = 256, block_size: int = 64, n_layer: int = 2, n_head: int = 4,
                  dim: int = 64, hidden_dim: int | None = None, rope_theta: float = 10000.0, norm="rms",
-                 lam: float | None = None, norm_order: str = "compress_first") -> None:
+                 lam: float | None = None, norm_order: str = "compress_first", noise_std: float = 0.0,
+                 noise_seed: int = 0) -> None:
         super().__init__()
+        noise = noise_config(noise_std, noise_seed)
         if n_layer < 1 or vocab_size < 2 or dim % n_head or (dim // n_head) % 2:
             raise ValueError(f"Llama needs n_layer >= 1, vocab_size >= 2 and an even head size dim/n_head, got "
                              f"n_layer={n_layer}, vocab_size={vocab_size}, dim={dim}, n_head={n_head}")
@@ -82,13 +104,17 @@ class Llama(ReferenceModel):
         self.config = {"vocab_size": int(vocab_size), "block_size": int(block_size), "n_layer": int(n_layer),
                        "n_head": int(n_head), "dim": int(dim), "hidden_dim": hidden_dim,
                        "rope_theta": float(rope_theta), "norm": norm_config(norm), "lam": lam,
-                       "norm_order": norm_order}
+                       "norm_order": norm_order, **noise}
+        self.noise_source = NoiseSource(noise_seed) if noise else None
 
         def norm_layer(c: int) -> nn.Module:
             return make_norm(norm, c, family="rms", layout="sequence", lam=lam, order=norm_order)
 
         self.embed = nn.Embedding(vocab_size, dim)
-        self.layers = nn.ModuleList(LlamaBlock(dim, n_head, hidden_dim, norm_layer) for _ in range(n_layer))
+        self.layers = nn.ModuleList(
+            LlamaBlock(dim, n_head, hidden_dim, norm_layer,
+                       GaussianNoise(noise_std, self.noise_source) if noise else None)
+            for _ in range(n_layer))
         self.norm = norm_layer(dim)
         self.lm_head = nn.Linear(dim, vocab_size, bias=False)
         for p in self.parameters():

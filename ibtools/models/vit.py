@@ -1,4 +1,8 @@
-"""A tiny Vision Transformer for 8x8 digits (Dosovitskiy et al., 2021), pre-norm blocks."""
+"""A tiny Vision Transformer for 8x8 digits (Dosovitskiy et al., 2021), pre-norm blocks.
+
+With ``noise_std > 0`` Gaussian noise follows every block (Goldfeld et al. 2019's noisy
+network; see :class:`~ibtools.models.MLP`).
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,38 @@ import torch
 from torch import nn
 
 from ibtools.models.attention import SelfAttention
-from ibtools.models.layers import ReferenceModel, make_norm, norm_config, resolve_lam
+from ibtools.models.layers import (
+    GaussianNoise,
+    NoiseSource,
+    ReferenceModel,
+    make_norm,
+    noise_config,
+    norm_config,
+    resolve_lam,
+)
 
 __all__ = ["ViT"]
 
 
 class ViTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int, norm) -> None:
+    def __init__(self, dim: int, heads: int, hidden: int, norm,
+                 noise: nn.Module | None = None) -> None:
         super().__init__()
         self.norm1 = norm(dim)
         self.attn = SelfAttention(dim, heads, causal=False)
         self.norm2 = norm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        if noise is not None:
+            self.noise = noise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.mlp(self.norm2(x))
+        return self.noise(x) if hasattr(self, "noise") else x
 
 
 class ViT(ReferenceModel):
-    """Tiny ViT; module names ``patch_embed``, ``blocks.{i}`` (``.norm1``, ``.attn``, ``.norm2``, ``.mlp``), ``norm``, ``head``.
+    """Tiny ViT; module names ``patch_embed``, ``blocks.{i}`` (``.norm1``, ``.attn``, ``.norm2``, ``.mlp``, ``.noise``), ``norm``, ``head``.
 
     Parameters
     ----------
@@ -45,6 +61,13 @@ class ViT(ReferenceModel):
         IBNorm strength; default 1.0 for IBNorm, 0 otherwise.
     norm_order : {"compress_first", "standardize_first"}
         IBNorm order.
+    noise_std : float, default 0
+        Standard deviation of Gaussian noise added to every block's output, residual stream
+        included (``blocks.{i}.noise``, on every token), in training and in evaluation; 0
+        builds the noiseless model exactly as before (same parameters, same outputs, no
+        config entry).  See :class:`~ibtools.models.MLP`.
+    noise_seed : int, default 0
+        Seed of the model's noise stream (``model.noise_source``).
     """
 
     name = "vit"
@@ -52,8 +75,10 @@ class ViT(ReferenceModel):
 
     def __init__(self, image_size: int = 8, patch_size: int = 2, in_channels: int = 1, dim: int = 32,
                  depth: int = 2, heads: int = 4, mlp_ratio: float = 2.0, n_classes: int = 10, norm="layer",
-                 lam: float | None = None, norm_order: str = "compress_first") -> None:
+                 lam: float | None = None, norm_order: str = "compress_first", noise_std: float = 0.0,
+                 noise_seed: int = 0) -> None:
         super().__init__()
+        noise = noise_config(noise_std, noise_seed)
         for key, value in (("image_size", image_size), ("patch_size", patch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{key} must be a positive integer; got {value!r}")
@@ -65,7 +90,8 @@ class ViT(ReferenceModel):
         self.config = {"image_size": int(image_size), "patch_size": int(patch_size),
                        "in_channels": int(in_channels), "dim": int(dim), "depth": int(depth),
                        "heads": int(heads), "mlp_ratio": float(mlp_ratio), "n_classes": int(n_classes),
-                       "norm": norm_config(norm), "lam": lam, "norm_order": norm_order}
+                       "norm": norm_config(norm), "lam": lam, "norm_order": norm_order, **noise}
+        self.noise_source = NoiseSource(noise_seed) if noise else None
 
         def norm_layer(c: int) -> nn.Module:
             return make_norm(norm, c, family="layer", layout="sequence", lam=lam, order=norm_order)
@@ -74,7 +100,10 @@ class ViT(ReferenceModel):
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, n_patches + 1, dim) * 0.02)
-        self.blocks = nn.ModuleList(ViTBlock(dim, heads, int(dim * mlp_ratio), norm_layer) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            ViTBlock(dim, heads, int(dim * mlp_ratio), norm_layer,
+                     GaussianNoise(noise_std, self.noise_source) if noise else None)
+            for _ in range(depth))
         self.norm = norm_layer(dim)
         self.head = nn.Linear(dim, n_classes)
 
