@@ -14,15 +14,17 @@ I(T_prev;T), I(T;Y) and the IB values exactly as :func:`ibtools.analyze` does fo
 
 A measurement leaves training as it found it: the torch (CPU and CUDA), numpy and Python
 random states, every module's train/eval flag and the grad-enabled state are restored, so a
-run with tracking gives bit-identical weights to one without.  With ``background=True`` the
-capture stays on the training thread (the hooks copy the probe rows) and the estimators run in
-a worker thread, so training is blocked only for the probe forward pass.
+run with tracking gives bit-identical weights to one without.  With ``background="process"``
+(or ``"thread"``, also spelled ``True``) only the capture, one forward pass of the probe set,
+runs on the training thread; the estimators run in a worker process (or thread), and
+:meth:`Tracker.close` waits for them and writes the last rows.  A worker process shares
+neither the GIL nor the torch RNG with training and runs at a lower priority, so on a machine
+without a free core it is the measurements that wait, not training.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +37,15 @@ from torch import nn
 
 from ibtools import results as results_io
 from ibtools.estimators.spec import parse_estimator_specs
+from ibtools.tracking_files import open_run_directory, tensorboard_writer
+from ibtools.tracking_work import (
+    EstimationJob,
+    ProcessEstimator,
+    capture_arrays,
+    estimate_rows,
+)
+from ibtools.tracking_work import check_int as _check_int
+from ibtools.tracking_work import probe_set as _probe_set
 from ibtools.training_state import preserved_training_state
 
 __all__ = ["DEFAULT_ESTIMATORS", "Tracker", "preserved_training_state", "track"]
@@ -46,53 +57,12 @@ _GLOBAL_RNG_METHODS = ("mine", "nwj", "infonce", "smile")
 #: the permutation check against independence: it reruns the estimate on shuffled labels
 #: (binning 7x slower per layer) and matters less for a trend over training than for one number.
 DEFAULT_ESTIMATORS = ("binning:n_bins=30,n_permutations=0", "kde:noise_var=0.1,n_permutations=0")
+#: Accepted values of ``background``: in the loop, a worker thread (True), a worker process.
+_BACKGROUNDS = (False, True, "thread", "process")
 #: Quantities exported to TensorBoard, per layer and estimator setting.
 _SCALARS = ("i_xt", "i_ty", "i_prev_t", "ib_value")
 #: Background measurements queued before :meth:`Tracker.step` waits for the oldest.
 _MAX_PENDING = 4
-#: Settings whose change makes a tracked directory's old rows incomparable.
-_RUN_KEYS = ("probe_data", "layers", "estimators", "reference", "max_samples", "seed", "pool",
-             "ci", "betas", "name")
-
-
-def _check_int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not accepted; use an integer >= {minimum}")
-    return int(value)
-
-
-def _probe_set(probe_data, model, split, seed, max_samples, pool):
-    """The fixed probe set as in-memory data: a seeded subset big enough for ``max_samples``
-    rows, chosen once so every measurement sees the same samples."""
-    from ibtools.probes.datasets import AnalysisData, as_analysis_data, load_dataset
-
-    if isinstance(probe_data, str):
-        data = load_dataset(probe_data, model=model, split=split, seed=seed)
-    elif isinstance(probe_data, (list, tuple)) and len(probe_data) == 2:
-        data = AnalysisData(*(torch.as_tensor(np.asarray(a)) if not isinstance(a, torch.Tensor)
-                              else a.detach().cpu() for a in probe_data), name="probe_data")
-    else:
-        data = as_analysis_data(probe_data, model=model)
-    if not isinstance(data, AnalysisData):  # an iterable of batches: materialise it once
-        xs, ys, seen = [], [], 0
-        for inputs, targets in data.batches(64):
-            xs.append(torch.as_tensor(inputs).detach().cpu())
-            ys.append(torch.as_tensor(targets).detach().cpu())
-            seen += xs[-1].shape[0] * (xs[-1].shape[1] if data.kind == "language" else 1)
-            if seen >= 4 * max_samples:
-                break
-        if not xs:
-            raise ValueError("probe_data yielded no batches")
-        data = AnalysisData(torch.cat(xs), torch.cat(ys), kind=data.kind, name=data.name)
-    per_sample = (int(data.inputs.shape[1]) if data.kind == "language" and pool is None else 1)
-    wanted = math.ceil(max_samples / per_sample)
-    if data.n_samples > wanted:
-        keep = np.sort(np.random.default_rng(seed).choice(data.n_samples, wanted, replace=False))
-        keep = torch.as_tensor(keep)
-        data = AnalysisData(data.inputs[keep], data.targets[keep], kind=data.kind,
-                            name=data.name, meta=data.meta)
-    return data
-
 
 class Tracker:
     """Measures a model's layers every ``every`` steps; see :func:`track`.
@@ -111,7 +81,6 @@ class Tracker:
                  betas=(0.1,), seed=0, max_samples=1000, reference="input", pool=None, ci=None,
                  device=None, split="test", name=None, tensorboard=False, background=False,
                  overwrite=False, resume=False, batch_size=512, threads="auto"):
-        from ibtools.analysis import REFERENCES, _check_betas
         from ibtools.probes.layers import select_layers
 
         if not isinstance(model, nn.Module):
@@ -120,35 +89,10 @@ class Tracker:
         self.max_samples = _check_int(max_samples, "max_samples", 10)
         self.seed = _check_int(seed, "seed", 0)
         self.batch_size = _check_int(batch_size, "batch_size", 1)
-        if reference not in REFERENCES:
-            raise ValueError(f"reference={reference!r} is not accepted; use one of "
-                             f"{list(REFERENCES)}")
-        if pool not in (None, "mean", "last"):
-            raise ValueError(f"pool={pool!r} is not accepted; use None, 'mean' or 'last'")
-        if ci not in (None, "auto"):
-            raise ValueError(f"ci={ci!r} is not accepted; use None or 'auto'")
-        self.specs = parse_estimator_specs(list(estimators) if estimators is not None
-                                           else list(DEFAULT_ESTIMATORS))
-        if not self.specs:
-            raise ValueError("estimators is empty; give at least one estimator spec")
-        risky = [s.method for s in self.specs if s.method in _GLOBAL_RNG_METHODS]
-        if background and risky:
-            raise ValueError(f"background=True cannot run {risky}: their critic initialisation "
-                             f"uses the process-wide torch RNG, which a worker thread would "
-                             f"share with training; use background=False for them")
-        self.betas = _check_betas(betas)
+        self._check_options(reference, pool, ci, estimators, background, betas)
         self.model, self.reference, self.pool, self.ci = model, reference, pool, ci
         self.layers = select_layers(model, layers)  # a bad layer name fails now, not at step 20
-        if device is None:
-            device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        from ibtools.analysis import _resolve_device
-
-        self.device = _resolve_device(device)
-        if threads == "auto":  # as in analyze: small problems run fastest on one thread
-            threads = 1 if self.device.type == "cpu" and self.max_samples <= 4096 else None
-        if threads is not None:
-            threads = _check_int(threads, "threads", 1)
-        self.threads = threads
+        self.device, self.threads = self._device_threads(model, device, threads)
         self.name = str(name) if name is not None else type(model).__name__
         self.data = _probe_set(probe_data, model, split, self.seed, self.max_samples, pool)
         self._base = self._base_columns(model)
@@ -158,22 +102,67 @@ class Tracker:
                          "reference": reference, "max_samples": self.max_samples,
                          "seed": self.seed, "pool": pool, "ci": ci, "betas": self.betas,
                          "name": self.name, "every": self.every}
+        self._job = EstimationJob(tuple(self.specs), tuple(self.betas), self.seed,
+                                  str(self.device), ci, reference)
         self.steps: list[int] = []
         self._rows: list[dict] = []
         self._lock = threading.Lock()
         self._stack = contextlib.ExitStack()
         self._pending: list = []
         self._closed = False
+        self._process = None
         self.out = None if out is None else Path(out)
         try:
             if self.out is not None:
                 self._open_out(overwrite, resume)
             self._writer, self._own_writer = self._tensorboard(tensorboard)
             self._executor = (ThreadPoolExecutor(1, thread_name_prefix="ibtools-track")
-                              if background else None)
+                              if self.background else None)
+            if self.background == "process":
+                self._process = ProcessEstimator(self._job, threads=self.threads or 1)
         except BaseException:
             self._stack.close()
             raise
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _check_options(self, reference, pool, ci, estimators, background, betas):
+        from ibtools.analysis import REFERENCES, _check_betas
+
+        if reference not in REFERENCES:
+            raise ValueError(f"reference={reference!r} is not accepted; use one of "
+                             f"{list(REFERENCES)}")
+        if pool not in (None, "mean", "last"):
+            raise ValueError(f"pool={pool!r} is not accepted; use None, 'mean' or 'last'")
+        if ci not in (None, "auto"):
+            raise ValueError(f"ci={ci!r} is not accepted; use None or 'auto'")
+        if not any(background is b for b in _BACKGROUNDS):
+            raise ValueError(f"background={background!r} is not accepted; use False, "
+                             f"'thread' (or True) or 'process'")
+        self.background = "thread" if background is True else background
+        self.specs = parse_estimator_specs(list(estimators) if estimators is not None
+                                           else list(DEFAULT_ESTIMATORS))
+        if not self.specs:
+            raise ValueError("estimators is empty; give at least one estimator spec")
+        risky = [s.method for s in self.specs if s.method in _GLOBAL_RNG_METHODS]
+        if self.background == "thread" and risky:
+            raise ValueError(f"background={background!r} cannot run {risky}: their critic "
+                             f"initialisation uses the process-wide torch RNG, which a worker "
+                             f"thread would share with training; use background='process' "
+                             f"or False for them")
+        self.betas = _check_betas(betas)
+
+    def _device_threads(self, model, device, threads):
+        from ibtools.analysis import _resolve_device
+
+        if device is None:
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        device = _resolve_device(device)
+        if threads == "auto":  # as in analyze: small problems run fastest on one thread
+            threads = 1 if device.type == "cpu" and self.max_samples <= 4096 else None
+        if threads is not None:
+            threads = _check_int(threads, "threads", 1)
+        return device, threads
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -190,50 +179,10 @@ class Tracker:
                 "ib_kind": "classic" if self.reference == "input" else "layerwise"}
 
     def _open_out(self, overwrite, resume):
-        from ibtools import run_directory
-
-        if self.out.exists() and not self.out.is_dir():
-            raise ValueError(f"out={str(self.out)!r} exists and is not a directory")
-        self._stack.enter_context(run_directory.run_directory_lock(self.out, timeout=0))
-        files = [self.out / n for n in (*results_io.RESULT_FILES, results_io.RESULTS_JOURNAL)]
-        if not any(f.exists() for f in files):
-            return
-        if overwrite:
-            for f in files:
-                f.unlink(missing_ok=True)
-            return
-        if not resume:
-            raise ValueError(f"out={str(self.out)!r} already holds results; pass resume=True to "
-                             f"add to them (a step measured again replaces its rows) or "
-                             f"overwrite=True to start afresh")
-        old = (results_io.load_config(self.out) or {}).get("settings", {})
-        differ = [k for k in _RUN_KEYS if json.dumps(old.get(k), default=str)
-                  != json.dumps(self.settings.get(k), default=str)]
-        if differ:
-            detail = "; ".join(f"{k}: {old.get(k)!r} there, {self.settings[k]!r} now"
-                               for k in differ)
-            raise ValueError(f"out={str(self.out)!r} holds results of other tracking settings "
-                             f"({detail}); use another directory or overwrite=True")
-        rows = (results_io.load_results(self.out).to_dict("records")
-                if any((self.out / n).exists() for n in results_io.RESULT_FILES) else [])
-        rows += results_io.read_journal(self.out)
-        self._rows = rows
+        self._rows = open_run_directory(self.out, self._stack, self.settings, overwrite, resume)
 
     def _tensorboard(self, tensorboard):
-        if tensorboard is False or tensorboard is None:
-            return None, False
-        if tensorboard is True:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise ImportError("tensorboard=True needs the tensorboard package: pip install "
-                                  "'ibtools[tensorboard]'") from exc
-            log_dir = None if self.out is None else str(self.out / "tensorboard")
-            return SummaryWriter(log_dir=log_dir), True
-        if not callable(getattr(tensorboard, "add_scalar", None)):
-            raise TypeError(f"tensorboard={tensorboard!r} is not accepted; use True, False or a "
-                            f"torch.utils.tensorboard.SummaryWriter")
-        return tensorboard, False
+        return tensorboard_writer(tensorboard, self.out)
 
     # -- measuring -------------------------------------------------------------------------
 
@@ -274,13 +223,17 @@ class Tracker:
                 if self._executor is None:
                     self._estimate(acts, step, metrics)
                     return True
+                if self._process is not None:  # plain arrays, for the worker process
+                    with acts:
+                        acts = capture_arrays(acts)
         except BaseException:
             with self._lock:
                 self.steps.remove(step)
             raise
         while len(self._pending) >= _MAX_PENDING:  # bound the captures held in memory
             self._pending.pop(0).result()
-        self._pending.append(self._executor.submit(self._estimate, acts, step, metrics))
+        work = self._estimate if self._process is None else self._estimate_in_process
+        self._pending.append(self._executor.submit(work, acts, step, metrics))
         return True
 
     @contextlib.contextmanager
@@ -298,25 +251,37 @@ class Tracker:
                 torch.set_num_threads(previous)
 
     def _estimate(self, acts, step, metrics):
-        from ibtools.analysis import _layer_rows
-
+        """The rows of a capture, computed here (the training thread or the worker thread),
+        each (layer, setting) journalled as it finishes."""
         base = dict(self._base, checkpoint=f"{self.name}@step{step}", step=step, **metrics)
-        names = list(acts.layers)
-        new = []
-        with torch.no_grad():
-            for index, layer in enumerate(names):
-                t = acts[layer]
-                t_prev = acts.x if index == 0 else acts[names[index - 1]]
-                for spec in self.specs:
-                    rows = _layer_rows(spec, acts.x, acts.y, t, t_prev, index, self.betas,
-                                       self.seed, self.device, self.ci, self.reference)
-                    for r in rows:
-                        r.update(base, layer=layer, layer_index=index)
-                    new += rows
-                    if self.out is not None:  # an interruption loses at most this estimate
-                        results_io.append_journal(rows, self.out)
-        acts.close()
+
+        def journal(rows):
+            for r in rows:
+                r.update(base)
+            if self.out is not None:  # an interruption loses at most this estimate
+                results_io.append_journal(rows, self.out)
+
+        with acts:
+            new = estimate_rows(self._job, acts.x, acts.y,
+                                [(name, acts[name]) for name in acts.layers], journal)
         self._record(step, new)
+
+    def _estimate_in_process(self, arrays, step, metrics):
+        """The rows of a capture (plain arrays) from the worker process; this worker thread
+        only waits for them and writes them."""
+        new = self._process.rows(arrays)
+        base = dict(self._base, checkpoint=f"{self.name}@step{step}", step=step, **metrics)
+        for r in new:
+            r.update(base)
+        if self.out is not None:
+            results_io.append_journal(new, self.out)
+        self._record(step, new)
+
+    @property
+    def worker_cpu_seconds(self) -> float | None:
+        """CPU seconds the worker process spent on measurements so far (``None`` unless
+        ``background="process"``)."""
+        return None if self._process is None else self._process.cpu_seconds
 
     def _record(self, step, new):
         with self._lock:
@@ -385,6 +350,8 @@ class Tracker:
             self._closed = True
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
+            if self._process is not None:
+                self._process.close()
             if self._writer is not None:
                 self._writer.flush()
                 if self._own_writer:
@@ -439,8 +406,9 @@ def track(model, probe_data, layers=None, estimators=None, every=20, out=None, b
         ``"test"``), ``device`` (of the estimators; default the model's), ``name`` (the
         ``model`` column; default the class name), ``tensorboard`` (True: a SummaryWriter in
         ``out/tensorboard``, or your own writer; scalars ``ib/<setting>/<layer>/<quantity>``
-        at each step), ``background`` (run the estimators in a worker thread; at most four
-        measurements queue before :meth:`Tracker.step` waits), ``overwrite``/``resume``
+        at each step), ``background`` (``"process"``: the estimators run in a worker
+        process started with the tracker; ``"thread"`` or True: in a worker thread; at most
+        four measurements queue before :meth:`Tracker.step` waits), ``overwrite``/``resume``
         (what to do with results already in ``out``), ``batch_size`` (probe forward pass),
         ``threads`` (torch threads during a foreground measurement, restored afterwards;
         ``"auto"``: 1 on a CPU for up to 4096 rows, as :func:`ibtools.analyze` does).

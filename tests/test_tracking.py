@@ -8,6 +8,7 @@ equal foreground rows; TensorBoard scalars equal the table's values.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ibtools
+from ibtools.estimators.spec import EstimatorSpec
 from ibtools.models import build_model
 from ibtools.models.data import load_digits_split
 from ibtools.tracking import preserved_training_state
@@ -147,21 +149,40 @@ def test_report_draws_training_steps(tmp_path):
     assert "2, 4" in html  # the steps listed in the run settings
 
 
-def test_background_gives_the_foreground_rows():
-    tables, weights = [], []
-    for background in (False, True):
+def test_background_gives_the_foreground_rows(tmp_path):
+    """Rows estimated in a worker thread or a worker process equal the training thread's;
+    a measurement failing in the worker process raises on the training thread at close, and
+    the steps before it are written."""
+    tables, weights, cpu = [], [], []
+    for background in (False, True, "process"):
         model = _model()
+        out = tmp_path / str(background)
         tracker = ibtools.track(model, "digits", layers=LAYERS, estimators=ESTIMATORS, every=2,
-                                max_samples=150, background=background)
+                                max_samples=150, background=background, out=out)
         _train(model, 6, tracker)
-        tables.append(tracker.close().drop(columns=["seconds"]))
+        tracker.wait()
+        tables.append(tracker.table.drop(columns=["seconds"]))
         weights.append(model.state_dict())
+        cpu.append(tracker.worker_cpu_seconds)
+        if background == "process":
+            bad = EstimatorSpec("binning", {"n_bins": 0})  # refused when the worker builds it
+            tracker._process.job = dataclasses.replace(tracker._job, specs=(bad,))
+            tracker.measure(100)
+            with pytest.raises(ValueError, match="n_bins"):
+                tracker.close()
+        tracker.close()
+        assert tracker.closed
+        written = ibtools.load_results(out).drop(columns=["seconds"])
+        assert sorted(written["step"].unique()) == [2, 4, 6] and len(written) == len(tables[-1])
     pd.testing.assert_frame_equal(tables[0], tables[1])
+    pd.testing.assert_frame_equal(tables[0], tables[2])  # estimated in another process
     assert len(tables[0]) == 3 * 2 * 2 and "train_loss" in tables[0]
-    # the worker thread's estimators draw from their own generators, not training's
+    assert cpu[0] is None and cpu[1] is None and cpu[2] > 0
+    # the workers' estimators draw from their own generators, not training's
     plain = _train(_model(), 6).state_dict()
     for name in plain:
         assert torch.equal(weights[1][name], plain[name]), name
+        assert torch.equal(weights[2][name], plain[name]), name
 
 
 def test_resume_and_refusals(tmp_path):
@@ -186,6 +207,7 @@ def test_resume_and_refusals(tmp_path):
     ({"every": 0}, ValueError, "every=0"),
     ({"layers": "nope.*"}, ValueError, "nope"),
     ({"estimators": ["mine"], "background": True}, ValueError, "background=True"),
+    ({"background": "fork"}, ValueError, "background='fork'.*'process'"),
     ({"reference": "output"}, ValueError, "reference='output'"),
     ({"tensorboard": "yes"}, TypeError, "tensorboard='yes'"),
 ])
