@@ -1,0 +1,269 @@
+"""IBNorm-T against LayerNorm in larger models, prepared for one GPU: a 6-layer GPT-style LM
+and a small ViT, deterministic and noisy.
+
+    python examples/ibnorm_gpu_study.py [--out study-out/gpu] [--device cuda] [--seeds 3]
+                                        [--noise-std 0.1] [--data-dir docs/data] [--quick]
+
+Models (``--quick`` shrinks all of them to run on a CPU in seconds):
+
+- ``gpt``: GPT-2-style byte-level LM, 6 blocks, width 128, 4 heads, context 64, trained on the
+  text ibtools ships as its default corpus (the source of Python's ``inspect`` module, 90%
+  train / 10% validation), AdamW lr 1e-3, batch 64, 16 epochs (about 420 steps); measured on
+  2048 tokens of the validation text (Y = the next byte);
+- ``vit``: ViT on scikit-learn's digits at their native 8x8 (patches of 2x2: 16 patches and a
+  class token; upsampling would add pixels, not information), width 64, 4 blocks, 4 heads,
+  lr 2e-3, batch 64, 30 epochs; measured on the 450 test digits (Y = the class).
+
+Each with LayerNorm, IBNorm-T lambda=1 and IBNorm-T lambda=4, ``--seeds`` seeds, in two modes:
+
+- ``deterministic``: trained without noise; every block output measured by binning, KDE
+  (both bounds) and KSG (k=3).  On a sample of distinct inputs the true IB value is the
+  same for every such network, so any difference is the estimators' resolution;
+- ``noisy``: trained with Gaussian noise of std ``--noise-std`` after every block
+  (``noise_std`` of the reference models) and measured with the mixture estimator from noise
+  paths (``mode = trained-noise``).  A model class without ``noise_std`` falls back to the
+  analysis-time channel, ``analyze(noise_std=...)`` on the deterministic network
+  (``mode = analysis-noise``), and the rows say which.
+
+Every IBNorm-T cell (model, mode, variant, layer, setting) is compared with LayerNorm by
+:mod:`ibtools.compare` (Welch over seeds, Holm over all cells, minimum effect 0.01 nat).
+Writes into OUT: ``checkpoints/``, ``analysis/`` (a rerun resumes both), ``results.csv``,
+``metrics.csv`` (validation loss or test accuracy per seed), ``summary.csv``,
+``comparison.csv``, ``environment.json`` (with the GPU's name); with ``--data-dir`` also
+``gpu_*.csv`` and ``gpu_environment.json`` there.
+
+Sized for under 10 minutes of one H200 (36 training runs of a few hundred steps, one
+analysis per run's final checkpoint); on a CPU the full size takes hours -- use ``--quick``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _study_common import Variant, say, seed_summary, write_csv
+
+BETA = 0.1
+MODES = ("deterministic", "noisy")
+NORMS = (("layer", 0.0), ("ib-T", 1.0), ("ib-T", 4.0))
+QUICK_NORMS = (("layer", 0.0), ("ib-T", 1.0))
+
+FULL = {
+    "gpt": {"config": {"n_layer": 6, "n_head": 4, "n_embd": 128, "block_size": 64},
+            "training": {"epochs": 16, "batch_size": 64, "lr": 1e-3, "checkpoint_every": 10_000},
+            "data": "text", "metric": "val_loss", "max_samples": 2048},
+    "vit": {"config": {"image_size": 8, "patch_size": 2, "dim": 64, "depth": 4, "heads": 4},
+            "training": {"epochs": 30, "batch_size": 64, "lr": 2e-3, "checkpoint_every": 10_000},
+            "data": "digits", "metric": "test_accuracy", "max_samples": 450},
+}
+QUICK = {
+    "gpt": {"config": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16},
+            "training": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "max_steps": 6,
+                         "checkpoint_every": 10_000},
+            "data": "text", "metric": "val_loss", "max_samples": 96},
+    "vit": {"config": {"image_size": 8, "patch_size": 4, "dim": 16, "depth": 2, "heads": 2},
+            "training": {"epochs": 1, "batch_size": 64, "lr": 2e-3, "max_steps": 6,
+                         "checkpoint_every": 10_000},
+            "data": "digits", "metric": "test_accuracy", "max_samples": 64},
+}
+LAYER_PREFIX = {"gpt": "blocks", "vit": "blocks"}
+DEPTH_KEY = {"gpt": "n_layer", "vit": "depth"}
+#: Block outputs of a pre-norm transformer are residual streams of unit-order scale.
+DETERMINISTIC = ["binning:bin_width=0.5", "kde:noise_var=0.1", "kde:noise_var=0.1,bound='lower'",
+                 "ksg:k=3"]
+QUICK_DETERMINISTIC = ["binning:bin_width=0.5", "kde:noise_var=0.1"]
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def has_noise_option(model: str) -> bool:
+    """Whether the reference model's constructor takes ``noise_std`` (train-time noise)."""
+    from ibtools.models import REFERENCE_MODELS
+
+    return "noise_std" in inspect.signature(REFERENCE_MODELS[model].__init__).parameters
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def train_run(model: str, spec: dict, variant: Variant, seed: int, noise_std: float,
+              folder: Path, device: str) -> Path:
+    """Train one run (skipped when finished: ``history.json`` exists); the final checkpoint."""
+    from ibtools.models import train
+
+    if not (folder / "history.json").exists():
+        config = dict(spec["config"], norm=variant.norm)
+        if not variant.is_baseline:
+            config["lam"] = variant.lam
+        if noise_std:
+            config.update(noise_std=noise_std, noise_seed=seed)
+        start, cpu = time.perf_counter(), cpu_seconds()
+        history = train(model, spec["data"], seed=seed, out_dir=folder, model_config=config,
+                        device=device, **spec["training"])
+        last = history[-1]
+        metric = spec["metric"]
+        say(f"[train] {folder.relative_to(folder.parents[3])}: "
+            f"{time.perf_counter() - start:.1f} s wall, {cpu_seconds() - cpu:.1f} s CPU, "
+            f"{metric} {last[metric]:.3f}")
+    return max(folder.glob("step_*.pt"))
+
+
+def study(out: Path, sizes: dict, norms, seeds, noise_std: float, device: str,
+          models=("gpt", "vit"), deterministic=tuple(DETERMINISTIC)) -> tuple[pd.DataFrame,
+                                                                             pd.DataFrame]:
+    """Train and analyze every (model, mode, variant, seed); the joined results table and
+    the per-seed metrics."""
+    import ibtools
+
+    tables, metrics = [], []
+    for model in models:
+        spec = sizes[model]
+        depth = spec["config"][DEPTH_KEY[model]]
+        layers = [f"{LAYER_PREFIX[model]}.{i}" for i in range(depth)]
+        trained_noise = has_noise_option(model)
+        for mode in MODES:
+            noisy = mode == "noisy"
+            for norm, lam in norms:
+                variant = Variant(model, norm, lam)
+                for seed in seeds:
+                    # the fallback's noisy rows read the deterministic network through a channel
+                    train_mode = "noisy" if noisy and trained_noise else "deterministic"
+                    folder = out / "checkpoints" / model / train_mode / variant.tag / f"seed{seed}"
+                    final = train_run(model, spec, variant, seed,
+                                      noise_std if train_mode == "noisy" else 0.0, folder, device)
+                    _, info = ibtools.load_model(final)
+                    metrics.append({"model": model, "mode": mode, "norm": norm, "lam": lam,
+                                    "seed": seed, "step": info["meta"]["step"],
+                                    spec["metric"]: info["meta"][spec["metric"]]})
+                    kwargs = {"estimators": list(deterministic)}
+                    if noisy:
+                        kwargs = {"estimators": ["mixture:mc_tolerance=0.02"]}
+                        if not trained_noise:
+                            kwargs["noise_std"] = noise_std
+                    start, cpu = time.perf_counter(), cpu_seconds()
+                    run_out = out / "analysis" / model / mode / variant.tag / f"seed{seed}"
+                    table = ibtools.analyze([str(final)], data=spec["data"], layers=layers,
+                                            betas=[BETA], reference="previous",
+                                            max_samples=spec["max_samples"], seed=0,
+                                            device=device, out_dir=run_out, progress=False,
+                                            **kwargs)
+                    say(f"[analyze] {model} {mode} {variant.tag} seed {seed}: "
+                        f"{time.perf_counter() - start:.1f} s wall, "
+                        f"{cpu_seconds() - cpu:.1f} s CPU")
+                    tables.append(table.assign(study_mode=mode))
+    return pd.concat(tables, ignore_index=True), pd.DataFrame(metrics)
+
+
+def summarize(table: pd.DataFrame, metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seed summary and Welch/Holm comparison; a cell's model key is ``<model>/<mode>``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _study_common import compare_to_baselines
+
+    table = table.assign(model=table["model"].astype(str).str.split(":").str[-1])
+    table = table.assign(model=table["model"] + "/" + table["study_mode"])
+    summaries = []
+    for model, part in table.groupby("model", sort=False):
+        metric = "val_loss" if model.startswith("gpt") else "test_accuracy"
+        summaries.append(seed_summary(part, metric))
+    summary = pd.concat(summaries, ignore_index=True)
+    comparison = compare_to_baselines(table, {m: "layer" for m in table["model"].unique()})
+    out = []
+    for df in (summary, comparison):
+        split = df["model"].str.split("/", n=1)
+        df = df.assign(model=split.str[0])
+        df.insert(1, "mode", split.str[1])
+        out.append(df)
+    return out[0], out[1]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="study-out/gpu", type=Path,
+                        help="run folder; a rerun resumes there")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny models on the CPU in seconds (a smoke test)")
+    parser.add_argument("--device", default=None,
+                        help="'cuda' (default when available; quick: 'cpu') or 'cpu'")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per variant (default 3; "
+                        "quick 2)")
+    parser.add_argument("--noise-std", type=float, default=0.1,
+                        help="std of the noisy mode's Gaussian noise after every block")
+    parser.add_argument("--models", default="gpt,vit", help="comma-separated: gpt, vit")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="also write gpu_*.csv and gpu_environment.json here")
+    args = parser.parse_args(argv)
+    device = args.device or ("cpu" if args.quick else default_device())
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {device}: torch sees no CUDA device here; use --device cpu "
+                     f"(with --quick: the full size takes hours on a CPU)")
+    seeds_n = args.seeds if args.seeds is not None else (2 if args.quick else 3)
+    if seeds_n < 2:
+        parser.error(f"--seeds must be >= 2 (a Welch test needs two seeds a side), got {seeds_n}")
+    if not args.noise_std > 0:
+        parser.error(f"--noise-std must be > 0, got {args.noise_std}")
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    unknown = [m for m in models if m not in FULL]
+    if unknown or not models:
+        parser.error(f"--models {args.models!r}: accepted names are {sorted(FULL)}")
+    if device == "cpu":
+        torch.set_num_threads(1)
+    if device.startswith("cuda"):
+        # deterministic kernels where torch has them, so a rerun on the same GPU repeats
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    from ibtools.environment import describe_environment
+    from ibtools.results import write_atomic
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = QUICK if args.quick else FULL
+    start, cpu = time.perf_counter(), cpu_seconds()
+    table, metrics = study(out, sizes, QUICK_NORMS if args.quick else NORMS,
+                           list(range(seeds_n)), args.noise_std, device, models,
+                           QUICK_DETERMINISTIC if args.quick else DETERMINISTIC)
+    summary, comparison = summarize(table, metrics)
+    env = describe_environment(device)
+    env["run"] = {"wall_seconds": round(time.perf_counter() - start, 1),
+                  "cpu_seconds": round(cpu_seconds() - cpu, 1), "quick": args.quick,
+                  "seeds": seeds_n, "noise_std": args.noise_std, "models": list(models),
+                  "train_time_noise": {m: has_noise_option(m) for m in models},
+                  "sizes": {m: sizes[m] for m in models}}
+    files = {"results.csv": table, "metrics.csv": metrics, "summary.csv": summary,
+             "comparison.csv": comparison}
+    for name, df in files.items():
+        write_csv(df, out / name)
+    write_atomic(out / "environment.json", json.dumps(env, indent=2, default=str) + "\n")
+    if args.data_dir is not None:
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.csv", "summary.csv", "comparison.csv"):
+            write_csv(files[name], args.data_dir / f"gpu_{name}")
+        write_atomic(args.data_dir / "gpu_environment.json",
+                     json.dumps(env, indent=2, default=str) + "\n")
+    from ibtools import compare
+
+    counts = compare.summarize(comparison, by=["model", "mode", "setting"])
+    pd.set_option("display.width", 200)
+    say(counts.to_string(index=False))
+    say(f"[gpu-study] {len(table)} rows on {device}; {env['run']['wall_seconds']:.0f} s wall, "
+        f"{env['run']['cpu_seconds']:.0f} s CPU; outputs in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""The noisy-network IBNorm study and the prepared GPU study, at their --quick sizes.
+
+``examples/ibnorm_noisy.py`` trains noisy MLPs and measures them with the noisy-network
+mixture estimate; ``examples/ibnorm_gpu_study.py`` trains a GPT and a ViT in deterministic and
+noisy modes.  The tests run both end to end in this process (tiny sizes, CPU) and check the
+numbers against what must hold: the IB value is its terms' combination, the first layer's
+T_prev is the input, values stay under the mixture's ceiling, verdicts follow the rule, a
+rerun resumes without retraining, and the accuracy-matching rule picks what it says.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ibtools.compare import MIN_EFFECT_NATS
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location(f"_example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    return _load("ibnorm_noisy")
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    return _load("ibnorm_gpu_study")
+
+
+def test_matched_steps_picks_closest_checkpoint_to_lowest_final_accuracy(noisy):
+    rows = []
+    # two seeds per variant; seed means: layer 0.50, 0.80, 0.90 ; ib-T 0.60, 0.85, 0.86
+    for norm, lam, means in (("layer", 0.0, (0.50, 0.80, 0.90)), ("ib-T", 4.0, (0.60, 0.85, 0.86))):
+        for step, m in zip((0, 22, 44), means):
+            for seed, delta in ((0, -0.01), (1, 0.01)):
+                rows.append({"sigma": 0.2, "norm": norm, "lam": lam, "seed": seed, "step": step,
+                             "test_accuracy": m + delta})
+    steps = noisy.matched_steps(pd.DataFrame(rows), tolerance=0.01).set_index("norm")
+    assert steps["target_accuracy"].tolist() == pytest.approx([0.86, 0.86])
+    # LayerNorm's closest checkpoint to 0.86 is step 44 (0.90 is 0.04 away, 0.80 is 0.06)
+    assert steps.loc["layer", "matched_step"] == 44
+    assert not steps.loc["layer", "matched"]            # 0.04 > tolerance 0.01
+    assert steps.loc["ib-T", "matched_step"] == 44 and steps.loc["ib-T", "matched"]
+    assert steps.loc["layer", "final_accuracy_sd"] == pytest.approx(math.sqrt(2) * 0.01)
+    loose = noisy.matched_steps(pd.DataFrame(rows), tolerance=0.05).set_index("norm")
+    assert loose.loc["layer", "matched"]
+
+
+def test_noisy_study_quick_end_to_end_and_resume(noisy, tmp_path):
+    out, data = tmp_path / "run", tmp_path / "data"
+    assert noisy.main(["--quick", "--out", str(out), "--data-dir", str(data)]) == 0
+    seeds = pd.read_csv(out / "seeds.csv")
+    cfg = noisy.QUICK
+    n_layers = len(cfg["widths"])
+    # 2 variants x 2 seeds x layers x (final, matched) roles
+    assert len(seeds) == 2 * 2 * n_layers * 2
+    assert seeds["ib_value"].to_numpy() == pytest.approx(
+        (seeds["i_ty"] - noisy.BETA * seeds["i_prev_t"]).to_numpy(), abs=1e-12)
+    first = seeds[seeds["layer"] == "layers.0"]
+    assert first["i_xt"].to_numpy() == pytest.approx(first["i_prev_t"].to_numpy(), abs=1e-9)
+    ceiling = math.log(cfg["max_samples"] * cfg["n_paths"])
+    assert (seeds["i_xt"] <= ceiling + 4 * seeds["se_xt"] + 1e-9).all()
+    assert (seeds["i_ty"] <= math.log(10) + 4 * seeds["se_ty"] + 1e-9).all()
+    assert (seeds["i_xt"] > 0).all()
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert set(comparison["comparison"]) <= {"matched noise", "matched accuracy"}
+    tested = comparison[comparison["verdict"] != "not matched"]
+    small = tested["diff"].abs() < MIN_EFFECT_NATS
+    assert (tested.loc[small, "verdict"] == "below effect size").all()
+    assert (tested["p_adj"] >= tested["p"] - 1e-12).all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary["n_seeds"] == 2).all()
+    assert (summary["ib_value_mc_se"] > 0).all()
+    env = json.loads((data / "noisy_environment.json").read_text(encoding="utf-8"))
+    assert env["versions"]["torch"] and env["run"]["n_paths"] == cfg["n_paths"]
+    for name in ("seeds", "accuracy", "summary", "comparison"):
+        assert (data / f"noisy_{name}.csv").stat().st_size > 100
+
+    # a rerun resumes: no run is trained again, no checkpoint measured again
+    histories = {p: p.stat().st_mtime_ns for p in out.glob("checkpoints/**/history.json")}
+    cached = {p: p.stat().st_mtime_ns for p in out.glob("analysis/**/*.csv")}
+    assert noisy.main(["--quick", "--out", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in histories} == histories
+    assert {p: p.stat().st_mtime_ns for p in cached} == cached
+    pd.testing.assert_frame_equal(pd.read_csv(out / "seeds.csv"), seeds)
+
+
+def test_noisy_study_rejects_one_seed(noisy, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        noisy.main(["--quick", "--seeds", "1", "--out", str(tmp_path)])
+    assert "--seeds must be >= 2" in capsys.readouterr().err
+
+
+def _check_gpu_run(out: Path, noisy_mode: str) -> pd.DataFrame:
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["study_mode"]) == {"deterministic", "noisy"}
+    assert set(results.loc[results["study_mode"] == "noisy", "mode"]) == {noisy_mode}
+    assert (results.loc[results["study_mode"] == "deterministic", "mode"]
+            == "deterministic").all()
+    assert results["ib_value"].to_numpy() == pytest.approx(
+        (results["i_ty"] - 0.1 * results["i_prev_t"]).to_numpy(), abs=1e-9)
+    comparison = pd.read_csv(out / "comparison.csv")
+    # one IBNorm-T variant x 2 modes x blocks x settings (2 deterministic, 1 noisy)
+    depth = 2
+    assert len(comparison) == depth * (2 + 1)
+    assert set(comparison["mode"]) == {"deterministic", "noisy"}
+    small = comparison["diff"].abs() < MIN_EFFECT_NATS
+    assert (comparison.loc[small, "verdict"].isin(["below effect size", "not computed"])).all()
+    env = json.loads((out / "environment.json").read_text(encoding="utf-8"))
+    assert env["run"]["models"] == ["vit"] and env["device"] == "cpu"
+    return results
+
+
+def test_gpu_study_quick_on_cpu(gpu, tmp_path):
+    out = tmp_path / "gpu"
+    assert gpu.main(["--quick", "--models", "vit", "--out", str(out)]) == 0
+    results = _check_gpu_run(out, "trained-noise")
+    assert (results.loc[results["study_mode"] == "noisy", "noise_std"] == 0.1).all()
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert len(metrics) == 2 * 2 * 2 and metrics["test_accuracy"].between(0, 1).all()
+
+
+def test_gpu_study_falls_back_to_analysis_time_noise(gpu, tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu, "has_noise_option", lambda model: False)
+    out = tmp_path / "gpu"
+    assert gpu.main(["--quick", "--models", "vit", "--out", str(out)]) == 0
+    _check_gpu_run(out, "analysis-noise")
+    # without train-time noise both modes read the same deterministic networks
+    assert not (out / "checkpoints" / "vit" / "noisy").exists()
+
+
+def test_gpu_study_names_bad_arguments(gpu, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gpu.main(["--quick", "--models", "resnet", "--out", str(tmp_path)])
+    assert "--models 'resnet'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu.main(["--quick", "--noise-std", "0", "--out", str(tmp_path)])
+    assert "--noise-std must be > 0" in capsys.readouterr().err
