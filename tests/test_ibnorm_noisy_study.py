@@ -90,6 +90,13 @@ def test_noisy_study_quick_end_to_end_and_resume(noisy, tmp_path):
     assert env["versions"]["torch"] and env["run"]["n_paths"] == cfg["n_paths"]
     for name in ("seeds", "accuracy", "summary", "comparison"):
         assert (data / f"noisy_{name}.csv").stat().st_size > 100
+    # the doc's tables print from those files
+    tables = _load("study_tables").render(data, ["noisy_accuracy", "noisy_terms",
+                                                 "noisy_diffs", "noisy_verdicts"])
+    assert "IBNorm-T, λ=1" in tables["noisy_terms"] and "LayerNorm" in tables["noisy_terms"]
+    counts = tables["noisy_verdicts"].splitlines()[2:]
+    assert sum(int(line.strip("| ").split(" | ")[-1]) for line in counts) == len(comparison)
+    assert len(tables["noisy_diffs"].splitlines()) == 2 + len(comparison) // 4
 
     # a rerun resumes: no run is trained again, no checkpoint measured again
     histories = {p: p.stat().st_mtime_ns for p in out.glob("checkpoints/**/history.json")}
