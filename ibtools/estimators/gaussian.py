@@ -56,6 +56,62 @@ def covariance(blocks, budget: int) -> torch.Tensor:
 _PACKED_MAX_ROWS = 256
 
 
+def _centred_by_class(rows: torch.Tensor, sizes_t: torch.Tensor):
+    """Rows minus their class mean, with one zero row appended (the padding row), and the
+    first row of each class.  All class means come from one ``index_add_``."""
+    d = rows.shape[1]
+    seg = torch.repeat_interleave(torch.arange(len(sizes_t), device=rows.device), sizes_t)
+    means = torch.zeros(len(sizes_t), d, dtype=rows.dtype, device=rows.device)
+    means.index_add_(0, seg, rows)
+    means /= sizes_t[:, None].to(rows.dtype)
+    centred = torch.cat([rows - means[seg], rows.new_zeros(1, d)])
+    return centred, torch.cumsum(sizes_t, 0) - sizes_t
+
+
+def _padded_blocks(centred, starts, sizes_t, members, width: int, per_class: int, budget: int):
+    """Yield ``(classes, blocks)``: the rows of the classes in ``members`` (ids into
+    ``sizes_t``, each with at most ``width`` rows) gathered as (B, width, d), short classes
+    filled with the zero row, in batches sized to ``budget`` (``per_class`` bytes each)."""
+    n = centred.shape[0] - 1
+    dev = centred.device
+    cls = torch.as_tensor(members, dtype=torch.long, device=dev)
+    offs = torch.arange(width, device=dev)
+    index = torch.where(offs < sizes_t[cls, None], starts[cls, None] + offs, n)
+    batch = max(1, chunk_rows(len(members), per_class, budget))
+    for b0 in range(0, len(members), batch):
+        yield cls[b0:b0 + batch], centred[index[b0:b0 + batch]]
+
+
+def _by_width(sizes, members, cap=None) -> dict:
+    """Class ids of ``members`` grouped by their row count rounded up to a power of two
+    (at most ``cap``)."""
+    groups: dict[int, list[int]] = {}
+    for c in members:
+        p = 1 << max(0, (sizes[c] - 1).bit_length())
+        groups.setdefault(p if cap is None else min(p, cap), []).append(c)
+    return groups
+
+
+def _scatter_products(centred, starts, sizes, sizes_t, members, out, budget):
+    """``out[i] = X_c^T X_c`` (unnormalised) for class ``c = members[i]``: one matmul per class
+    above ``_PACKED_MAX_ROWS`` rows, batched matmuls over zero-padded blocks for the rest (a
+    zero row adds nothing to ``X^T X``), grouped by padded size."""
+    d = centred.shape[1]
+    where = {c: i for i, c in enumerate(members)}
+    small = []
+    for c in members:
+        if sizes[c] > _PACKED_MAX_ROWS:
+            s0 = int(starts[c])
+            block = centred[s0:s0 + sizes[c]]
+            out[where[c]] = block.T @ block
+        else:
+            small.append(c)
+    for p, group in _by_width(sizes, small).items():
+        for cls, g in _padded_blocks(centred, starts, sizes_t, group, p, (p + d) * d * 8,
+                                     budget):
+            out[[where[c] for c in cls.tolist()]] = g.transpose(1, 2) @ g
+
+
 def class_covariances(rows: torch.Tensor, sizes, budget: int) -> torch.Tensor:
     """Unbiased covariances, shape (C, d, d), of consecutive segments of ``rows``.
 
@@ -66,60 +122,99 @@ def class_covariances(rows: torch.Tensor, sizes, budget: int) -> torch.Tensor:
     the cost is a few calls however many classes there are rather than one Python step per
     class.  A class of one row has a zero covariance (divided by max(n_c - 1, 1)), as before.
     """
-    n, d = rows.shape
-    dev = rows.device
-    sizes_t = torch.as_tensor(sizes, dtype=torch.long, device=dev)
-    n_cls = len(sizes)
-    seg = torch.repeat_interleave(torch.arange(n_cls, device=dev), sizes_t)
-    means = torch.zeros(n_cls, d, dtype=rows.dtype, device=dev).index_add_(0, seg, rows)
-    means /= sizes_t[:, None].to(rows.dtype)
-    centred = torch.cat([rows - means[seg], rows.new_zeros(1, d)])  # row n: the zero pad
-    covs = rows.new_empty(n_cls, d, d)
-    starts = torch.cumsum(sizes_t, 0) - sizes_t
-    padded = [1 << max(0, (k - 1).bit_length()) for k in sizes]
-    by_width: dict[int, list[int]] = {}
-    for c, (k, p) in enumerate(zip(sizes, padded)):
-        if k > _PACKED_MAX_ROWS:
-            s0 = int(starts[c])
-            block = centred[s0:s0 + k]
-            covs[c] = block.T @ block
-        else:
-            by_width.setdefault(p, []).append(c)
-    for p, members in by_width.items():
-        cls = torch.as_tensor(members, dtype=torch.long, device=dev)
-        offs = torch.arange(p, device=dev)
-        index = starts[cls, None] + offs
-        index = torch.where(offs < sizes_t[cls, None], index, n)
-        per_class = (p + d) * d * 8
-        batch = max(1, chunk_rows(len(members), per_class, budget))
-        for b0 in range(0, len(members), batch):
-            g = centred[index[b0:b0 + batch]]                     # (B, p, d)
-            covs[cls[b0:b0 + batch]] = g.transpose(1, 2) @ g
+    d = rows.shape[1]
+    sizes = [int(k) for k in sizes]
+    sizes_t = torch.as_tensor(sizes, dtype=torch.long, device=rows.device)
+    centred, starts = _centred_by_class(rows, sizes_t)
+    covs = rows.new_empty(len(sizes), d, d)
+    _scatter_products(centred, starts, sizes, sizes_t, list(range(len(sizes))), covs, budget)
     covs /= (sizes_t - 1).clamp_min(1).to(rows.dtype)[:, None, None]
     return covs
 
 
-def logdet(m: torch.Tensor, ridge: float):
+def _singular_error(ridge: float) -> ValueError:
+    return ValueError(f"the covariance is singular even with ridge={ridge:.3g} (constant or "
+                      f"duplicate columns, or fewer rows than dimensions); set ridge > 0 "
+                      f"(the default 1e-6 of the mean variance keeps it finite)")
+
+
+def logdet(m: torch.Tensor, ridge: float, raw: bool = True):
     """``(ln det(m + ridge I), ln det(m) or None)`` by Cholesky; ``m`` may be batched.
 
     The second is ``None`` when ``m`` is singular to working precision: Cholesky fails, or
     a squared pivot falls below ``SINGULAR_RTOL`` times the largest diagonal entry (rounding
     can let an exactly singular matrix, such as a duplicated column, pass Cholesky with a
-    pivot of 1e-16, whose log would be meaningless)."""
+    pivot of 1e-16, whose log would be meaningless); it is also ``None``, without being
+    computed, when ``raw`` is False (the caller already knows ``m`` is singular)."""
     eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
     scale = torch.diagonal(m, dim1=-2, dim2=-1).amax(dim=-1).clamp_min(torch.finfo(m.dtype).tiny)
     out = []
-    for shift in (ridge, 0.0):
+    for shift in (ridge, 0.0) if raw else (ridge,):
         chol, info = torch.linalg.cholesky_ex(m + shift * eye)
         diag = torch.diagonal(chol, dim1=-2, dim2=-1)
         ok = bool((info == 0).all()) and bool(
             (diag.amin(dim=-1) ** 2 > SINGULAR_RTOL * (scale + shift)).all())
         out.append(2.0 * torch.log(diag).sum(dim=-1) if ok else None)
     if out[0] is None:
-        raise ValueError(f"the covariance is singular even with ridge={ridge:.3g} (constant or "
-                         f"duplicate columns, or fewer rows than dimensions); set ridge > 0 "
-                         f"(the default 1e-6 of the mean variance keeps it finite)")
-    return out[0], out[1]
+        raise _singular_error(ridge)
+    return out[0], out[1] if raw else None
+
+
+def class_logdets(rows: torch.Tensor, sizes, ridge: float, budget: int):
+    """``(ln det(S_c + ridge I) for every class, ln det S_c for every class or None)``.
+
+    ``rows`` (float64, sorted by class) holds the classes one after another, class c with
+    ``sizes[c]`` rows; ``S_c`` is its unbiased covariance (:func:`class_covariances`).  The
+    second is ``None`` when some ``S_c`` is singular (a class with no more rows than
+    dimensions always is), as :func:`logdet` of the stacked covariances would say.
+
+    A class of n_c <= d rows has a covariance of rank below n_c, so its determinant needs no
+    d x d matrix: with ``A`` its centred rows over ``sqrt(n_c - 1)`` (n_c x d), Sylvester's
+    identity gives ``det(ridge I_d + A^T A) = ridge^(d - n_c) det(ridge I_{n_c} + A A^T)``,
+    an n_c x n_c Cholesky (padded with zero rows to a power of two, which adds ``ln ridge``
+    per padding row on both sides); a class of one row is ``d ln ridge`` exactly.  Token
+    labels put thousands of such classes in one analysis, and a d x d factorisation each
+    was most of its time.  Classes above d rows get their d x d covariances and one stacked
+    Cholesky, in groups sized to ``budget``."""
+    d = rows.shape[1]
+    dev = rows.device
+    sizes = [int(k) for k in sizes]
+    sizes_t = torch.as_tensor(sizes, dtype=torch.long, device=dev)
+    small = [c for c, k in enumerate(sizes) if k <= d]
+    if small and not ridge > 0:
+        raise _singular_error(ridge)
+    centred, starts = _centred_by_class(rows, sizes_t)
+    ld = rows.new_empty(len(sizes))
+    log_ridge = math.log(ridge) if ridge > 0 else 0.0
+    ld[[c for c in small if sizes[c] == 1]] = d * log_ridge
+    gram = [c for c in small if sizes[c] > 1]
+    for p, group in _by_width(sizes, gram, cap=d).items():
+        eye = torch.eye(p, dtype=rows.dtype, device=dev)
+        for cls, g in _padded_blocks(centred, starts, sizes_t, group, p, (p + 2 * d) * p * 8,
+                                     budget):
+            m = g @ g.transpose(1, 2)
+            m /= (sizes_t[cls] - 1).to(rows.dtype)[:, None, None]
+            chol, info = torch.linalg.cholesky_ex(m + ridge * eye)
+            if bool((info != 0).any()):
+                raise _singular_error(ridge)
+            diag = torch.diagonal(chol, dim1=-2, dim2=-1)
+            ld[cls] = 2.0 * torch.log(diag).sum(dim=-1) + (d - p) * log_ridge
+    large = [c for c, k in enumerate(sizes) if k > d]
+    raw = None if small else rows.new_empty(len(sizes))
+    group = max(1, chunk_rows(len(large), d * d * 8 * 3, budget))
+    for g0 in range(0, len(large), group):
+        members = large[g0:g0 + group]
+        covs = rows.new_empty(len(members), d, d)
+        _scatter_products(centred, starts, sizes, sizes_t, members, covs, budget)
+        covs /= (sizes_t[members] - 1).to(rows.dtype)[:, None, None]
+        ld_g, raw_g = logdet(covs, ridge, raw=raw is not None)
+        ld[members] = ld_g
+        if raw is not None:
+            if raw_g is None:
+                raw = None
+            else:
+                raw[members] = raw_g
+    return ld, raw
 
 
 def logdet_bias(d: int, n: int) -> float | None:
@@ -334,30 +429,17 @@ class Gaussian(Estimator):
         return value + shift, details, flags
 
     def _class_logdets(self, x, y, inv, lam, budget):
-        """Per class present: ``(id, rows, ln det of its covariance + ridge, the same
-        without the ridge or None)``.  The rows are sorted by class once; each group of
-        consecutive classes (sized to ``budget``) gets its covariances from one segment
-        reduction (:func:`class_covariances`) and its log-dets from one stacked Cholesky."""
-        d = x.shape[1]
+        """The classes present (ids), their rows, and per class the ln det of its covariance
+        + ridge and the same without the ridge (or None when some class is singular).  The
+        rows are sorted by class once and every class's log-dets come from
+        :func:`class_logdets` (a few batched calls for all classes)."""
         counts = torch.bincount(y)
         present = (counts > 0).nonzero().squeeze(1)
         order = torch.argsort(y, stable=True)
         sizes = counts[present].tolist()
-        ends = [0]
-        for k in sizes:
-            ends.append(ends[-1] + k)
         scaled = x[order].to(torch.float64) * inv
-        ids_all = present.tolist()
-        out = []
-        group = max(1, chunk_rows(len(ids_all), d * d * 8 * 3, budget))
-        for g0 in range(0, len(ids_all), group):
-            g1 = min(len(ids_all), g0 + group)
-            covs = class_covariances(scaled[ends[g0]:ends[g1]], sizes[g0:g1], budget)
-            ld, raw = logdet(covs, lam)
-            for i in range(g1 - g0):
-                out.append((ids_all[g0 + i], sizes[g0 + i], float(ld[i]),
-                            None if raw is None else float(raw[i])))
-        return out, counts
+        ld, raw = class_logdets(scaled, sizes, lam, budget)
+        return present.tolist(), sizes, ld, raw, counts
 
     def _mi_classes(self, x, y):
         n, d = x.shape
@@ -370,10 +452,10 @@ class Gaussian(Estimator):
         trace = float(torch.diagonal(s).sum())
         lam = float(self.ridge) * (trace / d if trace > 0 else 1.0)
         ld_total, raw_total = logdet(s, lam)
-        classes, counts = self._class_logdets(x, y, inv, lam, budget)
-        cond = sum(k / n * ld for _, k, ld, _ in classes)
-        cond_raw = None if raw_total is None or any(r is None for *_, r in classes) else \
-            sum(k / n * r for _, k, _, r in classes)
+        ids, sizes, ld, raw_c, counts = self._class_logdets(x, y, inv, lam, budget)
+        weights = torch.as_tensor(sizes, dtype=torch.float64, device=ld.device) / n
+        cond = float((weights * ld).sum())
+        cond_raw = None if raw_total is None or raw_c is None else float((weights * raw_c).sum())
         value = gaussian_entropy(d, ld_total) - gaussian_entropy(d, cond)
         raw = None if cond_raw is None else 0.5 * float(raw_total) - 0.5 * cond_raw
         mattered = _mattered(value, raw)
@@ -381,12 +463,15 @@ class Gaussian(Estimator):
         # (flagged below) and keep their plug-in value
         dim = effective_dim(s, raw_total)
         b_total = self._biases([dim], n)
-        b_class = {c: (self._biases([dim], k) or [0.0])[0] for c, k, _, _ in classes}
+        by_size = {k: (self._biases([dim], k) or [0.0])[0] for k in set(sizes)}
+        b_class = torch.tensor([by_size[k] for k in sizes], dtype=torch.float64,
+                               device=ld.device)
         b_total = 0.0 if b_total is None else b_total[0]
         h_total = gaussian_entropy(d, float(ld_total) - b_total)
-        per_class = {c: gaussian_entropy(d, ld - b_class[c]) for c, _, ld, _ in classes}
-        shift = -0.5 * b_total + 0.5 * sum(k / n * b_class[c] for c, k, _, _ in classes)
-        small = [(c, k) for c, k, _, _ in classes if k <= d]
+        h_class = 0.5 * (d * LOG_2PI_E + (ld - b_class))
+        per_class = dict(zip(ids, h_class.tolist()))
+        shift = -0.5 * b_total + 0.5 * float((weights * b_class).sum())
+        small = [(c, k) for c, k in zip(ids, sizes) if k <= d]
         flags = self._dimension_flag(d, n, "x")
         if small:
             listed = ", ".join(f"class {c}: {k} rows" for c, k in small[:5])
@@ -402,7 +487,7 @@ class Gaussian(Estimator):
                    "class_entropies": per_class, "class_counts": counts.tolist(),
                    "ridge_value": lam, "ridge_mattered": mattered, "bias_correction": shift,
                    "expected_bias": 0.0 if corrected else
-                   (len(classes) - 1) * d * (d + 1) / (4.0 * n)}
+                   (len(ids) - 1) * d * (d + 1) / (4.0 * n)}
         return value, details, flags
 
     def _entropy(self, x, discrete, rng):
