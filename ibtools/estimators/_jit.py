@@ -13,14 +13,26 @@ Kernels live in ``_kdtree_numba`` (the kNN estimators' k-d tree), ``_brute_numba
 brute-force statistics) and ``_kde_numba`` (KDE's fused pass); they are used when numba is
 installed (``pip install "ibtools[fast]"``), and otherwise, or when they cannot load, the
 pure torch / scipy paths give the same numbers.
+
+Busy machines.  A parallel region whose cores are taken by other processes is slower than one
+thread: torch's OpenMP threads spin-wait for each other while the scheduler hands their cores
+to someone else.  So an estimator call (:func:`call_threads`) runs on
+``min(torch's thread count, cores not busy)``, where the busy cores are the runnable tasks of
+``/proc/loadavg`` other than this process's own (:func:`free_cores`), read at most every
+``LOAD_CACHE_SECONDS``.  The count is only ever lowered, only for the call, and put back in
+a ``finally``.  ``IBTOOLS_THREADS=torch`` turns this off (torch's setting is used as is).
+OpenMP's own remedy, ``OMP_WAIT_POLICY=passive``, must be in the environment before torch
+is imported, so a library cannot apply it; users who start the interpreter may.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib
 import os
 import threading
+import time
 
 import torch
 
@@ -57,6 +69,117 @@ def workers() -> int:
     return max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
 
 
+#: Seconds one reading of the machine's load is reused by later calls.
+LOAD_CACHE_SECONDS = 0.5
+THREAD_POLICIES = ("auto", "torch")
+_LOAD_LOCK = threading.Lock()
+_CALL_LOCK = threading.Lock()
+_load = {"at": -float("inf"), "free": None}
+
+
+def thread_policy() -> str:
+    """``IBTOOLS_THREADS``: ``auto`` (default; fewer threads while other processes keep the
+    cores busy) or ``torch`` (torch's thread count as it is)."""
+    choice = os.environ.get("IBTOOLS_THREADS", "auto").strip().lower() or "auto"
+    if choice not in THREAD_POLICIES:
+        raise ValueError(f"IBTOOLS_THREADS={choice!r} is not accepted; use one of "
+                         f"{list(THREAD_POLICIES)}")
+    return choice
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _task_stat_paths() -> list:
+    return glob.glob("/proc/self/task/*/stat")
+
+
+def _cores() -> int:
+    """Cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def busy_elsewhere() -> int | None:
+    """Runnable tasks on the machine that are not threads of this process, or None when
+    ``/proc`` cannot say.
+
+    ``/proc/loadavg``'s fourth field starts with the number of runnable tasks at the moment
+    of reading, machine-wide, this process's own included (the reading thread at least, and
+    any of its pool threads still spinning); those are counted from the state letter of
+    ``/proc/self/task/*/stat`` and taken off.
+    """
+    try:
+        running = int(_read_text("/proc/loadavg").split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    own = 0
+    for path in _task_stat_paths():
+        try:
+            stat = _read_text(path)
+        except OSError:  # the thread ended meanwhile
+            continue
+        # the state letter follows the command name, which is in parentheses and may hold
+        # spaces or parentheses itself
+        end = stat.rfind(")")
+        own += end >= 0 and stat[end + 2:end + 3] == "R"
+    return max(0, running - max(1, own))
+
+
+def free_cores() -> int | None:
+    """Cores not taken by other processes, at least 1, at most :func:`_cores`; None when
+    ``/proc`` cannot say.  A reading is reused for ``LOAD_CACHE_SECONDS``."""
+    with _LOAD_LOCK:
+        now = time.monotonic()
+        if now - _load["at"] >= LOAD_CACHE_SECONDS:
+            busy = busy_elsewhere()
+            machine = os.cpu_count() or _cores()
+            free = None if busy is None else max(1, min(_cores(), machine - busy))
+            _load.update(at=now, free=free)
+        return _load["free"]
+
+
+def call_threads_count(limit: int) -> int:
+    """Threads for a call whose caller allows ``limit``: ``min(limit, free_cores())``, or
+    ``limit`` when ``IBTOOLS_THREADS=torch`` or ``/proc`` cannot say.  Never above
+    ``limit``."""
+    limit = max(1, int(limit))
+    if limit == 1 or thread_policy() == "torch":
+        return limit
+    free = free_cores()
+    return limit if free is None else min(limit, free)
+
+
+@contextlib.contextmanager
+def call_threads():
+    """Run the body on :func:`call_threads_count` torch threads; yields that count.
+
+    torch's thread count is lowered only when the machine is busier than the caller's limit
+    allows, and the value found on entry is put back on exit, exceptions included.  Thread
+    safety: :func:`torch.set_num_threads` sets the calling thread's OpenMP count and the
+    default that threads starting torch work later copy.  Reading and setting happen under
+    a lock, and each call restores what its own thread had; but a Python thread that runs
+    its first torch operation while another thread is inside this context starts from the
+    lowered count.  Programs that start such threads during ibtools calls, or that need a
+    fixed thread count, set ``IBTOOLS_THREADS=torch``.
+    """
+    with _CALL_LOCK:
+        found = torch.get_num_threads()
+        use = call_threads_count(found)
+        if use != found:
+            torch.set_num_threads(use)
+    try:
+        yield use
+    finally:
+        if use != found:
+            with _CALL_LOCK:
+                torch.set_num_threads(found)
+
+
 def _prefer_workqueue(numba) -> None:
     """Select numba's ``workqueue`` threading layer if nobody chose one and none runs yet."""
     from numba.np.ufunc import parallel
@@ -67,16 +190,18 @@ def _prefer_workqueue(numba) -> None:
 
 @contextlib.contextmanager
 def kernel_call():
-    """Hold :data:`LOCK` and give numba's parallel loops the threads torch may use, then put
-    the calling thread's numba setting and torch's thread count back.  Yields numba's
-    thread count."""
+    """Hold :data:`LOCK` and give numba's parallel loops the threads torch may use (fewer
+    while other processes keep the cores busy: :func:`call_threads_count`), then put the
+    calling thread's numba setting and torch's thread count back.  Yields numba's thread
+    count."""
     import numba
 
     with LOCK:
         _prefer_workqueue(numba)
         torch_threads = torch.get_num_threads()
         before = numba.get_num_threads()
-        numba.set_num_threads(max(1, min(workers(), numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(call_threads_count(workers()),
+                                         numba.config.NUMBA_NUM_THREADS)))
         try:
             yield numba.get_num_threads()
         finally:
