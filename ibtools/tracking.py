@@ -63,6 +63,8 @@ _BACKGROUNDS = (False, True, "thread", "process")
 _SCALARS = ("i_xt", "i_ty", "i_prev_t", "ib_value")
 #: Background measurements queued before :meth:`Tracker.step` waits for the oldest.
 _MAX_PENDING = 4
+#: Memory the captures queued for a worker process may take (see ``Tracker._max_pending``).
+_PENDING_BYTES = 512 * 2**20
 
 class Tracker:
     """Measures a model's layers every ``every`` steps; see :func:`track`.
@@ -118,9 +120,12 @@ class Tracker:
             self._writer, self._own_writer = self._tensorboard(tensorboard)
             self._executor = (ThreadPoolExecutor(1, thread_name_prefix="ibtools-track")
                               if self.background else None)
-            if self.background == "process":
+            if self.background == "process":  # started and warmed up before training
                 self._process = ProcessEstimator(self._job, threads=self.threads or 1)
+                self._process.wait_ready()
         except BaseException:
+            if self._process is not None:
+                self._process.close()
             self._stack.close()
             raise
 
@@ -230,11 +235,21 @@ class Tracker:
             with self._lock:
                 self.steps.remove(step)
             raise
-        while len(self._pending) >= _MAX_PENDING:  # bound the captures held in memory
+        while len(self._pending) >= self._max_pending(acts):  # bound the captures held
             self._pending.pop(0).result()
         work = self._estimate if self._process is None else self._estimate_in_process
         self._pending.append(self._executor.submit(work, acts, step, metrics))
         return True
+
+    def _max_pending(self, capture) -> int:
+        """Measurements that may queue: 4 captures for a worker thread; for the worker
+        process (plain arrays, small for the models tracking is meant for) as many as fit
+        :data:`_PENDING_BYTES`, at least 4 and at most 64, so training waits only for a
+        worker far behind."""
+        if self._process is None:
+            return _MAX_PENDING
+        size = capture[0].nbytes + capture[1].nbytes + sum(a.nbytes for _, a in capture[2])
+        return max(_MAX_PENDING, min(64, _PENDING_BYTES // max(size, 1)))
 
     @contextlib.contextmanager
     def _threads(self):
@@ -408,7 +423,8 @@ def track(model, probe_data, layers=None, estimators=None, every=20, out=None, b
         ``out/tensorboard``, or your own writer; scalars ``ib/<setting>/<layer>/<quantity>``
         at each step), ``background`` (``"process"``: the estimators run in a worker
         process started with the tracker; ``"thread"`` or True: in a worker thread; at most
-        four measurements queue before :meth:`Tracker.step` waits), ``overwrite``/``resume``
+        four measurements queue (for the process, up to 64 within 512 MiB) before
+        :meth:`Tracker.step` waits), ``overwrite``/``resume``
         (what to do with results already in ``out``), ``batch_size`` (probe forward pass),
         ``threads`` (torch threads during a foreground measurement, restored afterwards;
         ``"auto"``: 1 on a CPU for up to 4096 rows, as :func:`ibtools.analyze` does).

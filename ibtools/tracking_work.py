@@ -153,6 +153,21 @@ class ProcessEstimator:
                                          initargs=(threads, priority))
         self.warm = self._pool.submit(_worker_warm, job)
 
+    def wait_ready(self) -> float:
+        """Wait until the worker has started and warmed up; return its warm-up CPU seconds.
+        A worker that could not start is a RuntimeError saying the usual reason."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self.warm.result()
+        except BrokenProcessPool as exc:
+            self.close()
+            raise RuntimeError("background='process': the worker process could not start. "
+                               "It is started with 'spawn', which imports the main script "
+                               "again: a script must create the tracker (and train) under "
+                               "`if __name__ == '__main__':`; or use background='thread'"
+                               ) from exc
+
     def rows(self, arrays) -> list[dict]:
         """The rows of a capture given as :func:`capture_arrays`; waits for the worker."""
         rows, cpu = self._pool.submit(_worker_rows, self.job, *arrays).result()
@@ -160,4 +175,6 @@ class ProcessEstimator:
         return rows
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the worker; results already delivered are all there is to wait for, so its
+        exit (an interpreter with torch shutting down) is not waited for."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
