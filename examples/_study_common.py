@@ -28,6 +28,9 @@ GROUP_KEYS = ["model", "norm", "lam", "variant", "layer", "layer_index", "settin
 EMBEDDING_LAYERS = ("wte", "embed")
 #: Quantities summarized over seeds (mean, sd, min, max).
 QUANTITIES = ["ib_value", "i_ty", "i_prev_t", "i_xt"]
+#: Betas of the sweep: the IB value I(T;Y) - beta * I(T_prev;T) is recomputed from the two
+#: recorded terms at each (no estimator reruns), and every beta is compared as its own family.
+BETA_SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def say(message: str) -> None:
@@ -244,6 +247,29 @@ def compare_to_baselines(table: pd.DataFrame, baselines: dict, *, value: str = "
                                "sd_b": "baseline_sd", "n_a": "n_ib", "n_b": "n_baseline"})
 
 
+def beta_sweep(table: pd.DataFrame, baselines: dict, betas=BETA_SWEEP) -> pd.DataFrame:
+    """IBNorm against its baseline at every beta of ``betas``.
+
+    The layer-wise IB value at beta is ``i_ty - beta * i_prev_t`` of each recorded row, so
+    the sweep needs no new estimates.  Each beta is one family for the Holm correction (the
+    cells of one beta are the comparison a study at that beta would make).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :func:`compare_to_baselines` and ``beta``, one row per (beta, cell).
+    """
+    parts = []
+    for beta in betas:
+        beta = float(beta)
+        if not beta >= 0:
+            raise ValueError(f"betas: every beta must be >= 0, got {beta!r}")
+        at_beta = table.assign(ib_value=table["i_ty"] - beta * table["i_prev_t"])
+        part = compare_to_baselines(at_beta, baselines)
+        parts.append(part.assign(beta=beta))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def verdict_counts(comparison: pd.DataFrame) -> pd.DataFrame:
     """How many (IBNorm variant, layer) cells get each verdict, per model and setting."""
     from ibtools import compare
@@ -276,6 +302,16 @@ def survives_all_settings(comparison: pd.DataFrame) -> pd.DataFrame:
                          n_settings=len(group), n_higher=int((group["verdict"] == "higher").sum()),
                          n_lower=int((group["verdict"] == "lower").sum()), overall=overall))
     return pd.DataFrame(rows)
+
+
+def _sweep_counts(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Per beta: cells whose mean difference is positive / negative, and verdict counts."""
+    from ibtools import compare
+
+    counts = compare.summarize(sweep, by=["beta"])
+    signs = sweep.groupby("beta")["diff"].agg(positive=lambda d: int((d > 0).sum()),
+                                                negative=lambda d: int((d < 0).sum()))
+    return signs.reset_index().merge(counts, on="beta")
 
 
 def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
@@ -326,8 +362,14 @@ def save_figures(table: pd.DataFrame, out: Path, plane_setting: int, plane_varia
 
 
 def write_outputs(table: pd.DataFrame, out: Path, *, title: str, metric: str, baselines: dict,
-                  plane_setting, plane_variants, notes: list[str], report: bool, log=say) -> dict:
-    """summary.csv, comparison.csv, robustness.csv, figures, study.md and the HTML/PDF report."""
+                  plane_setting, plane_variants, notes: list[str], report: bool, log=say,
+                  other_baselines: dict | None = None) -> dict:
+    """summary.csv, comparison.csv, robustness.csv, beta_sweep.csv, figures, study.md and the
+    HTML/PDF report.
+
+    ``other_baselines`` (e.g. ``{"mlp": "batch"}``) adds ``comparison_<norm>.csv``: IBNorm
+    against that norm as well, a family of its own for the correction.
+    """
     # Checkpoints name their architecture "ibtools:<model>"; the study keys on the model.
     from ibtools import compare
     from ibtools.environment import describe_environment, environment_lines
@@ -341,6 +383,12 @@ def write_outputs(table: pd.DataFrame, out: Path, *, title: str, metric: str, ba
     write_csv(summary, out / "summary.csv")
     write_csv(comparison, out / "comparison.csv")
     write_csv(robust, out / "robustness.csv")
+    sweep = beta_sweep(table, baselines)
+    write_csv(sweep, out / "beta_sweep.csv")
+    extra = {}
+    for model, norm in (other_baselines or {}).items():
+        extra[norm] = compare_to_baselines(table, {model: norm})
+        write_csv(extra[norm], out / f"comparison_{norm}.csv")
     control = (comparison[comparison["layer"].isin(EMBEDDING_LAYERS)] if not comparison.empty
                else comparison)
     if not control.empty:
@@ -366,6 +414,14 @@ def write_outputs(table: pd.DataFrame, out: Path, *, title: str, metric: str, ba
                  "the same true I(T;Y), so a verdict here is an artefact of the estimator and "
                  "the rule (embedding_control.csv).", "",
                  markdown_table(compare.summarize(control, by=["model", "setting"])), ""]),
+             *[part for norm, comp in extra.items() for part in (
+                 f"## Verdict counts (IBNorm vs {norm}, comparison_{norm}.csv)", "",
+                 markdown_table(verdict_counts(comp)), "")],
+             "## The beta sweep (beta_sweep.csv)", "",
+             ("IB value recomputed from I(T;Y) and I(T_prev;T) at each beta; one Holm family "
+              "per beta. Cells (of all IBNorm variants, layers and settings) with a positive "
+              "and a negative mean difference, and the verdicts:"), "",
+             markdown_table(_sweep_counts(sweep)) if not sweep.empty else "(no cells)", "",
              "## Does the verdict hold under every estimator setting?", "",
              markdown_table(robust) if not robust.empty else "(no IBNorm/baseline pairs)", "",
              "## Seed summary", "", markdown_table(show), "",
@@ -373,6 +429,8 @@ def write_outputs(table: pd.DataFrame, out: Path, *, title: str, metric: str, ba
              "## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in figures]
     write_atomic(out / "study.md", "\n".join(lines) + "\n")
     written = {"summary": out / "summary.csv", "comparison": out / "comparison.csv",
+               "beta_sweep": out / "beta_sweep.csv",
+               **{f"comparison_{norm}": out / f"comparison_{norm}.csv" for norm in extra},
                "environment": out / "environment.json",
                "robustness": out / "robustness.csv", "study": out / "study.md"}
     if report:

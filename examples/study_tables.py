@@ -18,6 +18,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "docs" / "data"
@@ -76,8 +77,8 @@ def grid(df: pd.DataFrame, row_keys: list[str], column: str, cell, row_label, fi
     return markdown([first] + [column_label(c) for c in columns], rows)
 
 
-def t_accuracy(d: Path) -> str:
-    df = pd.read_csv(d / "mlp_accuracy.csv")
+def t_accuracy(path: Path) -> str:
+    df = pd.read_csv(path)
     df["column"] = ["baseline" if not str(n).startswith("ib-") else f"lambda {lam:g}"
                     for n, lam in zip(df["norm"], df["lam"])]
     return grid(df, ["norm"], "column", lambda r: pm(r["test_accuracy_mean"], r["test_accuracy_sd"]),
@@ -89,8 +90,8 @@ def _ib_grid(df: pd.DataFrame, row_keys, row_label, first) -> str:
                 row_label, first, setting_label)
 
 
-def t_ib_layers3(d: Path) -> str:
-    return _ib_grid(pd.read_csv(d / "mlp_ib_layers3.csv"), ["norm", "lam"], variant_label,
+def t_ib_layers3(path: Path) -> str:
+    return _ib_grid(pd.read_csv(path), ["norm", "lam"], variant_label,
                     "variant")
 
 
@@ -104,19 +105,21 @@ def _counts(df: pd.DataFrame) -> str:
     return markdown(header, rows)
 
 
-def t_verdicts(d: Path) -> str:
-    return _counts(pd.read_csv(d / "mlp_verdict_counts_seed_ranges.csv"))
+def t_counts(path: Path) -> str:
+    """Verdict counts per (model,) setting: the first edition's seed-range rule or
+    ibtools.compare's Welch + Holm + minimum effect, whichever the CSV holds."""
+    return _counts(pd.read_csv(path))
 
 
-def t_why(d: Path) -> str:
-    df = pd.read_csv(d / "mlp_why_layers3.csv")
+def t_why(path: Path) -> str:
+    df = pd.read_csv(path)
     rows = [[variant_label(r["norm"], r["lam"]), setting_label(r["setting"]),
              f"{r['i_ty_mean']:.3f}", f"{r['i_prev_t_mean']:.3f}"] for r in df.to_dict("records")]
     return markdown(["variant", "setting", "I(T;Y)", "I(T_prev;T)"], rows)
 
 
-def t_lm_loss(d: Path) -> str:
-    df = pd.read_csv(d / "lm_val_loss.csv")
+def t_lm_loss(path: Path) -> str:
+    df = pd.read_csv(path)
     df["column"] = ["baseline" if not str(n).startswith("ib-") else variant_label(n, lam)
                     for n, lam in zip(df["norm"], df["lam"])]
     base = dict(zip(df.loc[df["column"] == "baseline", "model"],
@@ -125,44 +128,25 @@ def t_lm_loss(d: Path) -> str:
                 lambda m: f"{MODEL_LABELS.get(m, m)} ({NORM_LABELS.get(base.get(m), '?')})", "model")
 
 
-def t_lm_ib(d: Path) -> str:
-    return _ib_grid(pd.read_csv(d / "lm_ib.csv"), ["model", "layer", "norm", "lam"],
+def t_lm_ib(path: Path) -> str:
+    return _ib_grid(pd.read_csv(path), ["model", "layer", "norm", "lam"],
                     lambda m, layer, n, lam: f"{MODEL_LABELS.get(m, m)} `{layer}`, "
                                              f"{variant_label(n, lam)}", "layer, variant")
 
 
-def t_lm_verdicts(d: Path) -> str:
-    return _counts(pd.read_csv(d / "lm_verdict_counts_seed_ranges.csv"))
-
-
-def t_verdicts_welch(d: Path) -> str:
-    """Verdict counts under ibtools.compare's rule (Welch, Holm over every cell, minimum
-    effect), written by ``--from-run``."""
-    return _counts(pd.read_csv(d / "mlp_verdict_counts.csv"))
-
-
-def t_lm_verdicts_welch(d: Path) -> str:
-    return _counts(pd.read_csv(d / "lm_verdict_counts.csv"))
-
-
-def t_embedding_control(d: Path) -> str:
-    """Verdicts at the LMs' embedding, which no norm touches: the rule's false positives."""
-    return _counts(pd.read_csv(d / "lm_embedding_control.csv"))
-
-
-def t_bijection_layers(d: Path) -> str:
+def t_bijection_layers(path: Path) -> str:
     """The bijection control at every layer: mean change (nets up / nets, verdict)."""
-    df = pd.read_csv(d / "bijection_control.csv")
+    df = pd.read_csv(path)
     return grid(df, ["layer", "setting"], "lam",
                 lambda r: f"{r['d_ib_value_mean']:+.3f} ({r['n_up']}/{r['n_nets']}, {r['verdict']})",
                 lambda layer, setting: f"{layer}, {setting_label(setting)}", "layer, setting",
                 lambda lam: f"swap λ={lam:g}")
 
 
-def t_bijection(d: Path, layer: str = "layers.3") -> str:
+def t_bijection(path: Path, layer: str = "layers.3") -> str:
     """The swap's mean change of the IB value (nets up / nets) per setting and lambda, with
     the trained IBNorm-T net's difference beside it where the study measured one."""
-    df = pd.read_csv(d / "bijection_control.csv")
+    df = pd.read_csv(path)
     df = df[df["layer"] == layer]
     lams = sorted(df["lam"].unique())
     header = ["setting"] + [h for lam in lams for h in (f"swap λ={lam:g}", f"trained λ={lam:g}")]
@@ -179,25 +163,292 @@ def t_bijection(d: Path, layer: str = "layers.3") -> str:
     return markdown(header, rows)
 
 
-#: name -> (renderer, the CSV it reads, the doc table it regenerates)
+VERDICT_MARKS = {"higher": "H", "lower": "L", "no difference": "n", "below effect size": "e",
+                 "not computed": "-"}
+#: the trained-net study the second edition's tables read (relative to the data folder)
+MLP_RUN = "mlp_v2"
+
+
+def _mark(verdict) -> str:
+    return VERDICT_MARKS.get(str(verdict), "?")
+
+
+def t_truth(path: Path) -> str:
+    """The true layer-wise IB value of any deterministic net that keeps the n test inputs
+    apart: I(T;Y) = H(Y) (plug-in over the labels), I(T_prev;T) = ln n."""
+    df = pd.read_csv(path)
+    counts = df["count"].to_numpy(dtype=float)
+    n = counts.sum()
+    h_y = float(-(counts / n * np.log(counts / n)).sum())
+    rows = [[f"{beta:g}", f"{h_y:.4f}", f"{math.log(n):.4f}", f"{h_y - beta * math.log(n):.3f}"]
+            for beta in BETAS]
+    return markdown(["beta", "H(Y)", f"ln n (n = {int(n)})", "true IB value"], rows)
+
+
+def t_diff_by_lambda(path: Path, norm: str = "ib-T") -> str:
+    """IBNorm minus baseline IB value per layer and setting (rows) and lambda (columns),
+    with the verdict: H higher, L lower, n no difference, e below the minimum effect."""
+    df = pd.read_csv(path)
+    df = df[df["norm"] == norm].sort_values(["layer_index"], kind="mergesort")
+    return grid(df, ["layer", "setting"], "lam", lambda r: f"{r['diff']:+.3f} {_mark(r['verdict'])}",
+                lambda layer, setting: f"{layer}, {setting_label(setting)}", "layer, setting",
+                lambda lam: f"λ={lam:g}")
+
+
+def t_beta_sign(path: Path, norm: str = "ib-T", layer: str = "layers.3") -> str:
+    """Sign of the IBNorm minus baseline IB value at each beta (columns), per lambda and
+    setting, with the verdict of that beta's family."""
+    df = pd.read_csv(path)
+    df = df[(df["norm"] == norm) & (df["layer"] == layer)].sort_values(["lam"], kind="mergesort")
+    return grid(df, ["lam", "setting"], "beta",
+                lambda r: f"{'+' if r['diff'] > 0 else '−' if r['diff'] < 0 else '0'}"
+                          f"{abs(r['diff']):.3f} {_mark(r['verdict'])}",
+                lambda lam, setting: f"λ={lam:g}, {setting_label(setting)}", "λ, setting",
+                lambda beta: f"β={beta:g}")
+
+
+def t_beta_counts(path: Path) -> str:
+    """Over every cell (IBNorm flavour, lambda, layer, setting): how many have a positive or
+    negative mean difference, and the verdicts, at each beta."""
+    df = pd.read_csv(path)
+    rows = []
+    for beta, g in df.groupby("beta", sort=True):
+        v = g["verdict"].value_counts()
+        rows.append([f"{beta:g}", str(int((g["diff"] > 0).sum())), str(int((g["diff"] < 0).sum())),
+                     str(int(v.get("higher", 0))), str(int(v.get("lower", 0))), str(len(g))])
+    return markdown(["beta", "diff > 0", "diff < 0", "higher", "lower", "cells"], rows)
+
+
+def t_robust(path: Path) -> str:
+    """(Variant, layer) pairs whose mean difference has one sign under every setting."""
+    df = pd.read_csv(path)
+    df = df[df["overall"] != "mixed"]
+    rows = [[variant_label(r["norm"], r["lam"]), r["layer"], r["overall"],
+             f"{r['n_higher']}/{r['n_settings']}", f"{r['n_lower']}/{r['n_settings']}"]
+            for r in df.to_dict("records")]
+    return markdown(["variant", "layer", "under every setting", "higher", "lower"], rows)
+
+
+def t_bijection_share(path: Path, layer: str = "layers.3") -> str:
+    """The swap's mean change (true change 0) beside the trained IBNorm-T difference of the
+    second-edition run (``MLP_RUN/mlp_comparison.csv`` next to ``path``), and the share."""
+    swap = pd.read_csv(path)
+    swap = swap[swap["layer"] == layer]
+    trained = pd.read_csv(path.parent / MLP_RUN / "mlp_comparison.csv")
+    trained = trained[(trained["norm"] == "ib-T") & (trained["layer"] == layer)]
+    by = {(r["setting"], float(r["lam"])): r for r in trained.to_dict("records")}
+    settings = [st for st in dict.fromkeys(swap["setting"]) if any(k[0] == st for k in by)]
+    lams = sorted(swap["lam"].unique())
+    header = ["setting"] + [h for lam in lams for h in (f"swap λ={lam:g}", f"trained λ={lam:g}",
+                                                         "share")]
+    rows = []
+    for setting in settings:
+        row = [setting_label(setting)]
+        for lam in lams:
+            s = swap[(swap["setting"] == setting) & (swap["lam"] == lam)]
+            t = by.get((setting, float(lam)))
+            d_swap = float(s["d_ib_value_mean"].iloc[0]) if len(s) else float("nan")
+            d_trained = float("nan") if t is None else float(t["diff"])
+            row += [f"{d_swap:+.3f}", f"{d_trained:+.3f} {_mark(t['verdict']) if t else ''}".strip(),
+                    f"{100 * d_swap / d_trained:.0f}%" if abs(d_trained) >= 1e-3 else ""]
+        rows.append(row)
+    return markdown(header, rows)
+
+
+def t_lm_lambda(path: Path) -> str:
+    """LM verdict counts per model and lambda (every layer and setting)."""
+    df = pd.read_csv(path)
+    rows = []
+    for (model, norm, lam), g in df.groupby(["model", "norm", "lam"], sort=False):
+        v = g["verdict"].value_counts()
+        rows.append([MODEL_LABELS.get(model, model), variant_label(norm, lam),
+                     *[str(int(v.get(k, 0))) for k in VERDICT_MARKS], str(len(g))])
+    return markdown(["model", "variant", *VERDICT_MARKS, "cells"], rows)
+
+
+def t_isa(path: Path) -> str:
+    """Test accuracy per CPU instruction set (same code and seeds), from per-seed rows."""
+    df = pd.read_csv(path)
+    rows = []
+    for (isa, norm, lam), g in df.groupby(["isa", "norm", "lam"], sort=False):
+        acc = g["test_accuracy"]
+        rows.append([str(isa), variant_label(norm, lam), str(len(g)), pm(acc.mean(), acc.std(ddof=1)),
+                     f"{acc.min():.3f}", f"{acc.max():.3f}", f"{int((acc < 0.9).sum())}"])
+    return markdown(["torch CPU capability", "variant", "seeds", "accuracy", "min", "max",
+                     "seeds < 0.9"], rows)
+
+
+def t_runtime(path: Path) -> str:
+    """Measured run times of the study scripts (wall and CPU seconds, load average)."""
+    df = pd.read_csv(path)
+    return markdown(list(df.columns), [[str(v) for v in r] for r in df.itertuples(index=False)])
+
+
+def _distinct_rows(run: Path, tags=None) -> pd.DataFrame:
+    """Distinct rows of every hidden layer of every final checkpoint on the 450 test digits
+    (450: the layer keeps every input apart, so its true I(X;T) is ln 450)."""
+    import ibtools
+
+    rows = []
+    for history in sorted((run / "checkpoints").glob("*/seed*/history.json")):
+        if tags is not None and history.parent.parent.name not in tags:
+            continue  # a variant the run's summary does not include
+        last = max(history.parent.glob("step_*.pt"))
+        model, _ = ibtools.load_model(str(last))
+        layers = [f"layers.{i}" for i in range(len(model.layers))]
+        acts = ibtools.capture_activations(model, "digits", layers=layers)
+        tag, seed = history.parent.parent.name, history.parent.name
+        for layer in layers:
+            t = acts[layer].flatten(1)
+            rows.append({"run": tag, "seed": seed, "layer": layer, "n_rows": len(t),
+                         "distinct": len(t.unique(dim=0))})
+    return pd.DataFrame(rows)
+
+
+def t_distinct(path: Path) -> str:
+    """How many (net, layer) pairs keep all test inputs distinct."""
+    df = pd.read_csv(path)
+    rows = [[layer, str(len(g)), str(int((g["distinct"] == g["n_rows"]).sum())),
+             str(int(g["distinct"].min()))] for layer, g in df.groupby("layer", sort=True)]
+    return markdown(["layer", "nets", f"all {int(df['n_rows'].max())} rows distinct",
+                     "fewest distinct rows"], rows)
+
+
+#: the betas of the sweep (the study scripts' BETA_SWEEP)
+BETAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+#: name -> (renderer, the CSV it reads relative to the data folder, the doc table it prints).
+#: First-edition tables (3 seeds, the seed-range rule) keep their names and files.
 TABLES = {
-    "accuracy": (t_accuracy, "mlp_accuracy.csv", "Test accuracy (MLPs)"),
-    "ib_layers3": (t_ib_layers3, "mlp_ib_layers3.csv", "IB value of the last hidden layer"),
-    "verdicts": (t_verdicts, "mlp_verdict_counts_seed_ranges.csv", "Where IBNorm is higher"),
-    "why": (t_why, "mlp_why_layers3.csv", "Why: the compression term"),
-    "lm_loss": (t_lm_loss, "lm_val_loss.csv", "LM validation loss"),
-    "lm_ib": (t_lm_ib, "lm_ib.csv", "LM IB values"),
-    "lm_verdicts": (t_lm_verdicts, "lm_verdict_counts_seed_ranges.csv", "LM verdict counts"),
+    "accuracy": (t_accuracy, "mlp_accuracy.csv", "Test accuracy (MLPs, first edition)"),
+    "ib_layers3": (t_ib_layers3, "mlp_ib_layers3.csv",
+                   "IB value of the last hidden layer (first edition)"),
+    "verdicts": (t_counts, "mlp_verdict_counts_seed_ranges.csv",
+                 "Where IBNorm is higher (first edition, seed ranges)"),
+    "why": (t_why, "mlp_why_layers3.csv", "Why: the compression term (first edition)"),
+    "lm_loss": (t_lm_loss, "lm_val_loss.csv", "LM validation loss (first edition)"),
+    "lm_ib": (t_lm_ib, "lm_ib.csv", "LM IB values (first edition)"),
+    "lm_verdicts": (t_counts, "lm_verdict_counts_seed_ranges.csv",
+                    "LM verdict counts (first edition, seed ranges)"),
     "bijection": (t_bijection, "bijection_control.csv", "Bijection control (layers.3)"),
     "bijection_layers": (t_bijection_layers, "bijection_control.csv",
                          "Bijection control, every layer"),
-    "lm_embedding_control": (t_embedding_control, "lm_embedding_control.csv",
+    "lm_embedding_control": (t_counts, "lm_rerun/lm_embedding_control.csv",
                              "LM embedding-layer control (verdict counts)"),
-    "verdicts_welch": (t_verdicts_welch, "mlp_verdict_counts.csv",
-                       "Verdict counts, Welch + Holm + minimum effect (MLPs)"),
-    "lm_verdicts_welch": (t_lm_verdicts_welch, "lm_verdict_counts.csv",
+    "verdicts_welch": (t_counts, "mlp_rerun/mlp_verdict_counts.csv",
+                       "Verdict counts, Welch + Holm + minimum effect (MLP rerun, 5 settings)"),
+    "lm_verdicts_welch": (t_counts, "lm_rerun/lm_verdict_counts.csv",
                           "Verdict counts, Welch + Holm + minimum effect (LMs)"),
+    "lm_lambda": (t_lm_lambda, "lm_rerun/lm_comparison.csv", "LM verdicts per lambda"),
+    "lm_loss_rerun": (t_lm_loss, "lm_rerun/lm_val_loss.csv", "LM validation loss (rerun)"),
+    "truth": (t_truth, f"{MLP_RUN}/digits_test_classes.csv", "The true IB value of every network"),
+    "v2_accuracy": (t_accuracy, f"{MLP_RUN}/mlp_accuracy.csv", "Test accuracy (MLPs)"),
+    "v2_ib_layers3": (t_ib_layers3, f"{MLP_RUN}/mlp_ib_layers3.csv",
+                      "IB value of the last hidden layer"),
+    "v2_why": (t_why, f"{MLP_RUN}/mlp_why_layers3.csv", "The two terms at the last hidden layer"),
+    "v2_verdicts": (t_counts, f"{MLP_RUN}/mlp_verdict_counts.csv",
+                    "Verdict counts, IBNorm vs LayerNorm (Welch + Holm + minimum effect)"),
+    "v2_verdicts_batch": (t_counts, f"{MLP_RUN}/mlp_verdict_counts_batch.csv",
+                          "Verdict counts, IBNorm vs BatchNorm"),
+    "v2_diff_T": (t_diff_by_lambda, f"{MLP_RUN}/mlp_comparison.csv",
+                  "IBNorm-T minus LayerNorm by layer, setting and lambda"),
+    "v2_beta_sign": (t_beta_sign, f"{MLP_RUN}/mlp_beta_sweep.csv",
+                     "Sign of the IBNorm-T minus LayerNorm difference across beta (layers.3)"),
+    "v2_beta_counts": (t_beta_counts, f"{MLP_RUN}/mlp_beta_sweep.csv",
+                       "All cells across beta"),
+    "v2_robust": (t_robust, f"{MLP_RUN}/mlp_robustness.csv",
+                  "Pairs with one sign under every setting"),
+    "bijection_share": (t_bijection_share, "bijection_control.csv",
+                        "How much of the trained difference the swap reproduces (layers.3)"),
+    "distinct": (t_distinct, f"{MLP_RUN}/mlp_distinct_rows.csv",
+                 "Trained nets whose layers keep the test digits apart"),
+    "isa": (t_isa, f"{MLP_RUN}/accuracy_isa.csv",
+            "IBNorm-T accuracy per CPU instruction set"),
+    "runtime": (t_runtime, f"{MLP_RUN}/runtime.csv", "Run time of the study scripts"),
 }
+
+
+# -- noisy networks (examples/ibnorm_noisy.py --data-dir docs/data) -------------------------
+
+NOISY_QUANTITIES = {"i_xt": "I(X;T)", "i_ty": "I(T;Y)", "i_prev_t": "I(T_prev;T)",
+                    "ib_value": "IB value"}
+
+
+def t_noisy_accuracy(path: Path) -> str:
+    """Final and accuracy-matched test accuracy per sigma and variant (the matching rule)."""
+    df = pd.read_csv(path)
+    rows = [[f"{r['sigma']:g}", variant_label(r["norm"], r["lam"]),
+             pm(r["final_accuracy_mean"], r["final_accuracy_sd"]), f"{r['target_accuracy']:.3f}",
+             str(int(r["matched_step"])), pm(r["matched_accuracy_mean"], r["matched_accuracy_sd"]),
+             "yes" if r["matched"] else "no"] for r in df.to_dict("records")]
+    return markdown(["σ", "variant", "final accuracy", "target", "matched step",
+                     "accuracy there", "within tolerance"], rows)
+
+
+def t_noisy_terms(path: Path) -> str:
+    """Per sigma, layer and variant at the final checkpoints: mean ± sd over seeds of each
+    term, and the Monte Carlo standard error of the IB value's seed mean."""
+    df = pd.read_csv(path)
+    df = df[df["checkpoint"] == "final"]
+    rows = [[f"{r['sigma']:g}", r["layer"], variant_label(r["norm"], r["lam"])]
+            + [pm(r[f"{q}_mean"], r[f"{q}_sd"]) for q in NOISY_QUANTITIES]
+            + [f"{r['ib_value_mc_se']:.4f}"] for r in df.to_dict("records")]
+    return markdown(["σ", "layer", "variant", *NOISY_QUANTITIES.values(), "MC se (IB)"], rows)
+
+
+def t_noisy_diffs(path: Path) -> str:
+    """IBNorm-T minus LayerNorm per quantity, with the verdict (Welch, Holm over every cell
+    of both comparisons, minimum effect 0.01 nat)."""
+    df = pd.read_csv(path)
+    rows = []
+    for (kind, sigma, norm, lam, layer), g in df.groupby(
+            ["comparison", "sigma", "norm", "lam", "layer"], sort=False):
+        by = {r["quantity"]: r for r in g.to_dict("records")}
+        first = next(iter(by.values()))
+        rows.append([kind, f"{sigma:g}", variant_label(norm, lam), layer,
+                     f"{int(first['step'])} / {int(first['baseline_step'])}"]
+                    + [f"{by[q]['diff']:+.3f} ({by[q]['verdict']})" if q in by else ""
+                       for q in NOISY_QUANTITIES])
+    return markdown(["comparison", "σ", "variant", "layer", "steps (IB / LN)",
+                     *NOISY_QUANTITIES.values()], rows)
+
+
+def t_noisy_verdicts(path: Path) -> str:
+    """How many (sigma, variant, layer) cells get each verdict, per comparison and quantity."""
+    df = pd.read_csv(path)
+    verdicts = [v for v in ("higher", "lower", "no difference", "below effect size",
+                            "not matched", "not computed") if v in set(df["verdict"])]
+    rows = []
+    for (kind, q), g in df.groupby(["comparison", "quantity"], sort=False):
+        counts = g["verdict"].value_counts()
+        rows.append([kind, NOISY_QUANTITIES.get(q, q)]
+                    + [str(int(counts.get(v, 0))) for v in verdicts] + [str(len(g))])
+    return markdown(["comparison", "quantity", *verdicts, "cells"], rows)
+
+
+TABLES.update({
+    "noisy_accuracy": (t_noisy_accuracy, "noisy_accuracy.csv",
+                       "Noisy networks: accuracy and the matching rule"),
+    "noisy_terms": (t_noisy_terms, "noisy_summary.csv",
+                    "Noisy networks: the IB value's terms at matched noise"),
+    "noisy_diffs": (t_noisy_diffs, "noisy_comparison.csv",
+                    "Noisy networks: IBNorm-T minus LayerNorm, matched noise and accuracy"),
+    "noisy_verdicts": (t_noisy_verdicts, "noisy_comparison.csv",
+                       "Noisy networks: verdict counts"),
+})
+
+
+def _class_counts(data_dir: Path) -> Path:
+    """The 450 test digits' class counts (the labels every MLP table is measured on)."""
+    from ibtools.probes.datasets import digits_split
+
+    _, y = digits_split("test")
+    counts = np.bincount(y)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _study_common import write_csv
+
+    return write_csv(pd.DataFrame({"class": range(len(counts)), "count": counts}),
+                     data_dir / "digits_test_classes.csv")
 
 
 def from_run(run: Path, data_dir: Path) -> list[Path]:
@@ -205,6 +456,7 @@ def from_run(run: Path, data_dir: Path) -> list[Path]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _study_common import verdict_counts, write_csv
 
+    data_dir.mkdir(parents=True, exist_ok=True)
     summary = pd.read_csv(run / "summary.csv")
     # baselines first, then IBNorm by flavour and lambda, as the doc's tables list them
     summary = summary.assign(_ib=summary["norm"].astype(str).str.startswith("ib-")).sort_values(
@@ -228,6 +480,27 @@ def from_run(run: Path, data_dir: Path) -> list[Path]:
                                  data_dir / "mlp_ib_layers3.csv"))
         written.append(write_csv(last[["model", "norm", "lam", "layer", "setting", "n_seeds",
                                        "i_ty_mean", "i_prev_t_mean"]], data_dir / "mlp_why_layers3.csv"))
+        written.append(_class_counts(data_dir))
+        if (run / "checkpoints").is_dir():
+            tags = {f"{m}_{n}_lam{float(lam):g}" for m, n, lam in
+                    zip(summary["model"], summary["norm"], summary["lam"])}
+            written.append(write_csv(_distinct_rows(run, tags), data_dir / "mlp_distinct_rows.csv"))
+    keep = ["model", "baseline", "norm", "lam", "layer", "layer_index", "setting", "n_ib",
+            "n_baseline", "ib_mean", "baseline_mean", "diff", "cohens_d", "p", "p_adj", "verdict"]
+    prefix = "lm" if lm else "mlp"
+    for source, name, columns in (("comparison.csv", "comparison", keep),
+                                  ("beta_sweep.csv", "beta_sweep",
+                                   ["norm", "lam", "layer", "layer_index", "setting", "beta",
+                                    "diff", "p_adj", "verdict"]),
+                                  ("robustness.csv", "robustness", None)):
+        if (run / source).exists():
+            df = pd.read_csv(run / source)
+            df = df[[c for c in columns if c in df.columns]] if columns else df
+            written.append(write_csv(df, data_dir / f"{prefix}_{name}.csv"))
+    for other in sorted(run.glob("comparison_*.csv")):
+        norm = other.stem.split("_", 1)[1]
+        written.append(write_csv(verdict_counts(pd.read_csv(other)),
+                                 data_dir / f"{prefix}_verdict_counts_{norm}.csv"))
     control = run / "embedding_control.csv"
     if control.exists():
         counts = verdict_counts(pd.read_csv(control))
@@ -246,7 +519,22 @@ def render(data_dir: Path, names=None) -> dict:
     for name in names or TABLES:
         make, csv, _ = TABLES[name]
         if names or (data_dir / csv).exists():
-            out[name] = make(data_dir)
+            out[name] = make(data_dir / csv)
+    return out
+
+
+def render_files(paths) -> dict:
+    """``{(table name, path): markdown}``: each written CSV printed once, by the first
+    table reading a file of that name (what ``--from-run`` shows of its conversion)."""
+    out = {}
+    for path in paths:
+        for name, (make, csv, _) in TABLES.items():
+            if Path(csv).name == path.name:
+                try:
+                    out[(name, path)] = make(path)
+                except (KeyError, FileNotFoundError):  # a table needing a file not converted
+                    continue
+                break
     return out
 
 
@@ -268,8 +556,12 @@ def main(argv=None) -> int:
         run = Path(args.from_run)
         if not (run / "summary.csv").exists():
             parser.error(f"--from-run {run}: no summary.csv there (run a study script first)")
-        for path in from_run(run, data_dir):
+        written = from_run(run, data_dir)
+        for path in written:
             print(f"[study_tables] wrote {path}", file=sys.stderr)
+        for (name, path), text in render_files(written).items():
+            print(f"### {TABLES[name][2]}  ({path})\n\n{text}\n")
+        return 0
     if not data_dir.is_dir():
         parser.error(f"--data-dir {data_dir} is not a folder")
     missing = [TABLES[n][1] for n in args.table or [] if not (data_dir / TABLES[n][1]).exists()]
