@@ -28,6 +28,7 @@ is imported, so a library cannot apply it; users who start the interpreter may.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import importlib
 import os
@@ -178,6 +179,18 @@ def call_threads():
         if use != found:
             with _CALL_LOCK:
                 torch.set_num_threads(found)
+
+
+def follows_load(method):
+    """Decorate an estimator's public method: the whole call, input preparation included,
+    runs inside :func:`call_threads` when the estimator's ``threads_follow_load`` is true."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if not getattr(self, "threads_follow_load", False):
+            return method(self, *args, **kwargs)
+        with call_threads():
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 def _prefer_workqueue(numba) -> None:
