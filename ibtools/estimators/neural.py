@@ -15,29 +15,34 @@ bound whose tightness depends on the critic, the batch size and the training bud
 
 from __future__ import annotations
 
-import math
-from statistics import NormalDist
 from typing import ClassVar
 
-import numpy as np
-import torch
-
-from ibtools.estimators.base import Estimator, check_choice, check_int, check_positive
-from ibtools.estimators.neural_critics import CRITICS
-from ibtools.estimators.neural_training import (
-    SMOOTHING_WINDOW,
-    CriticTraining,
-    NeuralTrainingError,
+from ibtools.estimators.base import check_choice, check_int
+from ibtools.estimators.neural_bounds import (
+    Bound,
+    DonskerVaradhan,
+    InfoNCEBound,
+    NguyenWainwrightJordan,
+    SmileBound,
 )
+from ibtools.estimators.neural_critics import (
+    CRITICS,
+    CriticObjective,
+    block_stats,
+    critic_groups,
+    evaluate_critic,
+    pool_stats,
+)
+from ibtools.estimators.neural_heldout import (
+    TRAINING_DEFAULTS,
+    HeldOutEstimator,
+    parse_hidden,
+)
+from ibtools.estimators.neural_training import NeuralTrainingError
 
-#: InfoNCE values within this many nats of ln(batch size) are flagged.  On the 20 + 20-dim
-#: Gaussian with batch 256, even the exact critic reads 10 % low at 4 nats (3.60 = ln B - 1.9)
-#: and 22 % low at 6 nats (4.67 = ln B - 0.9): the bound bends well before its cap.
-_INFONCE_MARGIN = 1.5
 
-
-class NeuralEstimator(CriticTraining, Estimator):
-    """Shared settings and training loop of the neural bounds (use a subclass).
+class NeuralEstimator(HeldOutEstimator):
+    """A critic trained on a bound (use a subclass, which names its :class:`Bound`).
 
     Settings
     --------
@@ -75,208 +80,84 @@ class NeuralEstimator(CriticTraining, Estimator):
         Marginal transform of continuous inputs before training (default: standardize,
         an invertible affine map that leaves I(X;Y) unchanged and helps optimisation).
 
-    Plus the common settings (``seed``, ``device``, ``dtype``, ``ci``, ``n_resamples``,
+    Plus the settings of the bound (``Bound.settings``: MINE's ``ema``, SMILE's ``tau``) and
+    the common settings (``seed``, ``device``, ``dtype``, ``ci``, ``n_resamples``,
     ``confidence``, ``n_permutations``); see :class:`ibtools.estimators.base.Estimator`.
 
     Notes
     -----
     The critic is trained on ``1 - val_fraction`` of the rows with Adam, its learning
-    rate decayed to zero over ``steps`` by a cosine schedule.  Every held-out evaluation
-    splits the held-out rows into batches of ``batch_size``; with the separable critic up
-    to ``2048 // batch_size`` batches form one group, and each row meets every other row
-    of its group as a product-of-marginals sample (about 2 000 negatives per row rather
-    than ``batch_size - 1``; the joint critic, one network pass per pair, keeps its
+    rate decayed to zero over ``steps`` by a cosine schedule
+    (:class:`~ibtools.estimators.neural_training.HeldOutTrainer`).  Every held-out
+    evaluation splits the held-out rows into batches of ``batch_size``; with the separable
+    critic up to ``2048 // batch_size`` batches form one group, and each row meets every
+    other row of its group as a product-of-marginals sample (about 2 000 negatives per row
+    rather than ``batch_size - 1``; the joint critic, one network pass per pair, keeps its
     batch).  Product terms are pooled over all groups by log-sum-exp.  InfoNCE reads
     each row against its own batch only, so its ln(batch_size) ceiling is unchanged.
 
     Early stopping and the choice of critic use the trailing mean of the last three
-    held-out evaluations of the training objective (the bound itself; SMILE's
+    held-out evaluations of the bound's selection objective (the bound itself; SMILE's
     Jensen-Shannon objective), and the reported value is the held-out value of the
     chosen critic.  Reporting the largest of dozens of noisy evaluations instead would
     bias the number upward, and for SMILE, which is not a bound, would favour critics
     that overestimate.
 
-    Intervals: ``ci="heldout"`` (the default for ``"auto"``) is value +- z * se, where se
-    is the spread of the per-batch held-out values over sqrt(number of batches): it
-    measures evaluation noise of this critic, not training variability.  ``ci="seeds"``
-    retrains ``n_resamples`` times with other seeds (a different split and
-    initialisation) and takes quantiles: slower, and it covers training variability.
+    Intervals: see :class:`~ibtools.estimators.neural_heldout.HeldOutEstimator`.
     """
 
-    #: Key of the bound in :mod:`neural_critics`.
-    bound: ClassVar[str] = ""
-    bound_name: ClassVar[str] = ""
-    is_lower_bound: ClassVar[bool] = True
-    interval_kinds = ("heldout", "seeds")
-    supports_transform = True
-    stochastic = True
-    defaults = {
-        "critic": "separable",
-        "hidden": (256, 256),
-        "embed_dim": 64,
-        "batch_size": 256,
-        "steps": 2000,
-        "lr": 1e-3,
-        "val_fraction": 0.2,
-        "eval_every": None,
-        "patience": 10,
-        "progress": "auto",
-        "transform": "standardize",
-    }
-
-    # -- settings --------------------------------------------------------------------------
+    #: The bound the critic is trained on and read by (a :class:`Bound` subclass).
+    bound_type: ClassVar[type[Bound]] = Bound
+    defaults = {"critic": "separable", "hidden": (256, 256), "embed_dim": 64,
+                **TRAINING_DEFAULTS}
 
     def _check_settings(self) -> None:
         check_choice(self.critic, "critic", CRITICS)
-        self._hidden = self._parse_hidden(self.hidden)
+        self._hidden = parse_hidden(self.hidden)
         check_int(self.embed_dim, "embed_dim", minimum=1)
-        check_int(self.batch_size, "batch_size", minimum=2)
-        check_int(self.steps, "steps", minimum=1)
-        check_positive(self.lr, "lr")
-        if (isinstance(self.val_fraction, bool)
-                or not isinstance(self.val_fraction, (float, int, np.floating))
-                or not 0.0 < float(self.val_fraction) < 1.0):
-            raise ValueError(f"val_fraction={self.val_fraction!r} must be a number in (0, 1), "
-                             f"the fraction of rows held out for evaluation (e.g. 0.2)")
-        if self.eval_every is not None:
-            check_int(self.eval_every, "eval_every", minimum=1)
-        if self.patience is not None:
-            check_int(self.patience, "patience", minimum=1)
-        check_choice(self.progress, "progress", (True, False, "auto"))
+        super()._check_settings()
+        self._make_bound()  # the bound checks its own settings
 
-    @staticmethod
-    def _parse_hidden(hidden) -> tuple:
-        if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
-            widths = (int(hidden), int(hidden))
-        elif isinstance(hidden, (tuple, list)) and len(hidden) > 0:
-            widths = tuple(hidden)
-        else:
-            raise ValueError(f"hidden={hidden!r} is not accepted; give a width (int >= 1) or a "
-                             f"non-empty tuple of widths such as (256, 256)")
-        for w in widths:
-            if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1:
-                raise ValueError(f"hidden={hidden!r} is not accepted; every width must be an "
-                                 f"int >= 1")
-        return tuple(int(w) for w in widths)
+    def _make_bound(self) -> Bound:
+        return self.bound_type(**{key: getattr(self, key) for key in self.bound_type.settings})
 
-    def _split_sizes(self, n: int) -> tuple[int, int, int]:
-        """(n_heldout, heldout batch size, number of held-out batches) for n rows."""
-        n_val = int(round(float(self.val_fraction) * n))
-        n_val = min(max(n_val, 2), n - 2)
-        b_eval = min(int(self.batch_size), n_val)
-        return n_val, b_eval, n_val // b_eval
+    # -- the held-out estimator's hooks ----------------------------------------------------
 
-    def _min_samples(self) -> int:
-        # at least 2 held-out rows (one product pair) and 2 training rows, whatever the fraction
-        return max(8, math.ceil(2.0 / float(self.val_fraction)) + 2,
-                   math.ceil(2.0 / (1.0 - float(self.val_fraction))) + 2)
+    def _objective(self, x, y, y_classes, eval_batches):
+        return CriticObjective(self._make_bound(), self.critic, x, y, y_classes, self._hidden,
+                               int(self.embed_dim), eval_batches)
 
-    def _check_n(self, n: int) -> None:
-        super()._check_n(n)
-        if self.ci in ("heldout", "auto") and self._split_sizes(n)[2] < 2:
-            n_val, b_eval, _ = self._split_sizes(n)
-            raise ValueError(f"ci={self.ci!r} needs at least 2 held-out batches, but n={n} with "
-                             f"val_fraction={self.val_fraction} holds out {n_val} rows, one batch "
-                             f"of batch_size={b_eval}; use a smaller batch_size, a larger "
-                             f"val_fraction, or ci='seeds'")
+    def _model_details(self, objective, fit, b_eval):
+        bound = objective.bound
+        groups = objective.groups
+        return {"bound": bound.label, "lower_bound": bound.is_lower_bound,
+                "ceiling": bound.ceiling(b_eval), "critic": self.critic,
+                "hidden": list(self._hidden),
+                "heldout_negatives_per_row": sum(g.numel() * (g.numel() - 1) for g in groups)
+                / objective.eval_rows,
+                **bound.details()}
 
-    # -- estimation ------------------------------------------------------------------------
+    def _model_flags(self, value, details):
+        return self._make_bound().flags(value, details)
 
-    def _mi(self, x, y, x_discrete, y_discrete, rng):
-        n = int(x.shape[0])
-        device = x.device
-        n_val, b_eval, n_batches = self._split_sizes(n)
-        perm = torch.randperm(n, generator=rng, device=device)
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
-        eval_batches = val_idx[: n_batches * b_eval].view(n_batches, b_eval)
-        init_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=rng, device=device))
-        y_classes = int(y.max()) + 1 if y_discrete else None
+    # -- held-out evaluation of a given critic (also used by tests and benchmarks) ---------
 
-        fit, lr, diverged_at = self._fit(x, y, y_classes, train_idx, eval_batches, init_seed,
-                                         rng)
-        groups = self._groups(eval_batches)
-        value = fit["value"]
-        per_batch = fit["per_batch"]
-        se = float(np.std(per_batch, ddof=1) / math.sqrt(len(per_batch))) if len(per_batch) > 1 \
-            else float("nan")
-        self._last_heldout = (value, per_batch, se)
+    def _groups(self, batches):
+        return critic_groups(batches, self.critic)
 
-        curve_steps, curve_values = fit["curve_steps"], fit["curve_values"]
-        details = {
-            "bound": self.bound_name,
-            "lower_bound": self.is_lower_bound,
-            "ceiling": math.log(b_eval) if self.bound == "infonce" else None,
-            "critic": self.critic,
-            "hidden": list(self._hidden),
-            "steps_run": fit["steps_run"],
-            "best_step": fit["best_step"],
-            "stopped_early": fit["steps_run"] < int(self.steps),
-            "lr_used": lr,
-            "restarts": len(diverged_at),
-            "n_train": int(train_idx.numel()),
-            "n_heldout": n_val,
-            "heldout_rows_used": n_batches * b_eval,
-            "heldout_batch_size": b_eval,
-            "heldout_batches": n_batches,
-            "heldout_negatives_per_row": sum(g.numel() * (g.numel() - 1) for g in groups)
-            / (n_batches * b_eval),
-            "heldout_se": se,
-            "heldout_curve": {"step": curve_steps, "value": curve_values,
-                              "selection": fit["curve_select"]},
-            "selection": (("held-out Jensen-Shannon objective" if self.bound == "smile"
-                           else "held-out bound")
-                          + f", trailing mean of {SMOOTHING_WINDOW} evaluations"),
-            "heldout_summary": {"first": curve_values[0], "best": max(curve_values),
-                                "selected": value, "last": curve_values[-1],
-                                "evaluations": len(curve_values)},
-            "train_value": fit["train_value"],
-            **({"tau": float(self.tau), "dv_value": fit["dv_value"]}
-               if self.bound == "smile" else {}),
-            "device": str(device),
-        }
-        return value, details, self._flags(value, details, diverged_at)
+    def _bound_clipped(self, tau):
+        bound = self._make_bound()
+        if tau is not None:
+            bound.clip = float(tau)
+        return bound
 
-    def _flags(self, value, details, diverged_at) -> list:
-        flags = []
-        if self.bound == "infonce" and value > details["ceiling"] - _INFONCE_MARGIN:
-            flags.append(
-                f"near the InfoNCE ceiling: {value:.3f} nats is within {_INFONCE_MARGIN:g} nats "
-                f"of ln(batch size) = {details['ceiling']:.3f}; InfoNCE cannot exceed that and "
-                f"reads low well before it (even with the exact critic), so the true MI may be "
-                f"much larger. Use a larger batch_size or another bound")
-        if self.bound == "smile" and value > float(self.tau) - 1.0:
-            flags.append(
-                f"clip-limited: the SMILE value {value:.3f} nats is within 1 nat of tau="
-                f"{float(self.tau):g}; the clip at e^tau drops the large density ratios of the "
-                f"partition term, so the value reads high (the unclipped DV reading of the same "
-                f"critic is {details['dv_value']:.3f}). Use a larger tau, or MINE")
-        if diverged_at:
-            flags.append(f"training diverged at lr={diverged_at} and was restarted; the value "
-                         f"comes from lr={details['lr_used']:g}")
-        curve = details["heldout_curve"]["value"]
-        se = details["heldout_se"]
-        if (not details["stopped_early"] and details["best_step"] == details["steps_run"]
-                and len(curve) >= 4 and curve[-1] - curve[(3 * len(curve)) // 4 - 1]
-                > max(2 * se if math.isfinite(se) else 0.0, 0.01 * abs(curve[-1]))):
-            flags.append(f"not converged: the held-out estimate was still rising when steps="
-                         f"{self.steps} ran out; more steps may give a higher value")
-        train = details["train_value"]
-        if train is not None and train - value > max(0.1, 0.1 * abs(value)):
-            flags.append(f"overfitting: the training-row value {train:.3f} exceeds the "
-                         f"held-out value {value:.3f}; use more rows or a smaller critic")
-        if value < 0:
-            flags.append("negative held-out value: no dependence detected (a lower bound "
-                         "below 0 carries no information)")
-        return flags
+    def _evaluate(self, critic, x, y, groups, b_eval, tau=None):
+        """(value, selection score, per-batch values) of ``critic`` under this estimator's
+        bound; ``tau`` clips the scores as SMILE's does (None: the bound's own clip)."""
+        return evaluate_critic(self._bound_clipped(tau), critic, x, y, groups, b_eval)
 
-    # -- intervals -------------------------------------------------------------------------
-
-    def _interval(self, kind, run, tensors, n, value, device):
-        if kind != "heldout":
-            return super()._interval(kind, run, tensors, n, value, device)
-        _, per_batch, se = self._last_heldout
-        z = NormalDist().inv_cdf(0.5 + float(self.confidence) / 2.0)
-        return float(value - z * se), float(value + z * se), list(per_batch)
+    def _pooled(self, critic, x, y, groups, b_eval, tau=None) -> dict:
+        return pool_stats(block_stats(self._bound_clipped(tau), critic, x, y, groups, b_eval))
 
 
 class MINE(NeuralEstimator):
@@ -320,16 +201,8 @@ class MINE(NeuralEstimator):
     limitations = (
         "Donsker-Varadhan lower bound with a trained critic: high variance, depends on critic "
         "training.")
-    bound = "dv"
-    bound_name = "Donsker-Varadhan (MINE)"
+    bound_type = DonskerVaradhan
     defaults = {"ema": 0.0}
-
-    def _check_settings(self) -> None:
-        super()._check_settings()
-        check_positive(self.ema, "ema", allow_zero=True)
-        if not self.ema < 1:
-            raise ValueError(f"ema={self.ema!r} must be in [0, 1): the decay of the moving "
-                             f"average (0 turns the correction off)")
 
 
 class NWJ(NeuralEstimator):
@@ -354,8 +227,7 @@ class NWJ(NeuralEstimator):
     name = "nwj"
     limitations = (
         "Variational lower bound with a trained critic: high variance at large MI.")
-    bound = "nwj"
-    bound_name = "Nguyen-Wainwright-Jordan (NWJ)"
+    bound_type = NguyenWainwrightJordan
 
 
 class InfoNCE(NeuralEstimator):
@@ -382,8 +254,7 @@ class InfoNCE(NeuralEstimator):
     name = "infonce"
     limitations = (
         "Contrastive lower bound: can never exceed ln(batch size).")
-    bound = "infonce"
-    bound_name = "InfoNCE"
+    bound_type = InfoNCEBound
 
 
 class SMILE(NeuralEstimator):
@@ -425,14 +296,8 @@ class SMILE(NeuralEstimator):
     name = "smile"
     limitations = (
         "Clipped Donsker-Varadhan bound: the clip trades bias for variance.")
-    bound = "smile"
-    bound_name = "SMILE (clipped Donsker-Varadhan, JS-trained critic)"
-    is_lower_bound = False
+    bound_type = SmileBound
     defaults = {"tau": 5.0}
-
-    def _check_settings(self) -> None:
-        super()._check_settings()
-        check_positive(self.tau, "tau")
 
 
 __all__ = ["NeuralEstimator", "NeuralTrainingError", "MINE", "NWJ", "InfoNCE", "SMILE"]
