@@ -56,7 +56,8 @@ register("toy-gauss", Correlation1D)
 NEURAL = dict(steps=20, hidden=(8,), embed_dim=8, batch_size=16, progress=False,
               eval_every=10)
 SMALL = {"mine": NEURAL, "nwj": NEURAL, "infonce": NEURAL, "smile": NEURAL,
-         "mixture": {"n_mc": 256}}
+         "mixture": {"n_mc": 256},
+         "doe": dict(steps=100, hidden=(16,), batch_size=64, progress=False, eval_every=10)}
 METHODS = E.registered_methods()
 RHO = 0.8
 TRUTH = -0.5 * math.log(1 - RHO ** 2)  # 0.51 nats

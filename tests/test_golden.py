@@ -26,7 +26,8 @@ REL_BY_METHOD = {"kde": 1e-6}
 #: Tiny neural settings: 20 steps of a one-layer critic, enough to pin the training path.
 NEURAL = dict(steps=20, hidden=(8,), embed_dim=8, batch_size=16, progress=False, eval_every=10)
 SETTINGS = {"mine": NEURAL, "nwj": NEURAL, "infonce": NEURAL, "smile": NEURAL,
-            "mixture": dict(n_mc=256, deterministic=True), "kde": dict(deterministic=True)}
+            "mixture": dict(n_mc=256, deterministic=True), "kde": dict(deterministic=True),
+            "doe": dict(steps=20, hidden=(8,), batch_size=16, progress=False, eval_every=10)}
 
 GOLDEN = {
     "auto": {
@@ -91,6 +92,12 @@ GOLDEN = {
         "cl": (-0.18956828117370605, -0.27634390509109547, -0.10279265725631666),
         "layer": (0.07825972139835358, 0.043204064860527476, 0.11331537793617968),
     },
+    # added with the estimator (issue 19): 20 steps of a one-layer model, like the bounds
+    "doe": {
+        "cc": (0.27198952436447144, 0.11971052363962364, 0.4242685250893192),
+        "cl": (0.17352402210235596, 0.0600971434969436, 0.2869509007077683),
+        "layer": (0.4175247848033905, 0.3213430489861857, 0.5137065206205953),
+    },
 }
 
 
@@ -135,3 +142,5 @@ def test_neural_methods_have_no_entropy():
     for method in ("mine", "nwj", "infonce", "smile"):
         with pytest.raises(TypeError):
             CASES["h"](E.get_estimator(method, **NEURAL))
+    with pytest.raises(TypeError):
+        CASES["h"](E.get_estimator("doe", **SETTINGS["doe"]))

@@ -38,6 +38,7 @@ _METHODS: dict = {
     "nwj": ("neural", "NWJ"),
     "infonce": ("neural", "InfoNCE"),
     "smile": ("neural", "SMILE"),
+    "doe": ("doe", "DoE"),
 }
 
 
