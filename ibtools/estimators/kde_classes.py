@@ -52,6 +52,50 @@ def packed_class_bounds(t_sorted, counts, starts, present, h_noise: float, noise
             for c, u, lo in zip(ids, mean_kl.tolist(), mean_bd.tolist())}
 
 
+def conditional_bounds(t: torch.Tensor, labels: torch.Tensor, h_noise: float,
+                       noise_var: float, budget: int, class_bounds) -> dict:
+    """The class-conditional bounds ``sum_y p(y) H(T + Z | Y = y)`` (upper and lower) of
+    every class of ``labels`` at once.
+
+    A class of one row is one kernel: its entropy is ``h_noise`` exactly, with no kernel
+    sum (token ids as X make every class a singleton).  Classes of 2 to
+    ``CLASS_PASS_MAX_ROWS`` rows come from one packed pass (:func:`packed_class_bounds`);
+    a larger class from ``class_bounds(rows)``, which returns its ``(h_upper, h_lower)``
+    (KDE passes its uncached pairwise bounds, so a class never displaces the whole
+    sample's bounds that I(X;T) and I(T_prev;T) reuse).
+
+    Returns ``cond_upper``, ``cond_lower``, ``h_labels`` (the plug-in label entropy),
+    ``n_classes`` and ``per_class`` (``{id: {"p", "h_upper", "h_lower"}}``, or None above
+    64 classes)."""
+    n = int(t.shape[0])
+    order = torch.argsort(labels, stable=True)
+    t_sorted = t[order]
+    counts = torch.bincount(labels).cpu()
+    starts = torch.cumsum(counts, dim=0) - counts
+    present = torch.nonzero(counts).flatten().tolist()
+    packed = packed_class_bounds(t_sorted, counts, starts, present, h_noise, noise_var, budget)
+    sizes, first = counts.tolist(), starts.tolist()
+    cond_upper = cond_lower = 0.0
+    per_class = {} if len(present) <= 64 else None
+    for cls in present:
+        size = sizes[cls]
+        if size == 1:  # one kernel: H(T+Z | Y=y) is the noise entropy exactly
+            h_up = h_low = h_noise
+        elif cls in packed:
+            h_up, h_low = packed[cls]
+        else:
+            h_up, h_low = class_bounds(t_sorted[first[cls]:first[cls] + size])
+        p = size / n
+        cond_upper += p * h_up
+        cond_lower += p * h_low
+        if per_class is not None:
+            per_class[int(cls)] = {"p": p, "h_upper": h_up, "h_lower": h_low}
+    p = counts[counts > 0].to(torch.float64) / n
+    return {"cond_upper": cond_upper, "cond_lower": cond_lower,
+            "h_labels": float(-(p * p.log()).sum()), "n_classes": len(present),
+            "per_class": per_class}
+
+
 def _augmented(t: torch.Tensor, sizes_t: torch.Tensor, noise_var: float):
     """Rows ``[2u, -|u|^2, -1]`` and ``[u, 1, |u|^2]`` whose products are the base-2 KDE
     exponents ``-||t_i - t_j||^2 log2(e) / (8 s2)``; u is centred on each row's class
