@@ -29,6 +29,8 @@ import sys
 
 import torch
 
+from ibtools.errors import NeuralTrainingError
+
 #: Held-out evaluations averaged for early stopping.  Picking the single best of dozens of
 #: noisy evaluations and reporting that same number biases the result upward; comparing
 #: trailing means picks a good model without rewarding a lucky evaluation.
@@ -41,13 +43,6 @@ MAX_ATTEMPTS = 3
 #: at independence reads a few hundredths below.  A blown-up one reads anything (lr=1e6
 #: gave -1.5e34 nats), which is not "no dependence".
 ABSURD_HELDOUT = -1.0
-
-
-class NeuralTrainingError(ValueError, RuntimeError):
-    """Training failed at every learning rate tried (non-finite or absurd held-out
-    values).  A ValueError because a setting (``lr``, the critic, the inputs' scale) is the
-    cause, so the CLI reports it as a user error; a RuntimeError for callers that catch
-    training failures as such."""
 
 
 def progress_bar(progress, total: int, desc: str):

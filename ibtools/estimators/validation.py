@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ibtools.errors import EstimatorRefused
+
 
 def to_numpy_or_tensor(a, name: str):
     """Accept numpy arrays, torch tensors, lists and pandas objects; return ndarray or Tensor."""
@@ -95,7 +97,7 @@ def encode_discrete(a, name: str, declared: bool) -> torch.Tensor:
         raise ValueError(f"{name} must have one row per sample; got a scalar")
     if arr.dtype.kind in "fc":
         if not np.all(np.isfinite(arr)):
-            raise ValueError(_describe_nonfinite(arr.reshape(len(arr), -1), name))
+            raise EstimatorRefused(_describe_nonfinite(arr.reshape(len(arr), -1), name))
         if not np.all(arr == np.round(arr)):
             sample = arr.reshape(-1)[~(arr.reshape(-1) == np.round(arr.reshape(-1)))][:3]
             raise TypeError(f"{name} was declared discrete but holds non-integer values such "
@@ -143,7 +145,7 @@ def prepare(a, name: str, *, discrete, device: torch.device, dtype: torch.dtype)
     # aminmax propagates NaN and inf and is several times cheaper than isfinite().all()
     lo, hi = torch.aminmax(t)
     if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-        raise ValueError(_describe_nonfinite(t.cpu().double().numpy(), name))
+        raise EstimatorRefused(_describe_nonfinite(t.cpu().double().numpy(), name))
     return t, False
 
 
