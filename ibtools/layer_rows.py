@@ -7,13 +7,15 @@ Used by :func:`ibtools.analysis.analyze`, by :mod:`ibtools.tracking` and by the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
+import warnings
 
 from ibtools import noise_channel
 from ibtools import results as results_io
+from ibtools.errors import ESTIMATOR_FAILURES
+from ibtools.estimators.layer_information import LayerInformation
 from ibtools.estimators.resolution import auto_resolution
 from ibtools.estimators.spec import EstimatorSpec
 
@@ -22,26 +24,24 @@ class EstimatorFailedWarning(UserWarning):
     """An estimator could not compute a quantity of one layer; its row holds NaN and a flag."""
 
 
-#: What an estimator raises on data it cannot handle (bad shapes or values, a singular or
-#: overflowing computation, memory it cannot get): the step becomes a NaN row with a flag.
-#: Programming errors (AttributeError, NameError, KeyError, IndexError, ...) still propagate.
-ESTIMATOR_FAILURES = (ValueError, TypeError, RuntimeError, ArithmeticError, MemoryError)
+def _outcome(quantity, outcome, where):
+    """``(result, reason)`` of one quantity: a failure (an exception the seam returned) is
+    ``(None, "Type: message")``, warned about naming ``where`` (checkpoint, layer, setting)."""
+    if not LayerInformation.failed(outcome):
+        return outcome, None
+    reason = f"{type(outcome).__name__}: {outcome}"
+    if where is not None:
+        warnings.warn(f"{where}: {quantity} not computed ({reason}); its row holds NaN and a "
+                      f"flag, the run goes on", EstimatorFailedWarning, stacklevel=3)
+    return None, reason
 
 
-def _estimate(est, a, b, where=None, quantity=None, **kw):
-    """One estimate, or NaN with the reason when the estimator cannot handle the pair; with
-    ``where`` (checkpoint, layer, setting) the failure is also a warning naming them."""
+def _layer_information(est, x, t, t_prev, y, chain):
+    """The estimator's seam; a failure of the whole call fails its three quantities."""
     try:
-        return est.mutual_information(a, b, **kw), None
+        return est.layer_information(x, t, t_prev, y, chain=chain)
     except ESTIMATOR_FAILURES as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        if where is not None:
-            import warnings
-
-            warnings.warn(f"{where}: {quantity or 'a quantity'} not computed ({reason}); its "
-                          f"row holds NaN and a flag, the run goes on", EstimatorFailedWarning,
-                          stacklevel=2)
-        return None, reason
+        return LayerInformation(i_xt=exc, i_prev_t=None if t_prev is None else exc, i_ty=exc)
 
 
 def _value(result):
@@ -68,37 +68,42 @@ def _processing_flags(i_ty: float, i_xt: float) -> list:
     """Y -> X -> T is a Markov chain (the layer sees only the input), so the data
     processing inequality gives I(T;Y) <= I(X;T); estimates that break it are flagged."""
     if math.isfinite(i_ty) and math.isfinite(i_xt) and i_ty > i_xt + PROCESSING_TOLERANCE:
-        return [f"I(T;Y) = {i_ty:.4g} exceeds I(X;T) = {i_xt:.4g} nats, which data processing "
-                f"forbids (the layer sees only the input): at least one of the two readings is "
-                f"off by {i_ty - i_xt:.3g} nats or more at this setting"]
+        return [(f"I(T;Y) = {i_ty:.4g} exceeds I(X;T) = {i_xt:.4g} nats, which data "
+                 f"processing forbids (the layer sees only the input): at least one of the two "
+                 f"readings is off by {i_ty - i_xt:.3g} nats or more at this setting")]
     return []
 
 
-def layer_rows(spec: EstimatorSpec, x, y, t, t_prev, index, betas, seed, device, ci,
-               reference, where=None, paths=None) -> list[dict]:
+def layer_rows(spec: EstimatorSpec, settings, x, y, t, t_prev, index, device, where=None,
+               paths=None) -> list[dict]:
     """The rows of one layer under one estimator setting: I(X;T), I(T_prev;T) and I(T;Y)
-    with their intervals and flags, and one IB value per beta.
+    with their intervals and flags, and one IB value per beta of ``settings``
+    (an :class:`~ibtools.analysis_settings.AnalysisSettings`: its betas, seed, ci and
+    reference are read).
 
     ``t_prev`` is the previous measured layer (ignored at ``index`` 0, where T_0 = X);
     ``where`` names checkpoint, layer and setting in the warning of a failed estimate;
     ``paths`` carries a noisy network's three results computed from its noise paths
-    (:mod:`ibtools.noisy`).  A quantity the estimator cannot compute is NaN with a flag."""
+    (:mod:`ibtools.noisy`).  The estimates come from the estimator's
+    :meth:`~ibtools.estimators.base.Estimator.layer_information`; a quantity it could not
+    compute (:data:`ibtools.errors.ESTIMATOR_FAILURES`) is NaN with a flag, any other error
+    propagates."""
     # a layer's output is a deterministic function of the input and of the previous layer:
     # KDE's I(X;T) = H(T+Z) - H(Z) needs that said (other estimators do not take the setting)
-    est = spec.build(seed=seed, device=device, ci=ci, deterministic=True)
+    est = spec.build(seed=settings.seed, device=device, ci=settings.ci, deterministic=True)
     # an analysis-time channel (noise_std): the layers as it presents them, and the chain
-    t, t_prev, chain = noise_channel.channel_view(spec, est, t, t_prev, index, seed)
+    t, t_prev, chain = noise_channel.channel_view(spec, est, t, t_prev, index, settings.seed)
     start = time.perf_counter()
     if paths is not None:  # a noisy network's layer, from noise paths (ibtools.noisy)
         (r_ty, e_ty), (r_xt, e_xt), (r_prev, e_prev) = paths
-    else:  # KDE computes T's whole-sample entropy bounds once for the three quantities
-        with getattr(est, "reuse_bounds", contextlib.nullcontext)():
-            r_ty, e_ty = _estimate(est, t, y, where, "I(T;Y)", discrete_y=True)
-            r_xt, e_xt = _estimate(est, x, t, where, "I(X;T)")
-            if index == 0:
-                r_prev, e_prev = r_xt, e_xt
-            else:
-                r_prev, e_prev = _estimate(chain, t_prev, t, where, "I(T_prev;T)")
+    else:
+        info = _layer_information(est, x, t, None if index == 0 else t_prev, y,
+                                  None if chain is est else chain)
+        r_ty, e_ty = _outcome("I(T;Y)", info.i_ty, where)
+        r_xt, e_xt = _outcome("I(X;T)", info.i_xt, where)
+        # T_0 = X: I(T_prev;T) of the first layer is I(X;T)
+        r_prev, e_prev = ((r_xt, e_xt) if index == 0
+                          else _outcome("I(T_prev;T)", info.i_prev_t, where))
     seconds = time.perf_counter() - start
     flags = _flags("I(T;Y)", r_ty, e_ty) + _flags("I(X;T)", r_xt, e_xt)
     if index > 0:
@@ -107,9 +112,10 @@ def layer_rows(spec: EstimatorSpec, x, y, t, t_prev, index, betas, seed, device,
     flags += _processing_flags(i_ty, i_xt)
     (ty_lo, ty_hi), (xt_lo, xt_hi), (pv_lo, pv_hi) = _ci(r_ty), _ci(r_xt), _ci(r_prev)
     # the compression term the IB value charges for, and its interval
-    comp, c_lo, c_hi = (i_xt, xt_lo, xt_hi) if reference == "input" else (i_prev, pv_lo, pv_hi)
+    comp, c_lo, c_hi = ((i_xt, xt_lo, xt_hi) if settings.reference == "input"
+                        else (i_prev, pv_lo, pv_hi))
     rows = []
-    for beta in betas:
+    for beta in settings.betas:
         rows.append({
             "estimator": spec.method, "setting": spec.label, "params": spec.params_json,
             "i_xt": i_xt, "i_ty": i_ty, "i_prev_t": i_prev, "beta": beta,
