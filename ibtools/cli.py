@@ -14,16 +14,18 @@ from pathlib import Path
 import click
 
 import ibtools
-from ibtools.cli_helpers import UserError, arch_args as _arch_args, cli_wording
-from ibtools.cli_helpers import cwd_importable as _cwd_importable
-from ibtools.cli_helpers import merge_command
-from ibtools.cli_helpers import merge_warnings as _merge_warnings
 from ibtools.cli_config import read_config as _read_config
+from ibtools.cli_helpers import UserError, cli_wording, merge_command
+from ibtools.cli_helpers import arch_args as _arch_args
+from ibtools.cli_helpers import cwd_importable as _cwd_importable
+from ibtools.cli_helpers import merge_warnings as _merge_warnings
+from ibtools.errors import IbtoolsError
 
 
 def _user_errors(fn):
-    """Turn the API's input errors into one clear line and exit code 2; anything else is a
-    failure (exit 1) with its message."""
+    """Turn the API's input errors (ibtools' own errors, :mod:`ibtools.errors`, and the
+    value, type and path errors of arguments) into one clear line and exit code 2; anything
+    else is a failure (exit 1) with its message."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -31,13 +33,14 @@ def _user_errors(fn):
             return fn(*args, **kwargs)
         except click.ClickException:
             raise
-        except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, KeyError) as exc:
+        except (IbtoolsError, ValueError, TypeError, FileNotFoundError, IsADirectoryError,
+                KeyError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise UserError(cli_wording(str(message))) from exc
         except KeyboardInterrupt:
             click.echo("interrupted; results written so far are kept (rerun to resume)", err=True)
             sys.exit(130)
-        except Exception as exc:  # a failure, not a user error
+        except Exception as exc:  # noqa: BLE001 - a failure, not a user error
             click.echo(f"Error: ibtools failed: {type(exc).__name__}: {exc}", err=True)
             sys.exit(1)
 
@@ -108,6 +111,9 @@ def main():
               help="Read every measured layer through a Gaussian channel T + N(0, S^2 I) "
               "(finite MI at S instead of ln n); repeatable (a sweep). mixture/kde take "
               "noise_var = S^2, other estimators sampled seeded noise.")
+@click.option("--noise-paths", "noise_paths", type=int, default=8, show_default=True,
+              help="Noise paths per input from which a network trained with noise (noise_std "
+              "in its blocks) has h(T|X) estimated for the mixture estimator's rows.")
 @click.option("--reference", type=click.Choice(["input", "previous"]), default="input",
               show_default=True, help="Compress against I(X;T) or I(T_prev;T).")
 @click.option("--max-samples", type=int, default=2000, show_default=True,
@@ -167,7 +173,7 @@ def main():
 def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, max_samples,
             pool, ci, split, device, seed, out_dir, config_file, overwrite, threads, trust_pickle,
             trust_code, report, progress, arch_args, strict, memory_budget, spill_dir,
-            batch_size, workers, scheduler, noise_std, reduce):
+            batch_size, workers, scheduler, noise_std, reduce, noise_paths):
     """Estimate I(X;T), I(T_prev;T), I(T;Y) and IB values per layer of CHECKPOINTS.
 
     Writes results.csv, results.json and config.json into --out after every step; rerunning
@@ -181,7 +187,7 @@ def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, 
             "betas": list(betas) or None, "reference": reference, "max_samples": max_samples,
             "pool": pool, "ci": "auto" if ci else None, "split": split, "device": device,
             "seed": seed, "noise_std": list(noise_std) or None,
-            "reduce": reduce_from_cli(reduce)}
+            "reduce": reduce_from_cli(reduce), "noise_paths": noise_paths}
     if config_file:
         conf = _read_config(config_file)
         unknown = sorted(set(conf) - set(opts))

@@ -242,7 +242,7 @@ def test_whole_sample_bounds_are_reused_and_invalidated_by_inplace_change():
     calls = []
     real = est._compute_bounds
     est._compute_bounds = lambda a: calls.append(a.shape[0]) or real(a)
-    with est.reuse_bounds():
+    with est._reuse_bounds():  # internal: the seam layer_information enters it
         first = est.mutual_information(t, labels).details["h_upper"]
         est.mutual_information(x, t)  # same T: its H(T) bounds are not recomputed
         assert calls.count(1500) == 1
@@ -261,7 +261,7 @@ def test_no_stale_bounds_when_a_numpy_input_changes_in_place():
     # A float32 NumPy input is shared, not copied, by the tensor each call makes of it: same
     # address, version counter 0 every time.  An always-on cache keyed by those (the first
     # version) served the old array's bounds after an in-place change (2.65 instead of 5.56
-    # nats here); outside reuse_bounds() nothing is cached.
+    # nats here); outside _reuse_bounds() nothing is cached.
     rng = np.random.default_rng(12)
     est = KDE(noise_var=0.5, deterministic=True)
     x0 = np.zeros((1500, 1), dtype=np.float32)

@@ -217,7 +217,7 @@ def test_reuse_draws_shares_the_label_run_with_i_xt():
     t = y[:, None].float() + 0.8 * torch.randn(1500, 5, generator=g)
     x = torch.randn(1500, 2, generator=g)
     est = MixtureEntropy(noise_var=0.5, deterministic=True)
-    with est.reuse_bounds():  # the name analyze() looks for
+    with est._reuse_draws():  # internal: the seam layer_information enters it
         i_ty = est.mutual_information(t, y)
         i_xt = est.mutual_information(x, t)
         h = est.entropy(t)
