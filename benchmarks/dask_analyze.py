@@ -16,8 +16,12 @@ LocalCluster of 2 one-thread worker processes (``executor=client``); the tables 
   estimators (binning 30 bins, KDE noise 0.1, KSG k 3 on copula ranks) on the 1347 rows of
   digits' training split.
 
-Times are steady-state: both sides first analyse one checkpoint (imports, compiled kernels),
-and the cluster's start is timed separately.  Each configuration runs ``--repeats`` times
+Each workload runs on two clusters one after the other: one started by
+``ibtools.distributed.local_client`` with ibtools' worker settings (``lean``:
+``LEAN_WORKER_CONFIG``, no ``MALLOC_TRIM_THRESHOLD_`` and no Dask profiler) and one with
+Dask's defaults (``dask``), so the table shows what the settings change.  Times are
+steady-state: both sides first analyse one checkpoint (imports, compiled kernels; the
+cluster runs one task on each worker), and the cluster's start is timed separately.  Each configuration runs ``--repeats`` times
 and the median is printed, with the machine's load average before and after.  The target of
 issue 20 is a speed-up >= 1.6 on 2 cores.
 
@@ -45,8 +49,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ibtools  # noqa: E402
-from ibtools.distributed import local_client  # noqa: E402
+import ibtools
+from ibtools.distributed import local_client
 
 
 def _train_demo(root: Path, epochs: int, quick: bool) -> list[str]:
@@ -94,6 +98,25 @@ def _timed(fn, repeats: int, client=None):
     return statistics.median(walls), cpus[middle], workers[middle], table
 
 
+def _line(name, paths, options, serial_run, lean, cluster_run) -> str:
+    """One table line: the serial run against a cluster run, wall and CPU."""
+    serial_s, serial_cpu, _, serial, load_before = serial_run
+    cluster_s, driver_cpu, worker_cpu, parallel = cluster_run
+    idle_wall = max(max(worker_cpu), (sum(worker_cpu) + driver_cpu) / 2)
+    cols = [c for c in serial.columns if c != "seconds"]
+    same = serial[cols].reset_index(drop=True).equals(parallel[cols].reset_index(drop=True))
+    if not same:
+        pd.set_option("display.width", 200)
+        print(serial[cols].compare(parallel[cols]), file=sys.stderr)
+    return (f"| {name} | {'lean' if lean else 'dask'} | {len(paths)} x "
+            f"{serial['layer'].nunique()} x {len(options['estimators'])} "
+            f"| {serial['n_samples'].iloc[0]} | {serial_s:.1f} | {cluster_s:.1f} "
+            f"| {serial_s / cluster_s:.2f} | {serial_cpu:.1f} "
+            f"| {' + '.join(f'{c:.1f}' for c in worker_cpu)} + {driver_cpu:.1f} "
+            f"| {sum(worker_cpu) / serial_cpu:.2f} | {serial_cpu / idle_wall:.2f} "
+            f"| {'yes' if same else 'NO'} | {load_before} / {_load()} |")
+
+
 def _load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -121,40 +144,32 @@ def main(argv=None) -> int:
         return ibtools.analyze(paths, data="digits", device="cpu", progress=False,
                                out_dir=root / f"run{next(runs)}", executor=executor, **options)
 
-    lines = []
-    start = time.perf_counter()
-    with local_client(2, "cpu") as client:
-        cluster_start = time.perf_counter() - start
-        for name, (paths, options) in workloads.items():
-            run(paths[:1], options)  # warm: imports and compiled kernels, here and on workers
-            run(paths[:2], options, client)
-            load_before = _load()
-            serial_s, serial_cpu, _, serial = _timed(lambda: run(paths, options), args.repeats)
-            load_mid = _load()
-            cluster_s, driver_cpu, worker_cpu, parallel = _timed(
-                lambda: run(paths, options, client), args.repeats, client)
-            idle_wall = max(max(worker_cpu), (sum(worker_cpu) + driver_cpu) / 2)
-            cols = [c for c in serial.columns if c != "seconds"]
-            same = serial[cols].reset_index(drop=True).equals(
-                parallel[cols].reset_index(drop=True))
-            n_layers = serial["layer"].nunique()
-            lines.append(f"| {name} | {len(paths)} x {n_layers} x {len(options['estimators'])} "
-                         f"| {serial['n_samples'].iloc[0]} | {serial_s:.1f} | {cluster_s:.1f} "
-                         f"| {serial_s / cluster_s:.2f} | {serial_cpu:.1f} "
-                         f"| {' + '.join(f'{c:.1f}' for c in worker_cpu)} + {driver_cpu:.1f} "
-                         f"| {serial_cpu / idle_wall:.2f} | {'yes' if same else 'NO'} "
-                         f"| {load_before} / {load_mid} / {_load()} |")
-            if not same:
-                pd.set_option("display.width", 200)
-                print(serial[cols].compare(parallel[cols]), file=sys.stderr)
-    print(f"Dask LocalCluster, 2 worker processes x 1 thread, started in {cluster_start:.1f} s; "
-          f"{os.cpu_count()} CPUs; median of {args.repeats} run(s); torch threads 1 per "
-          f"process (threads='auto').\n")
-    print("| workload | checkpoints x layers x settings | rows | serial wall s "
+    serial = {}
+    for name, (paths, options) in workloads.items():
+        run(paths[:1], options)  # warm: imports and compiled kernels
+        load_before = _load()
+        serial[name] = (*_timed(lambda p=paths, o=options: run(p, o), args.repeats),
+                        load_before)
+    lines, starts = [], {}
+    for lean in (True, False):  # ibtools' worker settings, then Dask's defaults
+        start = time.perf_counter()
+        with local_client(2, "cpu", lean=lean) as client:
+            starts[lean] = time.perf_counter() - start
+            for name, (paths, options) in workloads.items():
+                run(paths[:2], options, client)  # warm: a task on each worker
+                lines.append(_line(name, paths, options, serial[name], lean, _timed(
+                    lambda p=paths, o=options: run(p, o, client), args.repeats, client)))
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # Dask's nanny sets it here too
+    print(f"Dask LocalCluster, 2 worker processes x 1 thread (started and warmed in "
+          f"{starts[True]:.1f} s with ibtools' worker settings, {starts[False]:.1f} s with "
+          f"Dask's defaults); {os.cpu_count()} CPUs; median of {args.repeats} run(s); torch "
+          f"threads 1 per process (threads='auto').  Worker settings: 'lean' = "
+          f"ibtools.distributed.cluster.LEAN_WORKER_CONFIG, 'dask' = Dask's defaults.\n")
+    print("| workload | workers | checkpoints x layers x settings | rows | serial wall s "
           "| 2 workers wall s | wall speed-up | serial CPU s | CPU s: worker + worker + driver "
-          "| speed-up on 2 idle cores (from CPU) | same table "
-          "| load avg 1/5/15 min (before / between / after) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| worker CPU / serial CPU | speed-up on 2 idle cores (from CPU) | same table "
+          "| load avg 1/5/15 min (before serial / after the cluster run) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
     return 0
 
