@@ -398,7 +398,7 @@ def estimate(a, b, method, settings, discrete_b, bits, as_json):
 @main.command()
 @click.option("--out", "out_dir", default="ibtools-demo", show_default=True,
               type=click.Path(file_okay=False))
-@click.option("--quick", is_flag=True, help="Smaller models and fewer settings (about 30 s).")
+@click.option("--quick", is_flag=True, help="Smaller models and fewer settings.")
 @click.option("--device", default="auto", show_default=True, callback=_check_device,
               help="auto | cpu | cuda[:N] | mps")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -55,7 +55,8 @@ __all__ = ["DEFAULT_ESTIMATORS", "Tracker", "preserved_training_state", "track"]
 _GLOBAL_RNG_METHODS = ("mine", "nwj", "infonce", "smile")
 #: Binning (30 bins) and KDE (noise_var 0.1), the two cheapest of analyze's defaults, without
 #: the permutation check against independence: it reruns the estimate on shuffled labels
-#: (binning 7x slower per layer) and matters less for a trend over training than for one number.
+#: (up to one rerun per shuffle per layer) and matters less for a trend over training than for
+#: one number.
 DEFAULT_ESTIMATORS = ("binning:n_bins=30,n_permutations=0", "kde:noise_var=0.1,n_permutations=0")
 #: Accepted values of ``background``: in the loop, a worker thread (True), a worker process.
 _BACKGROUNDS = (False, True, "thread", "process")

@@ -23,8 +23,8 @@ from ibtools.estimators.kde import _MIN_EXPONENT, _matmul_dtype
 PACK_ROWS = 256
 #: Classes up to this many rows get their bounds from the packed pass; larger ones from a
 #: symmetric pass each (half the pairs, compiled when numba is there; its call overhead
-#: is small next to its work).  Measured (one thread, n = 20 000, d = 64, 1440 Zipf-sized
-#: classes of 2-1024 rows): the packed pass took 0.066 CPU s, one pass per class 0.379 s.
+#: is small next to its work).  Timed against one pass per class in benchmarks/RESULTS.md
+#: ("per-class KDE", ``python -m benchmarks.new_paths --only per_class``).
 CLASS_PASS_MAX_ROWS = 1024
 
 

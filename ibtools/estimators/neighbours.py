@@ -9,16 +9,15 @@ that return identical numbers:
     O(n^2 d); the choice on CUDA, in high dimension, and (compiled) for moderate n.  With
     numba installed (``ibtools[fast]``), float64 points on CPU and n >= ``BRUTE_NUMBA_MIN_N``,
     compiled per-row kernels (:mod:`ibtools.estimators._brute_numba`: one row of distances
-    at a time, no block in memory, rows in parallel), several times faster than the
-    following.  Otherwise torch, on the device of the inputs: blocks of query rows against
+    at a time, no block in memory, rows in parallel).  Otherwise torch, on the device of the inputs: blocks of query rows against
     all rows, sized to the estimator's memory budget, ``torch.cdist(p=inf)`` on CPU (one
     fused pass per pair, faster there than a per-coordinate running maximum over broadcast
     differences), the running maximum on CUDA (see ``_chebyshev``).
 ``"tree"``
     CPU k-d trees.  With numba installed (``ibtools[fast]``) and n >= ``NUMBA_MIN_N``, a
     compiled max-norm tree of our own (:mod:`ibtools.estimators._kdtree_numba`: leaf-ordered
-    points, whole nodes added when their box lies inside the radius, queries in parallel),
-    several times faster than the following.  Otherwise
+    points, whole nodes added when their box lies inside the radius, queries in parallel;
+    timed against a cKDTree KSG in ``benchmarks/RESULTS.md``).  Otherwise
     :class:`scipy.spatial.cKDTree` (``p=inf``, all cores) for the k-th
     neighbour, and scikit-learn's :class:`~sklearn.neighbors.KDTree` for counts, because its
     ``count_only`` adds a node's size when the node lies wholly inside the radius whereas
@@ -157,7 +156,7 @@ def brute_engine(n: int, dtype: torch.dtype, device: torch.device) -> str:
 
     ``"numba"``: compiled per-row kernels (:mod:`ibtools.estimators._brute_numba`; needs
     numba: ``pip install "ibtools[fast]"``), float64 on CPU, no (rows, n) block in memory;
-    several times faster than ``"torch"`` (``torch.cdist`` blocks and ``topk``).  Both give
+    ``"torch"``: ``torch.cdist`` blocks and ``topk``.  Both give
     identical distances and counts, except that among points at exactly the k-th distance the
     compiled kernels call the lowest index a neighbour and ``topk`` any of them, which can
     change KSG algorithm 2's counts on tied data (KSG's default jitter makes ties
@@ -287,8 +286,8 @@ def tree_engine(n: int | None = None) -> str:
     """Which k-d tree the ``"tree"`` backend uses for ``n`` points.
 
     ``"numba"``: the compiled max-norm tree of :mod:`ibtools.estimators._kdtree_numba`
-    (needs numba: ``pip install "ibtools[fast]"``), several times faster than the
-    alternative on KSG at n = 10^5 (``benchmarks/RESULTS.md``).  ``"scipy"``: scipy's
+    (needs numba: ``pip install "ibtools[fast]"``; KSG at n = 10^5 is timed against a
+    cKDTree KSG in ``benchmarks/RESULTS.md``).  ``"scipy"``: scipy's
     cKDTree for the k-th
     neighbour and scikit-learn's KDTree for counts.  Both give identical distances and
     counts; which of several equidistant points is called a neighbour may differ (KSG's
