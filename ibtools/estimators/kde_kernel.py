@@ -54,9 +54,21 @@ KDE_NUMBA_MIN_N = 4096
 #: Rows per block with the fused pass: it reads a block once, so the block need not fit in
 #: cache, and the matmul runs faster on taller blocks.  Measured (2 threads, seconds by rows
 #: 32 / 64 / 128 / 256, torch path last): n = 20 000, d = 20: 0.131 / 0.122 / 0.107 / 0.110,
-#: 0.218; n = 5000, d = 64: 0.022 / 0.019 / 0.017 / 0.015, 0.026; n = 8000, d = 1024:
-#: 0.84 / 0.56 / 0.48 / 0.44, 0.49.
+#: 0.218; n = 5000, d = 64: 0.022 / 0.019 / 0.017 / 0.015, 0.026.
 _NUMBA_ROWS = 256
+#: From this width on the matmul is most of the work, and a (256, d) x (d, m) product runs
+#: well below the rate of square shapes: blocks get up to _NUMBA_WIDE_ROWS rows, but no
+#: more than n / 8, because the diagonal block of b rows is computed in full and taller
+#: blocks add b / n to the pairs (``python -m benchmarks.kde --blocks``, benchmarks/RESULTS.md).
+_NUMBA_WIDE_DIM = 256
+_NUMBA_WIDE_ROWS = 1024
+
+
+def _numba_rows(n: int, dim: int) -> int:
+    """Rows per block of the fused pass for n rows of width dim (before the memory cap)."""
+    if dim < _NUMBA_WIDE_DIM:
+        return _NUMBA_ROWS
+    return max(_NUMBA_ROWS, min(_NUMBA_WIDE_ROWS, n // 8))
 _KERNELS = _jit.Compiled("_kde_numba")
 
 
@@ -118,7 +130,9 @@ def pairwise_log_means(t: torch.Tensor, noise_var: float, budget: int):
     block is sized to stay in cache (``_CPU_BLOCK_BYTES``, but with at least ``d + 2`` rows,
     from 32 to 256, for the matmul's sake); elsewhere to ``budget``.  With the ``"numba"``
     engine everything after the matmul is one fused pass (sums in float32 within a tile of
-    columns, float64 beyond) and blocks have ``_NUMBA_ROWS`` rows, within ``budget``.
+    columns, float64 beyond) and blocks have ``_NUMBA_ROWS`` rows, or up to
+    ``_NUMBA_WIDE_ROWS`` from d = ``_NUMBA_WIDE_DIM`` on (see :func:`_numba_rows`), within
+    ``budget``.
     """
     n = int(t.shape[0])
     dtype, device = t.dtype, t.device
@@ -139,7 +153,7 @@ def pairwise_log_means(t: torch.Tensor, noise_var: float, budget: int):
         engine = "torch"  # the fused pass assumes finite values; torch carries a NaN through
     if engine == "numba":
         per_row = n * (itemsize + (8 if mm_dtype != dtype else 0))
-        rows = max(1, min(n, _NUMBA_ROWS, chunk_rows(n, per_row, budget)))
+        rows = max(1, min(n, _numba_rows(n, int(t.shape[1])), chunk_rows(n, per_row, budget)))
     else:
         per_row = n * (2 * itemsize + (8 if mm_dtype != dtype else 0))
         rows = _block_rows(n, per_row, budget, device, int(t.shape[1]))
