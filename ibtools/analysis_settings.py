@@ -24,7 +24,7 @@ DEFAULT_NOISE_PATHS = 8
 def _as_list(value, name):
     if value is None:
         return None
-    if isinstance(value, (str, Path)):
+    if isinstance(value, (str, Path, int, float)):  # one value stands for a list of one
         return [value]
     try:
         return list(value)

@@ -145,6 +145,20 @@ def test_cli_analyze_writes_results_and_config(checkpoints, tmp_path):
                                      "--out", str(out), "--no-report", "--device", "cpu"])
     assert res2.exit_code == 0, res2.output
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)
+    assert config["settings"]["noise_paths"] == 8  # the default, recorded
+
+
+def test_noise_paths_is_a_run_setting(checkpoints, tmp_path):
+    _analyze(checkpoints[:1], out_dir=tmp_path, estimators=["binning:n_bins=10"])
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["settings"]["noise_paths"] == 8
+    # a run directory written before the setting existed resumes as the default it used
+    del config["settings"]["noise_paths"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    _analyze(checkpoints[:1], out_dir=tmp_path, estimators=["binning:n_bins=10"])
+    with pytest.raises(ValueError, match=r"noise_paths: 8 there, 3 now"):
+        _analyze(checkpoints[:1], out_dir=tmp_path, estimators=["binning:n_bins=10"],
+                 noise_paths=3)
 
 
 @pytest.mark.parametrize("args, match", [
@@ -154,6 +168,7 @@ def test_cli_analyze_writes_results_and_config(checkpoints, tmp_path):
     (["analyze", "{ck}", "--data", "npz:/no/such.npz"], "/no/such.npz"),
     (["analyze", "{ck}", "--arch", "ibtools:nosuch"], "nosuch"),
     (["analyze"], "no checkpoints given"),
+    (["analyze", "{ck}", "--noise-paths", "1"], "noise_paths=1 is not accepted"),
 ])
 def test_cli_user_errors_exit_2(checkpoints, tmp_path, args, match):
     args = [a.replace("{ck}", checkpoints[0]) for a in args]
