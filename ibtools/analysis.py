@@ -31,7 +31,7 @@ from ibtools.analysis_settings import (  # noqa: F401 - public names of the pipe
     AnalysisSettings,
     _check_betas,
 )
-from ibtools.errors import InputError
+from ibtools.errors import InputError, ResourceExceeded
 from ibtools.layer_rows import (  # noqa: F401 - public names of the pipeline
     ESTIMATOR_FAILURES,
     EstimatorFailedWarning,
@@ -351,9 +351,15 @@ def _reduction(acts, name) -> str:
 
 
 def _capture(capture_activations, model, dataset, data, **kwargs):
-    """Capture, turning a forward pass that fails on the data into a user error with shapes."""
+    """Capture, turning a forward pass that fails on the data into a user error with shapes,
+    and running out of device memory into :class:`~ibtools.errors.ResourceExceeded`."""
     try:
         return capture_activations(model, dataset, **kwargs)
+    except torch.OutOfMemoryError as exc:
+        raise ResourceExceeded(f"capturing the activations of {type(model).__name__} ran out "
+                               f"of memory on {kwargs.get('device')} ({exc}); lower batch_size "
+                               f"(now {kwargs.get('batch_size')}) or max_samples (now "
+                               f"{kwargs.get('max_rows')}), or use another device") from exc
     except RuntimeError as exc:
         inputs = getattr(dataset, "inputs", None)
         shape = "" if inputs is None else f" of shape {tuple(inputs.shape)} ({inputs.dtype})"

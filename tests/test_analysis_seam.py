@@ -167,3 +167,15 @@ def test_settings_are_checked_once_and_frozen(data):
                        ({"reference": "output"}, "reference='output'")):
         with pytest.raises(errors.InputError, match=match):
             _run(data, "binning:n_bins=5", **bad)
+
+
+def test_out_of_memory_in_the_capture_is_resource_exceeded_not_a_data_error(data, monkeypatch):
+    import ibtools.probes
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(ibtools.probes, "capture_activations", no_memory)
+    with pytest.raises(errors.ResourceExceeded, match=r"lower batch_size \(now 64\)") as info:
+        _run(data, "binning:n_bins=5")
+    assert isinstance(info.value, MemoryError) and "cannot take" not in str(info.value)
