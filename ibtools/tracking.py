@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ibtools import results as results_io
+from ibtools.estimators import get_estimator_class
 from ibtools.estimators.spec import parse_estimator_specs
 from ibtools.tracking_files import open_run_directory, tensorboard_writer
 from ibtools.tracking_work import (
@@ -50,9 +51,6 @@ from ibtools.training_state import preserved_training_state
 
 __all__ = ["DEFAULT_ESTIMATORS", "Tracker", "preserved_training_state", "track"]
 
-#: Estimators whose critic initialisation forks the process-wide torch RNG; from a worker
-#: thread that would race with the training thread's random draws.
-_GLOBAL_RNG_METHODS = ("mine", "nwj", "infonce", "smile")
 #: Binning (30 bins) and KDE (noise_var 0.1), the two cheapest of analyze's defaults, without
 #: the permutation check against independence: it reruns the estimate on shuffled labels
 #: (up to one rerun per shuffle per layer) and matters less for a trend over training than for
@@ -150,9 +148,11 @@ class Tracker:
                                            else list(DEFAULT_ESTIMATORS))
         if not self.specs:
             raise ValueError("estimators is empty; give at least one estimator spec")
-        risky = [s.method for s in self.specs if s.method in _GLOBAL_RNG_METHODS]
+        # estimators whose model initialisation forks the process-wide torch RNG: from a
+        # worker thread that would race with the training thread's random draws
+        risky = [s.method for s in self.specs if get_estimator_class(s.method).forks_global_rng]
         if self.background == "thread" and risky:
-            raise ValueError(f"background={background!r} cannot run {risky}: their critic "
+            raise ValueError(f"background={background!r} cannot run {risky}: their model "
                              f"initialisation uses the process-wide torch RNG, which a worker "
                              f"thread would share with training; use background='process' "
                              f"or False for them")

@@ -71,6 +71,7 @@ class HeldOutEstimator(Estimator):
     interval_kinds = ("heldout", "seeds")
     supports_transform = True
     stochastic = True
+    forks_global_rng = True  # the trainer seeds the model's initialisation
     #: a critic trained on 1 or 2 threads differs in the last bits, so the number would
     #: depend on the machine's load: keep the caller's thread count
     threads_follow_load = False
