@@ -205,7 +205,7 @@ def measure_all(out: Path, cfg: dict, variants, seeds, steps: pd.DataFrame, devi
             wanted.setdefault(int(pick["matched_step"]), []).append("matched")
             for seed in seeds:
                 folder = run_dir(out, sigma, variant, seed)
-                cache_dir = out / "analysis" / f"sigma{sigma:g}" / variant.tag / f"seed{seed}"
+                cache_dir = out / cfg["analysis_dir"] / f"sigma{sigma:g}" / variant.tag / f"seed{seed}"
                 for step, roles in wanted.items():
                     start = time.perf_counter()
                     fresh = not (cache_dir / f"step_{step:06d}.csv").exists()
@@ -282,8 +282,26 @@ def main(argv=None) -> int:
                         help="also write noisy_*.csv and noisy_environment.json here")
     parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--sigmas", type=float, nargs="+", default=None,
+                        help="noise stds to train and measure (default 0.1 0.2; quick 0.2)")
+    parser.add_argument("--n-paths", type=int, default=None,
+                        help="noise paths per input (default 8; quick 2); another value "
+                             "measures into analysis_paths<K>/, a check of the K bias")
     args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.sigmas is not None:
+        bad = [s for s in args.sigmas if not s > 0]
+        if bad:
+            parser.error(f"--sigmas must all be > 0 (noise stds), got {bad}")
+        cfg["sigmas"] = tuple(args.sigmas)
+    default_paths = cfg["n_paths"]
+    if args.n_paths is not None:
+        if args.n_paths < 2:
+            parser.error(f"--n-paths must be >= 2 (h(T|X) is a mixture over paths), got "
+                         f"{args.n_paths}")
+        cfg["n_paths"] = args.n_paths
+    cfg["analysis_dir"] = ("analysis" if cfg["n_paths"] == default_paths
+                           else f"analysis_paths{cfg['n_paths']}")
     seeds_n = cfg["seeds"] if args.seeds is None else args.seeds
     if seeds_n < 2:
         parser.error(f"--seeds must be >= 2 (a Welch test needs two seeds a side), got {seeds_n}")

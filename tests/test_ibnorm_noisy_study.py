@@ -111,6 +111,12 @@ def test_noisy_study_rejects_one_seed(noisy, tmp_path, capsys):
     with pytest.raises(SystemExit):
         noisy.main(["--quick", "--seeds", "1", "--out", str(tmp_path)])
     assert "--seeds must be >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        noisy.main(["--quick", "--n-paths", "1", "--out", str(tmp_path)])
+    assert "--n-paths must be >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        noisy.main(["--quick", "--sigmas", "0.1", "0", "--out", str(tmp_path)])
+    assert "--sigmas must all be > 0" in capsys.readouterr().err
 
 
 def _check_gpu_run(out: Path, noisy_mode: str) -> pd.DataFrame:
