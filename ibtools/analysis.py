@@ -32,6 +32,7 @@ from ibtools.analysis_settings import (  # noqa: F401 - public names of the pipe
     _check_betas,
 )
 from ibtools.errors import InputError, ResourceExceeded
+from ibtools.estimators.spec import parse_estimator_specs  # noqa: F401 - importable from here
 from ibtools.layer_rows import (  # noqa: F401 - public names of the pipeline
     ESTIMATOR_FAILURES,
     EstimatorFailedWarning,
