@@ -14,8 +14,10 @@ offline corpus the reference language models use).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
+import os
 import pstats
 import tempfile
 import time
@@ -41,6 +43,34 @@ def write_checkpoint(folder: Path, seed: int = 0) -> Path:
     return save_checkpoint(model, folder / "gpt12.pt", meta={"seed": seed, "step": 0})
 
 
+@contextlib.contextmanager
+def cpu_by_estimator():
+    """Within the block, the CPU seconds (this process, all threads) spent in each estimator
+    class's outermost ``mutual_information`` calls, by class name (the dict yielded)."""
+    from ibtools.estimators import base
+
+    totals: dict = {}
+    original = base.Estimator.mutual_information
+    depth = [0]
+
+    def timed(self, *args, **kwargs):
+        depth[0] += 1
+        start = time.process_time()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            depth[0] -= 1
+            if not depth[0]:
+                name = type(self).__name__
+                totals[name] = totals.get(name, 0.0) + time.process_time() - start
+
+    base.Estimator.mutual_information = timed
+    try:
+        yield totals
+    finally:
+        base.Estimator.mutual_information = original
+
+
 def time_analysis(tokens: int = 8192, estimators=DEFAULT_ESTIMATORS, device: str = "cpu",
                   seed: int = 0, profile_top: int = 0) -> dict:
     """Run ``ibtools.analyze`` once on a fresh checkpoint and time it end to end.
@@ -62,24 +92,31 @@ def time_analysis(tokens: int = 8192, estimators=DEFAULT_ESTIMATORS, device: str
     Returns
     -------
     dict
-        ``seconds`` (wall time of the analyze call), ``rows`` (results-table rows),
-        ``layers``, ``settings``, ``tokens``, ``dim`` and, with profiling, ``profile``.
+        ``seconds`` (wall time of the analyze call), ``cpu_seconds`` (its CPU time, all
+        threads), ``cpu_by_estimator`` (of that, per estimator class), ``load`` (1-minute
+        load average before and after), ``rows`` (results-table rows), ``layers``,
+        ``settings``, ``tokens``, ``dim`` and, with profiling, ``profile``.
     """
     import ibtools
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = write_checkpoint(Path(tmp), seed)
         profiler = cProfile.Profile() if profile_top > 0 else None
-        start = time.perf_counter()
+        load = [os.getloadavg()[0]]
+        start, cpu = time.perf_counter(), time.process_time()
         if profiler is not None:
             profiler.enable()
-        table = ibtools.analyze(str(ckpt), data="text", layers="blocks",
-                                estimators=list(estimators), reference="previous",
-                                max_samples=tokens, device=device, seed=seed, progress=False)
+        with cpu_by_estimator() as split:
+            table = ibtools.analyze(str(ckpt), data="text", layers="blocks",
+                                    estimators=list(estimators), reference="previous",
+                                    max_samples=tokens, device=device, seed=seed,
+                                    progress=False)
         if profiler is not None:
             profiler.disable()
-        seconds = time.perf_counter() - start
-    out = {"seconds": seconds, "rows": len(table), "layers": int(table["layer"].nunique()),
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        load.append(os.getloadavg()[0])
+    out = {"seconds": seconds, "cpu_seconds": cpu, "cpu_by_estimator": split, "load": load,
+           "rows": len(table), "layers": int(table["layer"].nunique()),
            "settings": int(table["setting"].nunique()), "tokens": int(table["n_samples"].max()),
            "dim": int(table["dim"].max()),
            "estimate_seconds": float(table["seconds"].sum())}
@@ -98,12 +135,19 @@ def main(argv=None) -> int:
                    help="comma-separated estimator specs")
     p.add_argument("--profile", type=int, default=0, metavar="TOP",
                    help="profile and print the TOP functions by cumulative time")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     specs = [s for s in args.estimators.split(",") if s]
     r = time_analysis(args.tokens, specs, args.device, profile_top=args.profile)
+    split = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["cpu_by_estimator"].items()))
     print(f"analyze: {r['layers']} layers x {r['settings']} settings, {r['tokens']} tokens of "
           f"dim {r['dim']}: {r['seconds']:.1f} s end to end "
-          f"({r['estimate_seconds']:.1f} s in the estimators)")
+          f"({r['estimate_seconds']:.1f} s in the estimators); CPU {r['cpu_seconds']:.1f} s "
+          f"(estimators: {split}); load average {r['load'][0]:.1f} -> {r['load'][1]:.1f}")
     if args.profile:
         print(r["profile"])
     return 0

@@ -59,7 +59,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MIST_PYTHON = REPO / ".venv-mist" / "bin" / "python"
+#: The torch-mist virtualenv's interpreter: $IBTOOLS_MIST_PYTHON, else .venv-mist in the repo.
+DEFAULT_MIST_PYTHON = Path(os.environ.get("IBTOOLS_MIST_PYTHON")
+                           or REPO / ".venv-mist" / "bin" / "python")
 IBTOOLS_METHODS = ("mine", "mine:ema=0.99", "nwj", "infonce", "smile", "smile:tau=10")
 MIST_METHODS = ("mine", "smile", "smile:tau=10")
 #: torch-mist settings a spec may carry, per estimator.
@@ -90,12 +92,13 @@ def parse_method(text: str):
     return spec.method, dict(spec.settings)
 
 
-def run_ibtools(spec, x, y, cfg, seed):
+def run_ibtools(spec, x, y, cfg, seed=None):
     import torch
 
     import ibtools
 
     method, settings = parse_method(spec)
+    seed = cfg.get("seed", 0) if seed is None else seed
     start = time.perf_counter()
     r = ibtools.mutual_information(
         x, y, method=method, **settings, critic=cfg["critic"], hidden=(cfg["hidden"],) * 2,
@@ -146,8 +149,9 @@ def exact_critic_values(specs, x, y, level, cfg, seed):
         if label in out:
             continue
         est = get_estimator(method, batch_size=b, critic="separable", **settings)
-        critic = ExactCritic(x.shape[1], level, shift=1.0 if est.bound == "nwj" else 0.0)
-        tau = float(est.tau) if est.bound == "smile" else None
+        key = est.bound_type.key
+        critic = ExactCritic(x.shape[1], level, shift=1.0 if key == "nwj" else 0.0)
+        tau = float(est.tau) if key == "smile" else None
         value, _, _ = est._evaluate(critic, xt, yt, est._groups(batches), b, tau)
         out[label] = value
     return out
@@ -208,6 +212,177 @@ def run_mist(x, y, cfg, seed, mist_python: Path):
             rec = json.loads(line)
             rows[rec["method"]] = rec
     return rows, None
+
+
+# -- torch-mist at its own defaults -------------------------------------------------------
+
+#: The matched configuration of ``benchmarks/run.py``'s neural family, for both libraries:
+#: separable critic (128, 128) -> 32, batch 256, 200 steps, lr 5e-4, no early stopping, all
+#: other rows of a batch as negatives.
+MATCHED = {"critic": "separable", "hidden": 128, "embed_dim": 32, "batch_size": 256,
+           "steps": 200, "lr": 5e-4, "val_fraction": 0.2, "device": None}
+DEFAULTS_METHODS = ("mine", "infonce")
+
+
+def _counting_adam():
+    """``torch.optim.Adam`` that counts its steps (torch-mist stops early by default, so its
+    number of training steps is only known afterwards); the updates are Adam's own."""
+    import torch
+
+    class CountingAdam(torch.optim.Adam):
+        steps = 0
+
+        def step(self, closure=None):
+            type(self).steps += 1
+            return super().step(closure)
+
+    return CountingAdam
+
+
+def run_mist_defaults(method, x, y, seed, val_fraction=0.2):
+    """torch-mist's ``estimate_mi`` with nothing but the data, the held-out rows and the
+    estimator name: its own critic, widths, negatives, batch size, learning rate, number of
+    iterations and early stopping (on 10 % of the training rows)."""
+    import torch
+    from torch_mist import estimate_mi
+
+    train, test = split(len(x), val_fraction, seed)
+    adam = _counting_adam()
+    torch.manual_seed(seed)
+    start, cpu = time.perf_counter(), time.process_time()
+    value = estimate_mi(data=(torch.from_numpy(x[train]), torch.from_numpy(y[train])),
+                        test_data=(torch.from_numpy(x[test]), torch.from_numpy(y[test])),
+                        estimator=method, optimizer_class=adam, verbose=False, logger=False)
+    return {"value": float(value), "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu, "steps": adam.steps}
+
+
+def run_mist_matched(method, x, y, seed, cfg=MATCHED):
+    """torch-mist in the matched configuration (see :data:`MATCHED`)."""
+    import torch
+    from torch_mist import estimate_mi
+
+    train, test = split(len(x), cfg["val_fraction"], seed)
+    adam = _counting_adam()
+    torch.manual_seed(seed)
+    start, cpu = time.perf_counter(), time.process_time()
+    value = estimate_mi(
+        data=(torch.from_numpy(x[train]), torch.from_numpy(y[train])),
+        test_data=(torch.from_numpy(x[test]), torch.from_numpy(y[test])),
+        estimator=method, critic_type=cfg["critic"], hidden_dims=[cfg["hidden"]] * 2,
+        k_dim=cfg["embed_dim"], neg_samples=-1, batch_size=cfg["batch_size"],
+        max_iterations=cfg["steps"], optimizer_class=adam, optimizer_params={"lr": cfg["lr"]},
+        early_stopping=False, verbose=False, logger=False)
+    return {"value": float(value), "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu, "steps": adam.steps}
+
+
+def run_ibtools_timed(method, x, y, seed, cfg=None):
+    """ibtools at its defaults (``cfg`` None: only the data, the seed and no progress bar)
+    or in a given configuration; value, wall and CPU seconds, training steps run."""
+    import ibtools
+
+    start, cpu = time.perf_counter(), time.process_time()
+    if cfg is None:
+        r = ibtools.mutual_information(x, y, method=method, seed=seed, progress=False)
+        rec = {"value": r.value, "steps": r.details["steps_run"]}
+    else:
+        rec = run_ibtools(method, x, y, cfg, seed)
+    return {"value": float(rec["value"]), "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu, "steps": int(rec["steps"])}
+
+
+def defaults_comparison(seeds, level=2.0, dim=10, n=10_000, methods=DEFAULTS_METHODS,
+                        log=None) -> list:
+    """ibtools and torch-mist, each at its own defaults and both in :data:`MATCHED`, on the
+    same data per seed, in one process, interleaved (every implementation once per seed, in
+    turn, so the machine's load reaches all alike).  Needs torch-mist importable here."""
+    runs = {
+        "ibtools, its defaults": lambda m, x, y, s: run_ibtools_timed(m, x, y, s),
+        "torch-mist, its defaults": run_mist_defaults,
+        "ibtools, matched": lambda m, x, y, s: run_ibtools_timed(m, x, y, s, MATCHED),
+        "torch-mist, matched": run_mist_matched,
+    }
+    records = []
+    for seed in seeds:
+        x, y = staircase_data(n, dim, level, seed)
+        for method in methods:
+            for config, run in runs.items():
+                rec = {"seed": seed, "level": level, "method": method, "config": config,
+                       **run(method, x, y, seed)}
+                records.append(rec)
+                if log is not None:
+                    print(json.dumps(rec), file=log, flush=True)
+    return records
+
+
+def render_defaults(records, setup: str) -> str:
+    """One row per (method, configuration): mean value and error vs truth over the seeds,
+    steps, wall and CPU seconds per run, ms per step (wall and CPU)."""
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["method"], r["config"]), []).append(r)
+    lines = [setup, "",
+             ("| method | implementation, configuration | seeds | mean value | error vs truth | "
+              "per-seed errors | steps (mean) | wall s / run | CPU s / run | ms / step wall | "
+              "ms / step CPU |"),
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for (method, config), recs in groups.items():
+        level = recs[0]["level"]
+        mean = statistics.fmean(r["value"] for r in recs)
+        steps = statistics.fmean(r["steps"] for r in recs)
+        wall = statistics.fmean(r["seconds"] for r in recs)
+        cpu = statistics.fmean(r["cpu_seconds"] for r in recs)
+        per_step = statistics.median(1000 * r["seconds"] / r["steps"] for r in recs)
+        per_step_cpu = statistics.median(1000 * r["cpu_seconds"] / r["steps"] for r in recs)
+        errors = " ".join(_pct((r["value"] - level) / level) for r in recs)
+        lines.append(f"| {method} | {config} | {len(recs)} | {mean:.3f} | "
+                     f"{_pct((mean - level) / level)} | {errors} | {steps:.0f} | {wall:.1f} | "
+                     f"{cpu:.1f} | {per_step:.1f} | {per_step_cpu:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def defaults_main(args) -> int:
+    """``--defaults``: run :func:`defaults_comparison` here if torch-mist imports, else
+    re-run this command under the torch-mist interpreter (ibtools is installed there too)."""
+    if args.merge:  # tables from earlier --defaults --records files; runs nothing
+        records = [json.loads(line) for path in args.merge
+                   for line in path.read_text().splitlines() if '"config"' in line]
+        table = render_defaults(records, "Records of: " + ", ".join(map(str, args.merge)))
+        print(table)
+        if args.out:
+            args.out.write_text(table)
+        return 0
+    try:
+        import torch_mist
+    except ImportError:
+        if not args.mist_python.exists():
+            print(f"torch-mist is not importable here and {args.mist_python} does not exist; "
+                  f"create the virtualenv (benchmarks/README.md) or pass --mist-python",
+                  file=sys.stderr)
+            return 2
+        cmd = [str(args.mist_python), "-m", "benchmarks.neural", *sys.argv[1:]]
+        return subprocess.run(cmd, check=False, cwd=str(REPO)).returncode
+    import torch
+    import torch_mist
+
+    load = os.getloadavg()
+    sink = args.records.open("a") if args.records else sys.stderr
+    records = defaults_comparison(args.seeds, log=sink)
+    if args.records:
+        sink.close()
+    setup = (f"Gaussian X, Y with 10 coordinates each, I = 2 nats, n = 10000 (20 % held out); "
+             f"seeds {', '.join(map(str, args.seeds))}; one process (torch {torch.__version__}, "
+             f"torch-mist {getattr(torch_mist, '__version__', '?')}), "
+             f"{torch.get_num_threads()} intra-op thread(s), implementations interleaved per "
+             f"seed; load average {load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+             f"end (2 cores).")
+    table = render_defaults(records, setup)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+    return 0
 
 
 # -- tables -------------------------------------------------------------------------------
@@ -332,6 +507,9 @@ def main(argv=None) -> int:
     p.add_argument("--merge", type=Path, nargs="+", default=None,
                    help="build the tables from these record files; run nothing")
     p.add_argument("--out", type=Path, default=None, help="also write the tables here")
+    p.add_argument("--defaults", action="store_true",
+                   help="ibtools and torch-mist MINE/InfoNCE each at its own defaults and both "
+                        "matched, in one process (the torch-mist virtualenv's)")
     p.add_argument("--mist-worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
@@ -342,6 +520,8 @@ def main(argv=None) -> int:
     if args.mist_worker:  # OMP_NUM_THREADS from the parent sets its threads
         run_mist_worker(*args.mist_worker)
         return 0
+    if args.defaults:
+        return defaults_main(args)
     for spec in args.mist_methods:
         method, settings = parse_method(spec)
         allowed = MIST_SETTINGS.get(method)
