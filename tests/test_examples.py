@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +211,49 @@ def test_study_tables_from_run_converts_a_study_folder(tmp_path, capsys):
     assert ("| LayerNorm | 2.000 ± 0.010 |\n| IBNorm-T, λ=4 | 2.040 ± 0.010 |") in printed
     assert "| norm | baseline | lambda 4 |\n|---|---|---|\n| LayerNorm | 0.970 ± 0.002 |  |" in printed
     assert "| binning 0.5 | 1 | 0 | 0 | 1 | 0 | 2 |" in printed
+
+
+def test_every_table_of_the_study_doc_is_printed_by_study_tables():
+    """Each pipe table of docs/ibnorm-study.md follows a ``<!-- table: NAME -->`` marker and
+    is, line for line, what ``study_tables.py --table NAME`` prints from its CSV."""
+    sys.path.insert(0, str(EXAMPLES))
+    import study_tables
+
+    doc = (EXAMPLES.parent / "docs" / "ibnorm-study.md").read_text(encoding="utf-8").splitlines()
+    tables, unmarked, name = {}, [], None
+    i = 0
+    while i < len(doc):
+        line = doc[i].strip()
+        marker = re.fullmatch(r"<!-- table: (\w+) -->", line)
+        if marker:
+            name = marker.group(1)
+        elif line.startswith("|"):
+            block = []
+            while i < len(doc) and doc[i].strip().startswith("|"):
+                block.append(doc[i].strip())
+                i += 1
+            if name is None:
+                unmarked.append(block[0])
+            else:
+                tables.setdefault(name, []).append("\n".join(block))
+            name = None
+            continue
+        elif line:
+            name = None  # a marker belongs to the table right below it
+        i += 1
+    assert not unmarked, f"tables without a study_tables marker: {unmarked}"
+    assert len(tables) >= 10, sorted(tables)
+    unknown = sorted(set(tables) - set(study_tables.TABLES))
+    assert not unknown, f"markers naming no study_tables table: {unknown}"
+    # every table the text cites ("table `x`", "tables `x`, `y`") is one the script prints
+    text = "\n".join(doc)
+    cited = {name for group in re.findall(r"tables? ((?:`\w+`(?:,| and|, and)?\s*)+)", text)
+             for name in re.findall(r"`(\w+)`", group)}
+    assert cited >= set(tables)
+    assert not cited - set(study_tables.TABLES), sorted(cited - set(study_tables.TABLES))
+    printed = study_tables.render(study_tables.DATA_DIR, sorted(tables))
+    for table_name, texts in tables.items():
+        for text in texts:
+            assert text == printed[table_name], (
+                f"docs/ibnorm-study.md's table {table_name!r} differs from study_tables.py's:\n"
+                f"doc:\n{text}\nscript:\n{printed[table_name]}")
