@@ -118,6 +118,13 @@ def t_why(path: Path) -> str:
     return markdown(["variant", "setting", "I(T;Y)", "I(T_prev;T)"], rows)
 
 
+def t_terms(path: Path) -> str:
+    """I(T;Y) / I(T_prev;T) (seed means) per variant (rows) and setting (columns)."""
+    return grid(pd.read_csv(path), ["norm", "lam"], "setting",
+                lambda r: f"{r['i_ty_mean']:.3f} / {r['i_prev_t_mean']:.3f}", variant_label,
+                "variant", setting_label)
+
+
 def t_lm_loss(path: Path) -> str:
     df = pd.read_csv(path)
     df["column"] = ["baseline" if not str(n).startswith("ib-") else variant_label(n, lam)
@@ -167,6 +174,8 @@ VERDICT_MARKS = {"higher": "H", "lower": "L", "no difference": "n", "below effec
                  "not computed": "-"}
 #: the trained-net study the second edition's tables read (relative to the data folder)
 MLP_RUN = "mlp_v2"
+#: the study's minimum effect (ibtools.compare.MIN_EFFECT_NATS)
+MIN_EFFECT = 0.01
 
 
 def _mark(verdict) -> str:
@@ -231,7 +240,8 @@ def t_robust(path: Path) -> str:
 
 def t_bijection_share(path: Path, layer: str = "layers.3") -> str:
     """The swap's mean change (true change 0) beside the trained IBNorm-T difference of the
-    second-edition run (``MLP_RUN/mlp_comparison.csv`` next to ``path``), and the share."""
+    second-edition run (``MLP_RUN/mlp_comparison.csv`` next to ``path``), and the share
+    (shown where the trained difference reaches the 0.01-nat minimum effect)."""
     swap = pd.read_csv(path)
     swap = swap[swap["layer"] == layer]
     trained = pd.read_csv(path.parent / MLP_RUN / "mlp_comparison.csv")
@@ -250,7 +260,7 @@ def t_bijection_share(path: Path, layer: str = "layers.3") -> str:
             d_swap = float(s["d_ib_value_mean"].iloc[0]) if len(s) else float("nan")
             d_trained = float("nan") if t is None else float(t["diff"])
             row += [f"{d_swap:+.3f}", f"{d_trained:+.3f} {_mark(t['verdict']) if t else ''}".strip(),
-                    f"{100 * d_swap / d_trained:.0f}%" if abs(d_trained) >= 1e-3 else ""]
+                    f"{100 * d_swap / d_trained:.0f}%" if abs(d_trained) >= MIN_EFFECT else ""]
         rows.append(row)
     return markdown(header, rows)
 
@@ -280,7 +290,7 @@ def t_isa(path: Path) -> str:
 
 def t_runtime(path: Path) -> str:
     """Measured run times of the study scripts (wall and CPU seconds, load average)."""
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
     return markdown(list(df.columns), [[str(v) for v in r] for r in df.itertuples(index=False)])
 
 
@@ -345,7 +355,8 @@ TABLES = {
     "v2_accuracy": (t_accuracy, f"{MLP_RUN}/mlp_accuracy.csv", "Test accuracy (MLPs)"),
     "v2_ib_layers3": (t_ib_layers3, f"{MLP_RUN}/mlp_ib_layers3.csv",
                       "IB value of the last hidden layer"),
-    "v2_why": (t_why, f"{MLP_RUN}/mlp_why_layers3.csv", "The two terms at the last hidden layer"),
+    "v2_why": (t_terms, f"{MLP_RUN}/mlp_why_layers3.csv",
+               "I(T;Y) / I(T_prev;T) at the last hidden layer"),
     "v2_verdicts": (t_counts, f"{MLP_RUN}/mlp_verdict_counts.csv",
                     "Verdict counts, IBNorm vs LayerNorm (Welch + Holm + minimum effect)"),
     "v2_verdicts_batch": (t_counts, f"{MLP_RUN}/mlp_verdict_counts_batch.csv",
@@ -363,7 +374,7 @@ TABLES = {
     "distinct": (t_distinct, f"{MLP_RUN}/mlp_distinct_rows.csv",
                  "Trained nets whose layers keep the test digits apart"),
     "isa": (t_isa, f"{MLP_RUN}/accuracy_isa.csv",
-            "IBNorm-T accuracy per CPU instruction set"),
+            "Test accuracy per CPU instruction set (same code and seeds)"),
     "runtime": (t_runtime, f"{MLP_RUN}/runtime.csv", "Run time of the study scripts"),
 }
 
@@ -528,7 +539,8 @@ def render_files(paths) -> dict:
     table reading a file of that name (what ``--from-run`` shows of its conversion)."""
     out = {}
     for path in paths:
-        for name, (make, csv, _) in TABLES.items():
+        # the second edition's tables are listed last: they name a rerun's files best
+        for name, (make, csv, _) in reversed(TABLES.items()):
             if Path(csv).name == path.name:
                 try:
                     out[(name, path)] = make(path)
