@@ -126,18 +126,21 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer checkpoints")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of the demo models")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--workloads", default="demo,grid", help="comma-separated: demo, grid")
     args = parser.parse_args(argv)
+    chosen = args.workloads.split(",")
     from ibtools.demo import FULL_ESTIMATORS, QUICK_ESTIMATORS
 
     root = Path(tempfile.mkdtemp(prefix="ibtools-dask-bench-"))
-    workloads = {
-        "demo": (_train_demo(root, args.epochs, args.quick),
-                 {"estimators": QUICK_ESTIMATORS if args.quick else FULL_ESTIMATORS,
-                  "max_samples": 450, "betas": [0.1]}),
-        "grid": (_train_grid(root, args.quick),
-                 {"estimators": list(ibtools.analysis.DEFAULT_ESTIMATORS), "split": "train",
-                  "max_samples": 2000, "betas": [0.1]}),
-    }
+    workloads = {}
+    if "demo" in chosen:
+        workloads["demo"] = (_train_demo(root, args.epochs, args.quick),
+                             {"estimators": QUICK_ESTIMATORS if args.quick else FULL_ESTIMATORS,
+                              "max_samples": 450, "betas": [0.1]})
+    if "grid" in chosen:
+        workloads["grid"] = (_train_grid(root, args.quick),
+                             {"estimators": list(ibtools.analysis.DEFAULT_ESTIMATORS),
+                              "split": "train", "max_samples": 2000, "betas": [0.1]})
     runs = iter(range(10**6))
 
     def run(paths, options, executor=None):
