@@ -27,7 +27,9 @@ needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed"
 SCRIPT = r"""
 import json, sys
 import numpy as np, torch
-torch.set_num_threads(1)
+if "--set" in sys.argv:
+    torch.set_num_threads(1)
+assert torch.get_num_threads() == 1
 import ibtools
 rng = np.random.default_rng(0)
 x = rng.normal(size=(600, 3)); y = x + rng.normal(size=(600, 3))
@@ -43,11 +45,11 @@ print(json.dumps(seen))
 """
 
 
-def _run(env_extra):
+def _run(env_extra, how="--set"):
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     env.update(IBTOOLS_KDE_ENGINE="numba", IBTOOLS_BRUTE_ENGINE="numba",
                IBTOOLS_TREE_ENGINE="numba", **env_extra)
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", SCRIPT, how], env=env, capture_output=True,
                          text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -59,6 +61,12 @@ def test_kernels_keep_torch_thread_setting_and_use_workqueue():
     assert seen["kde"] == 1 and seen["ksg"] == 1
     # no second OpenMP runtime started by ibtools
     assert seen["layer"] == "workqueue"
+
+
+@needs_numba
+def test_omp_num_threads_one_is_respected():
+    seen = _run({"OMP_NUM_THREADS": "1"}, how="--env")
+    assert seen["kde"] == 1 and seen["ksg"] == 1
 
 
 @needs_numba
