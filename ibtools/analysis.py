@@ -278,23 +278,35 @@ def _analyze(ckpts, settings: AnalysisSettings, data, dev, out_dir=None, overwri
 def _checkpoint_steps(settings: AnalysisSettings, data, ckpt, names, dev, wanted, show=False):
     """Load and capture one checkpoint (``names``: its label, identity and fingerprint) and
     yield the rows of each (layer, setting) step ``wanted(layer, spec)`` asks for."""
-    from ibtools.probes import capture_activations, load_model
+    from ibtools.probes import load_model
 
-    label, ident, fp = names
     model, info = inputs_io.open_checkpoint(ckpt, load_model, arch=settings.arch,
                                             trust_pickle=settings.trust_pickle,
                                             trust_code=settings.trust_code,
                                             strict=settings.strict, **(settings.arch_kwargs or {}))
     model = model.to(dev).eval()
+    base, trained_std, dataset, acts = prepare_checkpoint(settings, data, model, info, names,
+                                                          dev)
+    with acts:  # spilled files go when the checkpoint is done, not when the GC gets to them
+        yield from layer_steps(settings, model, dataset, acts, base,
+                               list(enumerate(acts.layers)), wanted, trained_std, dev, show)
+
+
+def prepare_checkpoint(settings: AnalysisSettings, data, model, info, names, dev, layers=None):
+    """``(base, trained_std, dataset, acts)`` of a loaded model: the rows' shared columns, its
+    train-time noise std (refusing an analysis-time channel on top), the data and the capture
+    of ``layers`` (default: the run's).  The serial loop's and a Dask task's."""
+    from ibtools.probes import capture_activations
+
+    label, ident, fp = names
     base = _row_base(model, info, label, ident, fp, settings.seed, settings.reference)
     trained_std = noisy.check_single_channel(model, settings.specs, label)
     dataset = inputs_io.resolve_data(data, model=model, split=settings.split, seed=settings.seed)
     acts = _capture(capture_activations, model, dataset, settings.data_name,
-                    layers=settings.layers, max_rows=settings.max_samples, pool=settings.pool,
-                    seed=settings.seed, device=dev, **settings.capture_options)
-    with acts:  # spilled files go when the checkpoint is done, not when the GC gets to them
-        yield from layer_steps(settings, model, dataset, acts, base,
-                               list(enumerate(acts.layers)), wanted, trained_std, dev, show)
+                    layers=settings.layers if layers is None else layers,
+                    max_rows=settings.max_samples, pool=settings.pool, seed=settings.seed,
+                    device=dev, **settings.capture_options)
+    return base, trained_std, dataset, acts
 
 
 def layer_steps(settings: AnalysisSettings, model, dataset, acts, base, entries, wanted,

@@ -156,22 +156,13 @@ def _group_task(job: ClusterJob, data, source, label, ident, fp, entries, todo) 
     layer before it, ``todo`` maps a layer's name to the indices of the settings it lacks.
     ``entries=None`` is the whole checkpoint with the user's ``layers`` (no plan was needed);
     ``todo`` then holds the (layer, setting, beta) steps already done."""
-    from ibtools.probes import capture_activations
-
     settings = job.settings
     try:
         with _on_worker(job) as (dev, caught):
             model, info = _open(job, source, dev)
-            base = analysis._row_base(model, info, label, ident, fp, settings.seed,
-                                      settings.reference)
-            trained_std = noisy.check_single_channel(model, settings.specs, label)
-            dataset = inputs_io.resolve_data(data, model=model, split=settings.split,
-                                             seed=settings.seed)
-            acts = analysis._capture(capture_activations, model, dataset, settings.data_name,
-                                     layers=settings.layers if entries is None else
-                                     _modules(entries, settings.layers),
-                                     max_rows=settings.max_samples, pool=settings.pool,
-                                     seed=settings.seed, device=dev, **settings.capture_options)
+            base, trained_std, dataset, acts = analysis.prepare_checkpoint(
+                settings, data, model, info, (label, ident, fp), dev,
+                layers=None if entries is None else _modules(entries, settings.layers))
             _exit_once_for_tests()
             with acts:
                 if entries is None:
