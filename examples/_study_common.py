@@ -70,6 +70,9 @@ def study_arguments(description: str, default_out: str, default_seeds: int,
                         help="torch intra-op threads (default 1: these models and n are small, "
                              "and more threads only add synchronisation, badly so on a busy "
                              "machine)")
+    parser.add_argument("--final-only", action="store_true",
+                        help="analyze only each run's last checkpoint, with every setting "
+                             "(the comparisons; no information-plane trajectories)")
     parser.add_argument("--no-report", action="store_true",
                         help="skip report.html/report.pdf (tables, figures and study.md are "
                              "still written)")
@@ -123,22 +126,50 @@ def train_all(variants, seeds, out: Path, train_kwargs: dict, device: str, log=s
     return runs
 
 
-def analyze_all(runs: dict, out: Path, **analyze_kwargs) -> pd.DataFrame:
-    """``ibtools.analyze`` each run into ``out/analysis/<tag>/seed<k>`` and join the tables.
+def analyze_all(runs: dict, out: Path, *, folder: str = "analysis", save: bool = True,
+                **analyze_kwargs) -> pd.DataFrame:
+    """``ibtools.analyze`` each run into ``out/<folder>/<tag>/seed<k>`` and join the tables.
 
     One results directory per run keeps every resumable save small (analyze rewrites its
-    whole table after each step) and lets an interrupted study resume run by run.  The
-    joined table is saved as ``out/results.csv`` (and ``.json``).
+    whole table after each step) and lets an interrupted study resume run by run.  With
+    ``save`` the joined table is saved as ``out/results.csv`` (and ``.json``).
     """
     import ibtools
     from ibtools import results as results_io
 
     tables = []
     for (tag, seed), checkpoints in runs.items():
-        run_out = out / "analysis" / tag / f"seed{seed}"
+        run_out = out / folder / tag / f"seed{seed}"
         tables.append(ibtools.analyze([str(c) for c in checkpoints], out_dir=run_out,
                                       progress=False, **analyze_kwargs))
     table = results_io.order_columns(pd.concat(tables, ignore_index=True))
+    if save:
+        results_io.save_results(table, out)
+    return table
+
+
+def analyze_study(runs: dict, out: Path, *, every: list, final: list, final_only: bool = False,
+                  **analyze_kwargs) -> pd.DataFrame:
+    """Analyze every checkpoint with the ``every`` settings and each run's last checkpoint
+    with the ``final`` settings too; save and return the joined table.
+
+    The extended settings (KDE's lower bound, KSG at a second k) are what the comparisons at
+    the final checkpoint need; reading them at every checkpoint would double the run time
+    for the information plane alone.  ``final_only`` analyzes only the last checkpoints,
+    with both lists (no trajectories).
+    """
+    from ibtools import results as results_io
+
+    last = {key: checkpoints[-1:] for key, checkpoints in runs.items()}
+    if final_only:
+        table = analyze_all(last, out, folder="analysis_final_all", save=False,
+                            estimators=[*every, *final], **analyze_kwargs)
+    else:
+        parts = [analyze_all(runs, out, save=False, estimators=every, **analyze_kwargs)]
+        if final:
+            parts.append(analyze_all(last, out, folder="analysis_final", save=False,
+                                     estimators=final, **analyze_kwargs))
+        table = results_io.order_columns(pd.concat(parts, ignore_index=True))
     results_io.save_results(table, out)
     return table
 

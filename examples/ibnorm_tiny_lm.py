@@ -9,10 +9,10 @@ training, then analyzes the embedding, each block's output and the final norm on
 the held-out 10%: I(T;Y) with Y the next byte, the layer-wise compression I(T_prev;T)
 (T_prev = the layer before; the embedding's reference is the token position itself) and
 the IB value I(T;Y) - beta * I(T_prev;T), with binning at two widths, KDE at two noise
-variances with both bounds and KSG (copula) at k = 3 and 10.  Validation loss (nats per
-byte) is reported beside it.  Writes the same files as ``ibnorm_mlp_digits.py`` (results,
-summary.csv, comparison.csv, beta_sweep.csv, robustness.csv, figures, study.md,
-report.html/pdf) into OUT.
+variances and KSG (copula, k = 3), and at the final checkpoint also KDE's lower bound and
+KSG at k = 10.  Validation loss (nats per byte) is reported beside it.  Writes the same
+files as ``ibnorm_mlp_digits.py`` (results, summary.csv, comparison.csv, beta_sweep.csv,
+robustness.csv, figures, study.md, report.html/pdf) into OUT.
 
 The default size is 60 training runs (6 variants x 10 seeds) of 2 x 32-wide blocks, 218
 steps each, 5 checkpoints per run; ``--quick`` is the smoke-test size.  Reruns resume.
@@ -32,7 +32,7 @@ from ibtools import results as results_io
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _study_common import (  # noqa: E402
-    Variant, analyze_all, study_arguments, train_all, write_outputs)
+    Variant, analyze_study, study_arguments, train_all, write_outputs)
 
 FULL_VARIANTS = [Variant("gpt", "layer", 0.0), Variant("gpt", "ib-T", 1.0), Variant("gpt", "ib-T", 4.0),
                  Variant("llama", "rms", 0.0), Variant("llama", "ib-T", 1.0),
@@ -42,11 +42,11 @@ QUICK_VARIANTS = [Variant("gpt", "layer", 0.0), Variant("gpt", "ib-T", 2.0)]
 # The residual stream is not bounded like tanh outputs; unit-scale widths and variances
 # bracket it.  In 32 dimensions every token's row is distinct at these widths, which the
 # study reports as saturation rather than hides.
-# KDE at both Kolchinsky-Tracey bounds, KSG at two neighbour orders (its resolution).
 FULL_ESTIMATORS = ["binning:bin_width=2.0", "binning:bin_width=0.5", "kde:noise_var=1.0",
-                   "kde:noise_var=0.1", "kde:noise_var=1.0,bound='lower'",
-                   "kde:noise_var=0.1,bound='lower'", "ksg:k=10,transform='copula'",
-                   "ksg:k=3,transform='copula'"]
+                   "kde:noise_var=0.1", "ksg:k=3,transform='copula'"]
+# At the final checkpoint also: KDE's lower (Bhattacharyya) bound and KSG at a second k.
+FINAL_ESTIMATORS = ["kde:noise_var=1.0,bound='lower'", "kde:noise_var=0.1,bound='lower'",
+                    "ksg:k=10,transform='copula'"]
 QUICK_ESTIMATORS = ["binning:bin_width=2.0", "kde:noise_var=1.0"]
 BETA = 0.1
 
@@ -104,9 +104,11 @@ def main() -> None:
     tables = []
     for model in dict.fromkeys(v.model for v in variants):
         mine = {k: c for k, c in runs.items() if k[0].startswith(f"{model}_")}
-        tables.append(analyze_all(mine, out / model, data=data, layers=LAYERS[model],
-                                  estimators=estimators, betas=[BETA], reference="previous",
-                                  max_samples=max_samples, seed=0, device=args.device))
+        tables.append(analyze_study(mine, out / model, every=estimators,
+                                    final=[] if args.quick else FINAL_ESTIMATORS,
+                                    final_only=args.final_only, data=data,
+                                    layers=LAYERS[model], betas=[BETA], reference="previous",
+                                    max_samples=max_samples, seed=0, device=args.device))
     table = results_io.order_columns(pd.concat(tables, ignore_index=True))
     results_io.save_results(table, out)
     analyzed = time.perf_counter()
