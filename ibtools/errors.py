@@ -30,7 +30,6 @@ __all__ = [
     "NeuralTrainingError",
     "NumericalFailure",
     "ResourceExceeded",
-    "is_estimator_failure",
 ]
 
 
@@ -78,7 +77,3 @@ class ResourceExceeded(IbtoolsError, MemoryError):
 ESTIMATOR_FAILURES = (EstimatorFailed, ArithmeticError, MemoryError, torch.OutOfMemoryError,
                       torch.linalg.LinAlgError)
 
-
-def is_estimator_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` means 'this estimate cannot be made here' rather than a bug."""
-    return isinstance(exc, ESTIMATOR_FAILURES)

@@ -62,8 +62,18 @@ class FailsOnWide(_Correlation):
         return super()._mi(x, y, x_discrete, y_discrete, rng)
 
 
+class WholeLayerFails(_Correlation):
+    """An override that fails as a whole on the last layer (all three quantities at once)."""
+
+    def layer_information(self, x, t, t_prev, y, *, chain=None):
+        if t.shape[1] == 3:
+            raise errors.EstimatorRefused("this toy takes no 3-wide layer")
+        return super().layer_information(x, t, t_prev, y, chain=chain)
+
+
 for _name, _cls in (("seam-shared", SharedWork), ("seam-buggy", BuggyEstimator),
-                    ("seam-typebug", TypeBug), ("seam-fails", FailsOnWide)):
+                    ("seam-typebug", TypeBug), ("seam-fails", FailsOnWide),
+                    ("seam-whole", WholeLayerFails)):
     register(_name, _cls, replace=True)
 
 
@@ -113,6 +123,16 @@ def test_an_estimator_failure_is_a_nan_row_with_a_flag(data):
     assert "'net'" in str(caught[0].message) and "layer '0'" in str(caught[0].message)
     assert math.isfinite(narrow["i_ty"])  # the 3-wide output is still measured
     assert math.isnan(narrow["i_prev_t"])  # its T_prev is 6 wide
+
+
+def test_a_seam_that_fails_as_a_whole_fails_its_three_quantities(data):
+    with pytest.warns(analysis.EstimatorFailedWarning) as caught:
+        table = _run(data, "seam-whole")
+    last, first = table[table["layer"] == "2"].iloc[0], table[table["layer"] == "0"].iloc[0]
+    assert all(math.isnan(last[q]) for q in ("i_xt", "i_ty", "i_prev_t", "ib_value"))
+    flags = json.loads(last["flag_text"])
+    assert sum("EstimatorRefused: this toy takes no 3-wide layer" in f for f in flags) == 3
+    assert len(caught) == 3 and all(math.isfinite(first[q]) for q in ("i_xt", "i_ty"))
 
 
 def test_kde_and_mixture_share_work_through_the_seam_with_the_plain_numbers():
