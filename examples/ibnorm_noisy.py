@@ -33,6 +33,12 @@ checkpoint, so a rerun resumes where it stopped), ``seeds.csv`` (every measured 
 ``accuracy.csv``, ``summary.csv``, ``comparison.csv``, ``environment.json``; with
 ``--data-dir`` also ``noisy_*.csv`` and ``noisy_environment.json`` there (the tables of
 ``examples/study_tables.py``).  ``--quick`` is a smoke test of a few seconds.
+
+The noise-path bias check: ``--n-paths K`` measures the same checkpoints with K paths into
+``analysis_paths<K>/`` (its tables get the suffix ``_paths<K>``), and ``--paths-check``
+tabulates every K measured (``paths_check.csv``; ``noisy_paths_check.csv`` with
+``--data-dir``).  The shipped check: ``--seeds 3 --sigmas 0.2 --n-paths 16``, then
+``--n-paths 4``, then ``--paths-check``.
 """
 
 from __future__ import annotations
@@ -271,6 +277,37 @@ def compare(seeds_table: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
                                  "sd_b": "baseline_sd", "n_a": "n_ib", "n_b": "n_baseline"})
 
 
+def paths_check(out: Path) -> pd.DataFrame:
+    """The noise-path bias check: every final checkpoint measured at more than one number of
+    paths K (``analysis/`` and ``analysis_paths<K>/``), seed means per (K, sigma, variant,
+    layer) over the seeds measured at every K, and IBNorm-T minus LayerNorm (``d_*``)."""
+    tags = {v.tag: v for v in VARIANTS + QUICK_VARIANTS}
+    rows = []
+    for folder in sorted(out.glob("analysis*")):
+        for path in folder.glob("sigma*/*/seed*/step_*.csv"):
+            sigma, tag, seed = path.parts[-4:-1]
+            finals = sorted((out / "checkpoints" / sigma / tag / seed).glob("step_*.pt"))
+            if tag in tags and finals and finals[-1].stem == path.stem:
+                t = pd.read_csv(path)
+                rows.append(t.assign(sigma=float(sigma.removeprefix("sigma")),
+                                     norm=tags[tag].norm, lam=tags[tag].lam, seed=seed))
+    if not rows:
+        return pd.DataFrame()
+    table = pd.concat(rows, ignore_index=True)
+    keys = ["sigma", "norm", "lam", "seed"]
+    n_k = table.groupby(keys)["n_paths"].transform("nunique")
+    table = table[n_k == table["n_paths"].nunique()]  # seeds measured at every K
+    means = table.groupby(["n_paths", "sigma", "norm", "lam", "layer"], sort=True).agg(
+        n_seeds=("seed", "nunique"), **{f"{q}_mean": (q, "mean") for q in QUANTITIES}
+    ).reset_index()
+    base = means[means["norm"] == "layer"].set_index(["n_paths", "sigma", "layer"])
+    for q in QUANTITIES:
+        ref = base[f"{q}_mean"].reindex(
+            pd.MultiIndex.from_frame(means[["n_paths", "sigma", "layer"]])).to_numpy()
+        means[f"d_{q}"] = means[f"{q}_mean"].to_numpy() - ref
+    return means
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="study-out/noisy", type=Path,
@@ -287,7 +324,20 @@ def main(argv=None) -> int:
     parser.add_argument("--n-paths", type=int, default=None,
                         help="noise paths per input (default 8; quick 2); another value "
                              "measures into analysis_paths<K>/, a check of the K bias")
+    parser.add_argument("--paths-check", action="store_true",
+                        help="only tabulate the runs measured at several --n-paths "
+                             "(paths_check.csv; noisy_paths_check.csv with --data-dir)")
     args = parser.parse_args(argv)
+    if args.paths_check:
+        check = paths_check(args.out)
+        if check.empty or check["n_paths"].nunique() < 2:
+            parser.error(f"--paths-check: {args.out} holds no final checkpoint measured at two "
+                         f"or more --n-paths; run the study again with another --n-paths first")
+        write_csv(check, args.out / "paths_check.csv")
+        if args.data_dir is not None:
+            write_csv(check, args.data_dir / "noisy_paths_check.csv")
+        say(check.round(3).to_string(index=False))
+        return 0
     cfg = dict(QUICK if args.quick else FULL)
     if args.sigmas is not None:
         bad = [s for s in args.sigmas if not s > 0]
@@ -332,18 +382,22 @@ def main(argv=None) -> int:
                   "n_paths": cfg["n_paths"], "mc_tolerance": cfg["mc_tolerance"],
                   "max_samples": cfg["max_samples"], "beta": BETA,
                   "accuracy_tolerance": ACCURACY_TOLERANCE, **TRAINING}
-    files = {"seeds.csv": seeds_table, "accuracy.csv": steps, "summary.csv": summary,
-             "comparison.csv": comparison}
-    for name, df in files.items():
-        write_csv(df, out / name)
+    # a run at another K (the bias check) keeps the main run's files: its own get a suffix
+    suffix = cfg["analysis_dir"].removeprefix("analysis")
+    files = {f"seeds{suffix}.csv": seeds_table, f"accuracy{suffix}.csv": steps,
+             f"summary{suffix}.csv": summary, f"comparison{suffix}.csv": comparison,
+             f"environment{suffix}.json": env}
     from ibtools.results import write_atomic
 
-    write_atomic(out / "environment.json", json.dumps(env, indent=2) + "\n")
-    if args.data_dir is not None:
-        args.data_dir.mkdir(parents=True, exist_ok=True)
-        for name, df in files.items():
-            write_csv(df, args.data_dir / f"noisy_{name}")
-        write_atomic(args.data_dir / "noisy_environment.json", json.dumps(env, indent=2) + "\n")
+    folders = [out] + ([args.data_dir] if args.data_dir is not None else [])
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        prefix = "" if folder is out else "noisy_"
+        for name, obj in files.items():
+            if isinstance(obj, dict):
+                write_atomic(folder / f"{prefix}{name}", json.dumps(obj, indent=2) + "\n")
+            else:
+                write_csv(obj, folder / f"{prefix}{name}")
     pd.set_option("display.width", 200)
     say(steps.round(3).to_string(index=False))
     counts = comparison.groupby(["comparison", "quantity", "verdict"]).size().unstack(fill_value=0)

@@ -106,6 +106,25 @@ def test_noisy_study_quick_end_to_end_and_resume(noisy, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in cached} == cached
     pd.testing.assert_frame_equal(pd.read_csv(out / "seeds.csv"), seeds)
 
+    # the noise-path bias check: another K measures into its own folder and files, the
+    # main run's are untouched, and the check tabulates both K
+    assert noisy.main(["--quick", "--out", str(out), "--n-paths", "3"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in cached} == cached
+    assert (out / "seeds_paths3.csv").exists() and any(out.glob("analysis_paths3/**/*.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "seeds.csv"), seeds)
+    assert noisy.main(["--quick", "--out", str(out), "--paths-check", "--data-dir",
+                       str(data)]) == 0
+    check = pd.read_csv(data / "noisy_paths_check.csv")
+    assert sorted(check["n_paths"].unique()) == [2, 3]
+    assert (check.loc[check["norm"] == "layer", "d_i_xt"] == 0).all()
+    final = seeds[seeds["checkpoint"] == "final"]
+    means = final.groupby(["norm", "layer"])["i_xt"].mean()
+    row = check[(check["n_paths"] == 2) & (check["norm"] == "ib-T")
+                & (check["layer"] == "layers.1")].iloc[0]
+    assert row["d_i_xt"] == pytest.approx(means[("ib-T", "layers.1")]
+                                          - means[("layer", "layers.1")], abs=1e-12)
+    assert "K=3" in _load("study_tables").render(data, ["noisy_paths"])["noisy_paths"]
+
 
 def test_noisy_study_rejects_one_seed(noisy, tmp_path, capsys):
     with pytest.raises(SystemExit):
