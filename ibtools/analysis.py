@@ -192,8 +192,9 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         The results table (``ibtools.results.COLUMNS`` plus model metrics from the checkpoint
         metadata), in nats.  An estimator that fails on one layer leaves NaN in that row with
         a flag, and an :class:`EstimatorFailedWarning` naming checkpoint, layer and setting;
-        the run goes on.  Arguments that are not accepted raise
-        :class:`ibtools.errors.InputError` (a ``ValueError``) naming them.
+        the run goes on.  An argument that is not accepted raises a ``ValueError`` or
+        ``TypeError`` naming it (:class:`ibtools.errors.InputError` for the settings checked
+        by :class:`~ibtools.analysis_settings.AnalysisSettings`).
     """
     ckpts = inputs_io.normalize_checkpoints(checkpoints)
     settings = AnalysisSettings.from_arguments(
