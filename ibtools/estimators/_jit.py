@@ -20,8 +20,9 @@ to someone else.  So an estimator call (:func:`call_threads`) runs on
 ``min(torch's thread count, cores not busy)``, where the busy cores are the runnable tasks of
 ``/proc/loadavg`` other than this process's own (:func:`free_cores`), read at most every
 ``LOAD_CACHE_SECONDS``.  The count is only ever lowered, only for the call, and put back in
-a ``finally``.  ``IBTOOLS_THREADS=torch`` turns this off (torch's setting is used as is).
-OpenMP's own remedy, ``OMP_WAIT_POLICY=passive``, must be in the environment before torch
+a ``finally``.  ``IBTOOLS_THREADS=torch`` turns this off (torch's setting is used as is),
+and estimators whose numbers depend on the thread count (the trained critics, Renyi's
+eigenvalues) set ``threads_follow_load = False``.  OpenMP's own remedy, ``OMP_WAIT_POLICY=passive``, must be in the environment before torch
 is imported, so a library cannot apply it; users who start the interpreter may.
 """
 
