@@ -297,10 +297,13 @@ class TwoStageDesign:
     the spread the covariates leave.  With every centre drawn the adjustment is 0.
     """
 
-    def __init__(self, n: int, columns: int, order: torch.Tensor,
-                 covariates: torch.Tensor | None = None):
+    def __init__(self, n: int, columns: int, order: torch.Tensor, covariates=None):
         self.n, self.m, self.order, self.columns = n, 0, order, columns
+        #: (n, q) tensor, or a function giving it (called when first needed), or None
         self.covariates = covariates
+        #: whether :meth:`stats` adjusts the centres' means (run_design turns it off while
+        #: the pilot alone may do, so the covariates are not computed for nothing)
+        self.adjust_centres = True
         self.counts = torch.zeros(n, dtype=torch.int64, device=order.device)
         self._centres, self._values, self._features = [], [], []
         self._stats = None
@@ -352,10 +355,13 @@ class TwoStageDesign:
 
     def _centre_adjusted(self, centres: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """``values`` less ``g . (x_c - X)`` per draw (see the class notes)."""
+        if self.covariates is None or not self.adjust_centres or self.m >= self.n:
+            return values
+        if callable(self.covariates):
+            self.covariates = self.covariates()
         cov = self.covariates
         used = self.order[:self.m]
-        q = 0 if cov is None else int(cov.shape[1])
-        if cov is None or self.m >= self.n or self.m < _CV_MIN_DRAWS * q:
+        if self.m < _CV_MIN_DRAWS * int(cov.shape[1]):
             return values
         r = self.counts[used].to(torch.float64)
         sums = torch.zeros(self.columns, self.n, dtype=torch.float64, device=values.device)
@@ -419,6 +425,11 @@ def run_design(n: int, columns: int, draw, *, rng: torch.Generator, device: torc
             design.extend(n, total // n, block, draw)
         return design
     design.extend(max(2, min(pilot, max_mc // 2)), 2, block, draw)
+    design.adjust_centres = False
+    stats = design.stats()
+    if max(float(stats[1][col]) for col in watch) <= tolerance:
+        return design  # the pilot is enough: no centre covariates needed
+    design.adjust_centres, design._stats = True, None
     for _ in range(_MAX_ROUNDS):
         stats = design.stats()
         k = max(watch, key=lambda col: float(stats[1][col]))  # the column furthest off
