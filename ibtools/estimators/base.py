@@ -21,13 +21,18 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ibtools.errors import EstimatorRefused, NumericalFailure
+from ibtools.estimators import _jit
 from ibtools.estimators.intervals import (
-    CI_METHODS,
+    PermutationNull,
     bias_dominates,
     bias_flag,
     independence_flag,
-    null_summary,
-    resample_interval,
+    interval_scheme,
+)
+from ibtools.estimators.layer_information import (
+    LayerInformation,
+    plain_layer_information,
 )
 from ibtools.estimators.memory import (  # noqa: F401  (re-exported)
     chunk_rows,
@@ -50,11 +55,6 @@ from ibtools.estimators.validation import (  # noqa: F401  (re-exported)
     prepare,
     to_numpy_or_tensor,
 )
-
-#: Interval kinds an estimator may offer.  "subsample" (m-out-of-n) and "seeds" suit kNN
-#: estimators, whose value a duplicated row would corrupt; "bootstrap" suits plug-in ones.
-INTERVAL_KINDS = ("subsample", "seeds", "bootstrap")
-
 
 # --------------------------------------------------------------------------- estimator base
 
@@ -113,6 +113,13 @@ class Estimator(Settings):
     #: Shuffles of the permutation null run by ``n_permutations="auto"``; 0 for estimators
     #: too costly to rerun that often (they may override :meth:`_independence_check`).
     auto_permutations: ClassVar[int] = 0
+    #: Whether an estimate seeds the process-wide torch RNG (forked and restored, as a trained
+    #: model's initialisation does), so it must not run in a thread beside training.
+    forks_global_rng: ClassVar[bool] = False
+    #: Whether a call may run on fewer torch threads while other processes keep the cores
+    #: busy (:func:`ibtools.estimators._jit.call_threads`); only for estimators whose numbers
+    #: do not depend on the thread count.
+    threads_follow_load: ClassVar[bool] = True
 
     def __init__(self, **settings):
         self._init_settings(settings)
@@ -197,11 +204,12 @@ class Estimator(Settings):
     def _check_n(self, n: int) -> None:
         need = self._min_samples()
         if n < need:
-            raise ValueError(f"n={n} samples is too few for {type(self).__name__} with these "
-                             f"settings; it needs at least {need}")
+            raise EstimatorRefused(f"n={n} samples is too few for {type(self).__name__} with "
+                                   f"these settings; it needs at least {need}")
 
     # -- public API ------------------------------------------------------------------------
 
+    @_jit.follows_load
     def mutual_information(self, x, y, *, discrete_x=None, discrete_y=None) -> EstimateResult:
         """Estimate I(X;Y) in nats.
 
@@ -232,9 +240,10 @@ class Estimator(Settings):
             xt, yt, xd, yd, swapped = yt, xt, yd, xd, True
         self._swapped_arguments = swapped  # read by _user_name for messages
         if xd and yd and not self.handles_discrete_x:
-            raise ValueError(f"method {self.name!r} needs at least one continuous variable; both "
-                             f"x and y are discrete here. Use method='binning' (plug-in), or pass "
-                             f"discrete_x=False / discrete_y=False if a variable is continuous")
+            raise EstimatorRefused(f"method {self.name!r} needs at least one continuous variable; "
+                                   f"both x and y are discrete here. Use method='binning' "
+                                   f"(plug-in), or pass discrete_x=False / discrete_y=False if "
+                                   f"a variable is continuous")
         xt = self._transform(xt, xd)
         yt = self._transform(yt, yd)
 
@@ -251,15 +260,27 @@ class Estimator(Settings):
         check_ceilings(result, n, discrete, self.bounded_by_sample_size)
         return result
 
+    def layer_information(self, x, t, t_prev, y, *, chain=None) -> LayerInformation:
+        """I(X;T), I(T_prev;T) and I(T;Y) of one layer T: the analysis' one call per layer.
+
+        ``t_prev`` is the previous layer (``None``: no I(T_prev;T)), ``y`` class labels,
+        ``chain`` the estimator of I(T_prev;T) when it is not this one (a noisy chain).  Each
+        quantity is a result or the estimator failure that prevented it (see
+        :mod:`~ibtools.estimators.layer_information`).  This default makes the three plain
+        calls; an estimator that can share work among them overrides it.
+        """
+        return plain_layer_information(self, x, t, t_prev, y, chain=chain)
+
+    @_jit.follows_load
     def entropy(self, x, *, discrete=None) -> EstimateResult:
         """Estimate the entropy H(X) (differential for continuous X) in nats."""
         x0 = to_numpy_or_tensor(x, "x")
         device = self.working_device or resolve_device(None, x0)
         xt, xd = prepare(x0, "x", discrete=discrete, device=device, dtype=resolve_dtype(self.dtype))
         if xd and not self.handles_entropy_of_discrete:
-            raise ValueError(f"method {self.name!r} estimates differential entropy of continuous "
-                             f"data; x is discrete (integer ids). Use method='binning', or pass "
-                             f"discrete=False")
+            raise EstimatorRefused(f"method {self.name!r} estimates differential entropy of "
+                                   f"continuous data; x is discrete (integer ids). Use "
+                                   f"method='binning', or pass discrete=False")
         n = int(xt.shape[0])
         self._check_n(n)
         xt = self._transform(xt, xd)
@@ -280,8 +301,8 @@ class Estimator(Settings):
         flags = list(flags)
         value = float(value)
         if not math.isfinite(value):
-            raise RuntimeError(f"{type(self).__name__} produced a non-finite value ({value}); "
-                               f"details: {details}")
+            raise NumericalFailure(f"{type(self).__name__} produced a non-finite value "
+                                   f"({value}); details: {details}")
         result = EstimateResult(value=value, quantity=quantity, method=self.name,
                                 params=_jsonable(self.get_params()), n=n, dims=tuple(dims),
                                 seconds=seconds, flags=flags, details=details)
@@ -294,16 +315,8 @@ class Estimator(Settings):
     def _attach_interval(self, result, run, tensors, device) -> None:
         """Interval, ``ci_method`` and bias details; it always contains the value."""
         kind = self.interval_kinds[0] if self.ci == "auto" else self.ci
-        out = self._interval(kind, run, tensors, result.n, result.value, device)
-        low, high, samples = out[:3]
-        if low is None:  # resamples of the base kinds: build the interval from them
-            rows = out[3]["resample_rows"]
-            low, high, info = resample_interval(
-                kind, result.value, samples, float(self.confidence), n=result.n,
-                rows_point=int(result.details.get("rows_used", result.n)),
-                rows_resample=min(rows) if kind == "subsample" else None)
-        else:
-            info = {"ci_method": CI_METHODS.get(kind, kind)}
+        low, high, samples, info = self._interval_scheme(kind).interval(self, run, tensors,
+                                                                        result, device)
         low, high = min(float(low), result.value), max(float(high), result.value)
         result.ci, result.ci_kind, result.confidence = (low, high), kind, float(self.confidence)
         result.details["resample_values"] = samples
@@ -346,40 +359,15 @@ class Estimator(Settings):
 
     # -- intervals and null ---------------------------------------------------------------
 
-    def _interval(self, kind, run, tensors, n, value, device):
-        """``(None, None, resampled values, {"resample_rows": [...]})``: the estimates on
-        ``n_resamples`` resamples and the rows each used; :meth:`_attach_interval` turns
-        them into the interval (:mod:`ibtools.estimators.intervals`).  An override for a
-        kind of its own returns ``(low, high, values)`` instead."""
-        g = torch.Generator(device="cpu")
-        g.manual_seed(int(self.seed) + 7919)
-        samples, rows = [], []
-        if kind not in ("seeds", "bootstrap", "subsample"):
-            raise ValueError(f"unknown interval kind {kind!r}")
-        m = max(self._min_samples() + 1, n // 2)
-        if kind == "subsample" and m >= n:
-            raise ValueError(f"n={n} is too small for a subsampling interval")
-        for b in range(1, self.n_resamples + 1):
-            if kind == "seeds":
-                parts = tensors
-            elif kind == "bootstrap":
-                idx = torch.randint(0, n, (n,), generator=g).to(device)
-                parts = [t[idx] for t in tensors]
-            else:
-                idx = torch.randperm(n, generator=g)[:m].to(device)
-                parts = [t[idx] for t in tensors]
-            out = run(*parts, b)
-            samples.append(float(out[0]))
-            rows.append(int(out[1].get("rows_used", parts[0].shape[0])))
-        return None, None, samples, {"resample_rows": rows}
+    def _interval_scheme(self, kind: str):
+        """The :class:`~ibtools.estimators.intervals.IntervalScheme` of interval kind
+        ``kind`` (one of ``interval_kinds``); an estimator with a kind of its own overrides
+        this."""
+        return interval_scheme(kind)
 
     def _permutation_null(self, run, tensors, value, device, count):
         """``count`` values with y's rows shuffled (same shuffles for every estimator)."""
-        x, y = tensors
-        g = torch.Generator(device="cpu")
-        g.manual_seed(int(self.seed) + 104729)
-        perms = [torch.randperm(y.shape[0], generator=g).to(device) for _ in range(count)]
-        return null_summary(self._null_values(run, x, y, perms), value)
+        return PermutationNull().run(self, run, tensors, value, device, count)
 
     def _null_values(self, run, x, y, perms) -> list:
         """The estimate on ``(x, y[perm])`` for each shuffle; estimators that can reuse

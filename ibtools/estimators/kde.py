@@ -152,17 +152,16 @@ class KDE(Estimator):
 
     # -- the pairwise bounds -------------------------------------------------------------------
 
+    def layer_information(self, x, t, t_prev, y, *, chain=None):
+        """The analysis seam (see :meth:`Estimator.layer_information`), with T's whole-sample
+        H(T+Z) bounds computed once for I(T;Y), I(X;T) and I(T_prev;T): this O(n^2 d) term
+        is the same in all three."""
+        with self._reuse_bounds():
+            return super().layer_information(x, t, t_prev, y, chain=chain)
+
     @contextlib.contextmanager
-    def reuse_bounds(self):
+    def _reuse_bounds(self):
         """Within this block, compute the whole-sample H(T+Z) bounds of a T once.
-
-        An analysis asks for I(T;Y), I(X;T) and I(T_prev;T) of the same layer T in a row,
-        and this O(n^2 d) term is the same in all three::
-
-            est = KDE(noise_var=0.1)
-            with est.reuse_bounds():
-                i_ty = est.mutual_information(t, labels)
-                i_xt = est.mutual_information(x, t)      # T's bounds are not recomputed
 
         The last T's result is kept with a reference to T itself (so its memory cannot be
         reused by another tensor while the entry lives) and its version counter, so an
@@ -180,7 +179,7 @@ class KDE(Estimator):
 
     def _bounds(self, t: torch.Tensor) -> dict:
         """H(T+Z) bounds of one sample, with the saturation diagnostics (cached inside
-        :meth:`reuse_bounds` only)."""
+        :meth:`_reuse_bounds` only)."""
         if not getattr(self, "_reuse_depth", 0) or t.shape[0] < 1024:
             # per-class slices and small samples are not worth keeping
             return self._compute_bounds(t)
@@ -281,48 +280,29 @@ class KDE(Estimator):
                 and result.n <= AUTO_NULL_MAX_ROWS)
 
     def _null_values(self, run, x, y, perms) -> list:
-        with self.reuse_bounds():
+        with self._reuse_bounds():
             return super()._null_values(run, x, y, perms)
 
     def _mi_discrete(self, t, labels):
-        from ibtools.estimators.kde_classes import packed_class_bounds
+        from ibtools.estimators.kde_classes import conditional_bounds
 
         whole = self._bounds(t)
-        n = int(t.shape[0])
-        # sort once and slice each class: O(n log n), not O(n) per class (token ids can
-        # have tens of thousands of classes)
-        order = torch.argsort(labels, stable=True)
-        t_sorted = t[order]
-        counts = torch.bincount(labels).cpu()
-        starts = torch.cumsum(counts, dim=0) - counts
-        h_noise = whole["h_noise"]
-        cond_upper = cond_lower = 0.0
-        per_class = {}
-        present = torch.nonzero(counts).flatten().tolist()
-        packed = packed_class_bounds(t_sorted, counts, starts, present, h_noise,
-                                     float(self.noise_var), self._budget(t.device))
-        for cls in present:
-            size, start = int(counts[cls]), int(starts[cls])
-            if size == 1:  # one kernel: H(T+Z | Y=y) is the noise entropy exactly
-                h_up = h_low = h_noise
-            elif cls in packed:
-                h_up, h_low = packed[cls]
-            else:
-                b = self._bounds(t_sorted[start:start + size])
-                h_up, h_low = b["h_upper"], b["h_lower"]
-            p = size / n
-            cond_upper += p * h_up
-            cond_lower += p * h_low
-            per_class[int(cls)] = {"p": p, "h_upper": h_up, "h_lower": h_low}
-        mi_upper = whole["h_upper"] - cond_upper
-        mi_lower = whole["h_lower"] - cond_lower
-        p = counts[counts > 0].to(torch.float64) / n
-        h_labels = float(-(p * p.log()).sum())
+
+        def class_bounds(rows):  # uncached: the whole sample's bounds stay in the cache
+            b = self._compute_bounds(rows)
+            return b["h_upper"], b["h_lower"]
+
+        cond = conditional_bounds(t, labels, whole["h_noise"], float(self.noise_var),
+                                  self._budget(t.device), class_bounds)
+        mi_upper = whole["h_upper"] - cond["cond_upper"]
+        mi_lower = whole["h_lower"] - cond["cond_lower"]
+        h_labels = cond["h_labels"]
         details = self._details(whole, mi_upper=mi_upper, mi_lower=mi_lower,
-                                h_cond_upper=cond_upper, h_cond_lower=cond_lower,
-                                h_labels=h_labels, n_classes=len(per_class))
-        if len(per_class) <= 64:
-            details["per_class"] = per_class
+                                h_cond_upper=cond["cond_upper"],
+                                h_cond_lower=cond["cond_lower"], h_labels=h_labels,
+                                n_classes=cond["n_classes"])
+        if cond["per_class"] is not None:
+            details["per_class"] = cond["per_class"]
         flags = self._saturation_flags(whole)
         if flags:
             flags.append(f"with every sample its own kernel, I(T;Y) goes to the plug-in label "

@@ -12,15 +12,26 @@ from __future__ import annotations
 
 import contextlib
 import math
-from statistics import NormalDist
 
 import torch
 
 from ibtools.estimators.base import Estimator, check_int, check_positive
 from ibtools.estimators.kde import SATURATION_FRACTION, gaussian_noise_entropy
-from ibtools.estimators.mixture_sampling import (MIN_SHIFTED, MixtureExponents, TwoStageDesign,
-                                                 block_rows, pointwise_mi_, run_design,
-                                                 shifted_kernel_)
+from ibtools.estimators.mixture_sampling import (
+    MIN_SHIFTED,
+    MixtureExponents,
+    TwoStageDesign,
+    block_rows,
+    centre_covariates,
+    mixture_engine,
+    pair_pmi,
+    pointwise_mi_,
+    quadratic_control,
+    radial_features,
+    run_design,
+    shifted_kernel_,
+)
+
 
 class MixtureEntropy(Estimator):
     r"""Sample-propagation (Monte Carlo) estimate of H(T + noise), and the MI built on it.
@@ -70,9 +81,13 @@ class MixtureEntropy(Estimator):
         taken without replacement; from n on, ``n_mc // n`` on every centre (and 2 on the
         first ``min(n, 512)``, to measure the spread within a centre).  ``"auto"`` draws 2
         on each of ``min(n, 512)`` centres, then plans from the measured spreads the
-        cheaper of more centres at 2 draws or every centre at r draws that brings the
-        standard error to ``mc_tolerance``, and replans at most four times, within
-        ``max_mc`` draws (see :mod:`ibtools.estimators.mixture_sampling`).
+        cheapest of more centres at 1 or 2 draws or every centre at r draws that brings
+        the standard error to ``mc_tolerance``, and replans at most four times, within
+        ``max_mc`` draws.  Control variates with exactly known means (the noise's radius,
+        the second-order term of each draw's log-sum-exp over its nearest centres, and
+        per-centre distances from the middle of T for the choice of centres) are fitted
+        on the draws and subtracted, which cuts the draws a tolerance needs severalfold
+        where the components overlap (see :mod:`ibtools.estimators.mixture_sampling`).
     mc_tolerance : float, default 0.01
         Target Monte Carlo standard error, in nats; a result whose error is larger is
         flagged.
@@ -165,58 +180,71 @@ class MixtureEntropy(Estimator):
     # -- the Monte Carlo -------------------------------------------------------------------
 
     def _run(self, t: torch.Tensor, dims: tuple, columns: int, draw, rng,
-             watch: tuple = (0,)) -> TwoStageDesign:
+             watch: tuple = (0,), centres: tuple = ()) -> TwoStageDesign:
         """Draw per the settings; ``draw(c, zs)`` gives the (columns, b) per-draw values of
         draws at centres c (b,) with noise ``zs``, one (b, d_k) tensor for each of the
-        mixtures' dimensions ``dims``; ``"auto"`` draws until every column in ``watch``
-        meets ``mc_tolerance``."""
+        mixtures' dimensions ``dims`` (or ``(values, features)``, features a list of (b/2,)
+        control variates of antithetic pairs); ``"auto"`` draws until every column in
+        ``watch`` meets ``mc_tolerance``.  ``centres``: the mixtures' centre tensors, whose
+        :func:`~ibtools.estimators.mixture_sampling.centre_covariates` adjust the sampling
+        of centres (default: t)."""
         rows = block_rows(int(t.shape[0]), self._budget(t.device), t.device)
         block = max(1, rows // (2 if self.antithetic else 1))
         return run_design(int(t.shape[0]), columns, self._noise_maker(draw, dims, t, rng),
                           rng=rng, device=t.device, n_mc=self.n_mc,
                           tolerance=float(self.mc_tolerance), max_mc=int(self.max_mc),
-                          block=block, watch=watch)
+                          block=block, watch=watch,
+                          covariates=lambda: centre_covariates(*(centres or (t,)),
+                                                               noise_var=float(self.noise_var),
+                                                               rng=rng))
 
     def _noise_maker(self, draw, dims: tuple, t: torch.Tensor, rng):
-        """``draw`` with its noise made here: ``c -> (columns, b)``.
+        """``draw`` with its noise made here: ``c -> ((columns, b), (p, b))``, values and
+        control variates.
 
         With ``antithetic``, a draw is the mean over ``z`` and ``-z``: the part of a
         per-draw value odd in z (in many dimensions the largest, ``(t_c - t_j) . z / s2``
-        in every exponent) cancels, at twice the cost of a draw.
+        in every exponent) cancels, at twice the cost of a draw.  Every draw carries the
+        radial control variates of its noise, and ``draw`` may add its own (the quadratic
+        one of :func:`~ibtools.estimators.mixture_sampling.quadratic_control`).
         """
-        sigma = math.sqrt(float(self.noise_var))
+        s2 = float(self.noise_var)
+        sigma = math.sqrt(s2)
 
         def noisy(c):
             b = int(c.numel())
             zs = [sigma * torch.randn((b, d), generator=rng, dtype=t.dtype, device=t.device)
                   for d in dims]
-            if not self.antithetic:
-                return draw(c, zs)
-            values = draw(torch.cat([c, c]), [torch.cat([z, -z]) for z in zs])
-            return 0.5 * (values[:, :b] + values[:, b:])
+            if self.antithetic:
+                out = draw(torch.cat([c, c]), [torch.cat([z, -z]) for z in zs])
+            else:
+                out = draw(c, zs)
+            values, extra = out if isinstance(out, tuple) else (out, [])
+            if self.antithetic:
+                values = 0.5 * (values[:, :b] + values[:, b:])
+            features = radial_features([(z, s2) for z in zs]) + list(extra)
+            return values, torch.stack(features)
         return noisy
 
     # -- estimator hooks ----------------------------------------------------------------
 
+    def layer_information(self, x, t, t_prev, y, *, chain=None):
+        """The analysis seam (see :meth:`Estimator.layer_information`): I(T;Y) is computed
+        first and I(X;T) comes from its draws (``details["shared_draws"]``), so the layer pays
+        for one Monte Carlo run instead of two."""
+        with self._reuse_draws():
+            return super().layer_information(x, t, t_prev, y, chain=chain)
+
     @contextlib.contextmanager
-    def reuse_draws(self):
+    def _reuse_draws(self):
         """Within this block, I(X;T) and H(T) of a T whose I(T;Y) was just estimated come
         from that estimate's draws.
 
         Every draw of I(T;Y) also gives T's pointwise ``ln N(z) / p(t_c + z)``, whose mean is
-        I(X; T+Z), so an analysis asking for I(T;Y) then I(X;T) of one layer pays for one
-        Monte Carlo run::
-
-            est = MixtureEntropy(noise_var=0.1, deterministic=True)
-            with est.reuse_draws():
-                i_ty = est.mutual_information(t, labels)
-                i_xt = est.mutual_information(x, t)   # details["shared_draws"] is True
-
-        Inside the block I(T;Y)'s draws continue until I(X; T+Z) meets ``mc_tolerance``
-        too, which costs what I(X;T) alone would.  Shared only when it did (or ``n_mc`` is
-        fixed), for the same
-        T (the same tensor, unchanged, as KDE's :meth:`~ibtools.estimators.kde.KDE.reuse_bounds`
-        checks it), noise and seed.  Outside such a block nothing is kept.
+        I(X; T+Z).  Inside the block I(T;Y)'s draws continue until I(X; T+Z) meets
+        ``mc_tolerance`` too, which costs what I(X;T) alone would.  Shared only when it did
+        (or ``n_mc`` is fixed), for the same T (the same tensor, unchanged, as KDE's bounds
+        check it), noise and seed.  Outside such a block nothing is kept.
         """
         self._reuse_depth = getattr(self, "_reuse_depth", 0) + 1
         try:
@@ -225,9 +253,6 @@ class MixtureEntropy(Estimator):
             self._reuse_depth -= 1
             if not self._reuse_depth:
                 self._shared = None
-
-    #: The name :func:`ibtools.analyze` looks for (KDE's, which shares its bounds likewise).
-    reuse_bounds = reuse_draws
 
     def _share_key(self, t, rng):
         return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device, t._version,
@@ -238,13 +263,17 @@ class MixtureEntropy(Estimator):
         shared = getattr(self, "_shared", None) if getattr(self, "_reuse_depth", 0) else None
         if shared is not None and shared[0] == self._share_key(t, rng):
             mean, se, details = shared[2]
-            self._last_mc = se
             return mean, se, dict(details, shared_draws=True)
         mix = MixtureExponents(t, float(self.noise_var), self._rounding())
         log_n = math.log(mix.n)
 
+        engine = mixture_engine(mix.n, t.dtype, t.device)
+
         def draw(c, zs):
-            return pointwise_mi_(mix.exponents(c, zs[0]), log_n)[None]
+            if self.antithetic:
+                pmi, quad = pair_pmi(mix, c, zs[0], log_n, engine)
+                return pmi[None], [quad]
+            return pointwise_mi_(mix.exponents(c, zs[0]), log_n)[None], []
         design = self._run(t, (mix.d,), 1, draw, rng)
         mean, se, _, _ = (float(v[0]) for v in design.stats())
         h_noise = gaussian_noise_entropy(mix.d, float(self.noise_var))
@@ -283,6 +312,7 @@ class MixtureEntropy(Estimator):
 
         def draw(c, zs):
             e = mix.exponents(c, zs[0])
+            extra = [quadratic_control(mix, c, e)] if self.antithetic else []
             own = labels[c]
             other = labels[None, :] != own[:, None]
             far = e.amax(dim=1) > -MIN_SHIFTED / 2  # the own term e = 0 could be clamped
@@ -292,9 +322,9 @@ class MixtureEntropy(Estimator):
             pmi = log_n - (k.sum(dim=1).to(torch.float64).log_() + top)
             log_class = k.masked_fill_(other, 0.0).sum(dim=1).to(torch.float64).log_() + top
             log_class[far] = exact.to(torch.float64)
-            return torch.stack([pmi - (log_counts[own] - log_class), pmi])
+            return torch.stack([pmi - (log_counts[own] - log_class), pmi]), extra
 
-        # inside reuse_draws, I(X; T+Z) (column 1) is drawn to the tolerance as well
+        # inside _reuse_draws, I(X; T+Z) (column 1) is drawn to the tolerance as well
         design = self._run(t, (mix.d,), 2, draw, rng,
                            watch=(0, 1) if getattr(self, "_reuse_depth", 0) else (0,))
         mean, se, _, _ = design.stats()
@@ -322,12 +352,14 @@ class MixtureEntropy(Estimator):
 
         def draw(c, zs):
             e1, e2 = first.exponents(c, zs[0]), second.exponents(c, zs[1])
+            extra = ([quadratic_control(first, c, e1), quadratic_control(second, c, e2)]
+                     if self.antithetic else [])
             joint = pointwise_mi_(torch.add(e1, e2.to(e1.dtype)) if e1.dtype == torch.float64 else
                           torch.add(e1.to(e2.dtype), e2), log_n)
             p1, p2 = pointwise_mi_(e1, log_n), pointwise_mi_(e2, log_n)
-            return torch.stack([p1 + p2 - joint, p1, p2, joint])
+            return torch.stack([p1 + p2 - joint, p1, p2, joint]), extra
 
-        design = self._run(t, (first.d, second.d), 4, draw, rng)
+        design = self._run(t, (first.d, second.d), 4, draw, rng, centres=(s, t))
         mean, se, _, _ = design.stats()
         h_noise = gaussian_noise_entropy(second.d, s2)
         details = self._details(design, first.n, float(mean[0]), float(se[0]), h_noise)
@@ -341,7 +373,6 @@ class MixtureEntropy(Estimator):
 
     def _details(self, design: TwoStageDesign, n: int, mean: float, se: float,
                  h_noise: float) -> dict:
-        self._last_mc = se
         draws = design.draws
         counts = design.counts[design.order[:design.m]]
         return {"mc_se": se, "n_mc": draws, "evaluations": draws * (2 if self.antithetic else 1),
@@ -363,8 +394,3 @@ class MixtureEntropy(Estimator):
                          f"data; raise noise_var or add samples")
         return flags
 
-    def _interval(self, kind, run, tensors, n, value, device):
-        if kind != "mc":
-            return super()._interval(kind, run, tensors, n, value, device)
-        z = NormalDist().inv_cdf(0.5 + float(self.confidence) / 2.0)
-        return float(value - z * self._last_mc), float(value + z * self._last_mc), []
