@@ -16,6 +16,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -140,8 +141,9 @@ def test_noisy_study_rejects_one_seed(noisy, tmp_path, capsys):
 
 def _check_gpu_run(out: Path, noisy_mode: str) -> pd.DataFrame:
     results = pd.read_csv(out / "results.csv")
-    assert set(results["study_mode"]) == {"deterministic", "noisy"}
-    assert set(results.loc[results["study_mode"] == "noisy", "mode"]) == {noisy_mode}
+    assert set(results["study_mode"]) == {"deterministic", "noisy-1"}
+    assert set(results.loc[results["study_mode"] == "noisy-1", "mode"]) == {noisy_mode}
+    assert (results["at_ceiling"] == (results["i_xt"] >= 0.98 * np.log(results["n_samples"]))).all()
     assert (results.loc[results["study_mode"] == "deterministic", "mode"]
             == "deterministic").all()
     assert results["ib_value"].to_numpy() == pytest.approx(
@@ -150,7 +152,9 @@ def _check_gpu_run(out: Path, noisy_mode: str) -> pd.DataFrame:
     # one IBNorm-T variant x 2 modes x blocks x settings (2 deterministic, 1 noisy)
     depth = 2
     assert len(comparison) == depth * (2 + 1)
-    assert set(comparison["mode"]) == {"deterministic", "noisy"}
+    assert set(comparison["mode"]) == {"deterministic", "noisy-1"}
+    ceiling = pd.read_csv(out / "ceiling.csv")
+    assert ceiling["at_ceiling"].between(0, 1).all() and len(ceiling) == depth * (2 + 1)
     small = comparison["diff"].abs() < MIN_EFFECT_NATS
     assert (comparison.loc[small, "verdict"].isin(["below effect size", "not computed"])).all()
     env = json.loads((out / "environment.json").read_text(encoding="utf-8"))
@@ -162,7 +166,7 @@ def test_gpu_study_quick_on_cpu(gpu, tmp_path):
     out = tmp_path / "gpu"
     assert gpu.main(["--quick", "--models", "vit", "--out", str(out)]) == 0
     results = _check_gpu_run(out, "trained-noise")
-    assert (results.loc[results["study_mode"] == "noisy", "noise_std"] == 0.1).all()
+    assert (results.loc[results["study_mode"] == "noisy-1", "noise_std"] == 1.0).all()
     metrics = pd.read_csv(out / "metrics.csv")
     assert len(metrics) == 2 * 2 * 2 and metrics["test_accuracy"].between(0, 1).all()
 
@@ -182,4 +186,4 @@ def test_gpu_study_names_bad_arguments(gpu, tmp_path, capsys):
     assert "--models 'resnet'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         gpu.main(["--quick", "--noise-std", "0", "--out", str(tmp_path)])
-    assert "--noise-std must be > 0" in capsys.readouterr().err
+    assert "--noise-std must all be > 0" in capsys.readouterr().err
