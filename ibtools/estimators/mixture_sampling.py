@@ -403,15 +403,18 @@ class TwoStageDesign:
 
 def run_design(n: int, columns: int, draw, *, rng: torch.Generator, device: torch.device,
                n_mc, tolerance: float, max_mc: int, block: int,
-               watch: tuple = (0,), covariates: torch.Tensor | None = None) -> TwoStageDesign:
+               watch: tuple = (0,), covariates=None) -> TwoStageDesign:
     """Draw per ``n_mc`` (an int, or ``"auto"``: to a standard error of ``tolerance`` on
     each column in ``watch``).
 
     ``draw(c)`` gives the (columns, b) per-draw values of draws at centres c (b,), making its
-    own noise; blocks of at most ``block`` draws.  ``"auto"``: 2 draws on each of ``min(n,
-    PILOT_CENTRES)`` centres, then :func:`plan` from the measured spreads, at most
-    ``_MAX_ROUNDS`` times, within ``max_mc`` draws.  An int: below n, 2 draws on each of
-    ``n_mc // 2`` centres; from n on, ``n_mc // n`` on every centre and 2 on the pilot ones.
+    own noise, or ``(values, features)`` with (p, b) control variates of mean 0; blocks of
+    at most ``block`` draws.  ``covariates``: the centres' (n, q) covariates, or a function
+    giving them (see :class:`TwoStageDesign`).  ``"auto"``: 2 draws on each of ``min(n,
+    PILOT_CENTRES)`` centres; if that is not enough, :func:`plan` from the measured spreads
+    (centre covariates now used), at most ``_MAX_ROUNDS`` times, within ``max_mc`` draws.
+    An int: below n, 2 draws on each of ``n_mc // 2`` centres; from n on, ``n_mc // n`` on
+    every centre and 2 on the pilot ones.
     """
     design = TwoStageDesign(n, columns, torch.randperm(n, generator=rng, device=device),
                             covariates)
