@@ -133,9 +133,13 @@ class MixtureEntropy(Estimator):
     and is flagged as saturated.  Cost O(evaluations n d): a noise vector costs about what
     a row of KDE's kernel matrix costs, and KDE computes half of its n rows, so about n/2
     ``evaluations`` take KDE's time.  How many the tolerance needs depends on the spread of
-    the draws, not on n or d: few when the components barely overlap or nearly coincide,
-    most in between (``benchmarks/mixture.py`` times the three regimes).  Memory: one block
-    of draws by n, sized to ``memory_budget`` (on CPU at most 512 rows); nothing n x n.
+    the draws left after the control variates, not on n or d: few when the components
+    barely overlap or nearly coincide, most in between (``benchmarks/mixture.py`` times the
+    three regimes; its table is in ``benchmarks/RESULTS.md``).  On CPU in float32 the
+    row-wise work runs in compiled kernels when numba is installed
+    (``IBTOOLS_MIXTURE_ENGINE`` = ``auto`` | ``numba`` | ``torch``).  Memory: one block of
+    draws by n, sized to ``memory_budget`` (on CPU at most 512 rows), and a few numbers per
+    draw; nothing n x n.
 
     References
     ----------
