@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -257,3 +258,31 @@ def test_every_table_of_the_study_doc_is_printed_by_study_tables():
             assert text == printed[table_name], (
                 f"docs/ibnorm-study.md's table {table_name!r} differs from study_tables.py's:\n"
                 f"doc:\n{text}\nscript:\n{printed[table_name]}")
+
+
+def test_beta_sweep_recomputes_the_ib_value_from_its_two_terms():
+    """The sweep's IB value is I(T;Y) - beta * I(T_prev;T) of each row: a variant with less
+    I(T;Y) and much less I(T_prev;T) is lower at small beta and higher at large beta."""
+    sys.path.insert(0, str(EXAMPLES))
+    import _study_common as common
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for norm, lam, i_ty, i_prev in (("layer", 0.0, 2.30, 5.0), ("ib-T", 4.0, 2.20, 3.0)):
+        for seed in range(10):
+            rows.append({"model": "mlp", "norm": norm, "lam": lam, "seed": seed, "step": 440,
+                         "layer": "layers.3", "layer_index": 3, "setting": "kde(noise_var=0.1)",
+                         "i_ty": i_ty + rng.normal(0, 0.005), "i_prev_t": i_prev + rng.normal(0, 0.01),
+                         "beta": 0.1})
+    table = pd.DataFrame(rows)
+    table["ib_value"] = table["i_ty"] - 0.1 * table["i_prev_t"]
+    sweep = common.beta_sweep(table, {"mlp": "layer"}, betas=(0.01, 0.1, 1.0)).set_index("beta")
+    # difference of means: -0.10 - beta * (-2.0)
+    assert sweep.loc[0.01, "diff"] == pytest.approx(-0.08, abs=0.01)
+    assert sweep.loc[1.0, "diff"] == pytest.approx(1.90, abs=0.01)
+    assert [sweep.loc[b, "verdict"] for b in (0.01, 0.1, 1.0)] == ["lower", "higher", "higher"]
+    # at the recorded beta the sweep is the study's own comparison
+    at_recorded = common.compare_to_baselines(table, {"mlp": "layer"})
+    assert sweep.loc[0.1, "diff"] == pytest.approx(float(at_recorded["diff"].iloc[0]))
+    with pytest.raises(ValueError, match="betas"):
+        common.beta_sweep(table, {"mlp": "layer"}, betas=(-0.1,))
