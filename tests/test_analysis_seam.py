@@ -208,3 +208,21 @@ def test_out_of_memory_in_the_capture_is_resource_exceeded_not_a_data_error(data
     with pytest.raises(errors.ResourceExceeded, match=r"lower batch_size \(now 64\)") as info:
         _run(data, "binning:n_bins=5")
     assert isinstance(info.value, MemoryError) and "cannot take" not in str(info.value)
+
+
+def test_data_an_estimator_refuses_is_a_flagged_nan_row_not_a_crash():
+    """Token ids as X (one row per class) are data Ross's KSG refuses: that quantity is a NaN
+    row with the refusal in its flag, the rest of the run goes on."""
+    from ibtools.models.gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(n_layer=1, n_embd=16, n_head=2, block_size=16)
+    with pytest.warns(UserWarning, match="EstimatorRefused: x: every class has a single sample"):
+        table = ibtools.analyze({"gpt": model}, data="text", estimators=["ksg:k=3"],
+                                max_samples=120, progress=False)
+    assert table["i_xt"].isna().all() and table["i_ty"].notna().all()
+    assert table["flag_text"].str.contains("I\\(X;T\\) not computed").all()
+    with pytest.raises(errors.EstimatorRefused, match="k=40 is more than a quarter"):
+        ibtools.mutual_information(np.random.default_rng(0).normal(size=(100, 1)),
+                                   np.random.default_rng(1).normal(size=(100, 1)),
+                                   method="ksg", k=40)

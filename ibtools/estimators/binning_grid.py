@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ibtools.errors import EstimatorRefused
 from ibtools.estimators.base import chunk_rows, default_memory_budget
 
 # Odd 64-bit multiplier (the golden-ratio constant) of the polynomial row hash, as int64.
@@ -125,7 +126,7 @@ def make_grid(t: torch.Tensor, strategy: str, n_bins: int, bin_width, value_rang
         first, last = math.floor(low / bin_width), math.floor(high / bin_width)
         count = last - first + 1
         if count > MAX_BINS:
-            raise ValueError(f"bin_width={bin_width!r} gives {count} bins over the data range "
+            raise EstimatorRefused(f"bin_width={bin_width!r} gives {count} bins over the data range "
                              f"[{low:.6g}, {high:.6g}]; at most {MAX_BINS} bins per unit are "
                              f"supported. Use a larger bin_width")
         return BinGrid("width", count, first * bin_width, (last + 1) * bin_width, bin_width,

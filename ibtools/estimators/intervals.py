@@ -44,6 +44,8 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+
+from ibtools.errors import EstimatorRefused
 from scipy import stats
 
 #: The bias is said to dominate an interval when it exceeds this many sampling sds.
@@ -150,7 +152,7 @@ class Subsample(ResamplingScheme):
 
     def check(self, n, m):
         if m >= n:
-            raise ValueError(f"n={n} is too small for a subsampling interval")
+            raise EstimatorRefused(f"n={n} is too small for a subsampling interval")
 
     def draw(self, tensors, n, m, g, device):
         idx = torch.randperm(n, generator=g)[:m].to(device)
@@ -161,7 +163,7 @@ class Subsample(ResamplingScheme):
         m = int(rows_resample or n // 2)
         excess = 1.0 / m - 1.0 / n
         if excess <= 0:
-            raise ValueError(f"subsets of {m} rows of n={n} cannot give an interval")
+            raise EstimatorRefused(f"subsets of {m} rows of n={n} cannot give an interval")
         scale = math.sqrt((1.0 / n_point) / excess)
         sd = float(arr.std(ddof=1)) * scale
         # bias(r) = c / r: subsets of m rows are off by c (1/m - 1/n_point) from the value

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from ibtools.errors import EstimatorRefused
 from ibtools.estimators import resolution
 from ibtools.estimators.base import Estimator, check_choice, check_positive
 from ibtools.estimators.determinism import not_a_function_flag
@@ -246,7 +247,7 @@ class KDE(Estimator):
         if y_discrete:
             return self._mi_discrete(x, y)
         if not self.deterministic:
-            raise ValueError(
+            raise EstimatorRefused(
                 "method='kde' on two continuous arrays measures I(X;T) only when T (the second "
                 "argument) is a deterministic function of X, such as a layer's output for input "
                 "X: it returns H(T+Z) - H(Z) and uses X only to pair the rows, so for any other "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ibtools.errors import EstimatorRefused
 from ibtools.estimators.base import Estimator, check_choice, check_int, check_positive
 from ibtools.estimators.neighbours import (
     BACKENDS,
@@ -175,7 +176,7 @@ class KSG(Estimator):
         super()._check_n(n)
         k = int(self.k)
         if k > K_MAX_FRACTION * n:
-            raise ValueError(
+            raise EstimatorRefused(
                 f"k={k} is more than a quarter of the n={n} rows: each kNN ball then holds "
                 f"much of the sample and KSG reads near 0 whatever the dependence (k=450 of "
                 f"n=500 gives 0.017 nats for a true 0.69); use k <= {int(K_MAX_FRACTION * n)} "
@@ -268,7 +269,7 @@ class KSG(Estimator):
         n = int(xs.shape[0])
         if n < 2 or int((sizes > 1).sum()) == 0:
             name = self._user_name("y")
-            raise ValueError(f"{name}: every class has a single sample (n={n_all}); Ross's KSG "
+            raise EstimatorRefused(f"{name}: every class has a single sample (n={n_all}); Ross's KSG "
                              f"needs classes with at least 2 samples. {name} was read as class "
                              f"labels (strings, and integers of one column, are labels); if it "
                              f"holds measurements, pass it as floats (or discrete_{name}=False "
@@ -321,7 +322,7 @@ class KSG(Estimator):
         eps, _ = knn_distance(xs, k, backend, self._budget(x.device))
         zero = int((eps <= 0).sum())
         if zero:
-            raise ValueError(f"x has {zero} rows whose {k} nearest neighbours are exact "
+            raise EstimatorRefused(f"x has {zero} rows whose {k} nearest neighbours are exact "
                              f"duplicates, so the Kozachenko-Leonenko log-radius is -inf; "
                              f"use noise > 0 (now noise={self.noise!r}) or a larger k")
         value = (_digamma(n) - _digamma(k) + d * float(torch.log(2 * eps).mean()) + log_scale)

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from ibtools.errors import EstimatorRefused
 from ibtools.estimators.base import Estimator, check_int, check_positive
 from ibtools.estimators.kde import SATURATION_FRACTION, gaussian_noise_entropy
 from ibtools.estimators.mixture_sampling import (
@@ -294,7 +295,7 @@ class MixtureEntropy(Estimator):
         if self.noisy_x:
             return self._mi_chain(x, y, rng)
         if not self.deterministic:
-            raise ValueError(
+            raise EstimatorRefused(
                 "method='mixture' on two continuous arrays measures I(X; T+Z) only when T (the "
                 "second argument) is a deterministic function of X, such as a layer's output "
                 "for input X: it returns H(T+Z) - H(Z) and uses X only to pair the rows. Pass "

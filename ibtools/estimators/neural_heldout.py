@@ -21,6 +21,7 @@ import math
 import numpy as np
 import torch
 
+from ibtools.errors import EstimatorRefused
 from ibtools.estimators.base import Estimator, check_choice, check_int, check_positive
 from ibtools.estimators.neural_training import (
     SMOOTHING_WINDOW,
@@ -109,7 +110,7 @@ class HeldOutEstimator(Estimator):
         super()._check_n(n)
         if self.ci in ("heldout", "auto") and self._split_sizes(n)[2] < 2:
             n_val, b_eval, _ = self._split_sizes(n)
-            raise ValueError(f"ci={self.ci!r} needs at least 2 held-out batches, but n={n} with "
+            raise EstimatorRefused(f"ci={self.ci!r} needs at least 2 held-out batches, but n={n} with "
                              f"val_fraction={self.val_fraction} holds out {n_val} rows, one batch "
                              f"of batch_size={b_eval}; use a smaller batch_size, a larger "
                              f"val_fraction, or ci='seeds'")

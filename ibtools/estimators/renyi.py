@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from ibtools.errors import EstimatorRefused
 from ibtools.estimators.base import Estimator, check_int, check_positive
 from ibtools.estimators.intervals import hsic_null
 
@@ -305,7 +306,7 @@ class MatrixRenyi(Estimator):
         largest = math.isqrt(budget // (8 * n_matrices))
         given = ("memory_budget=None (default " + _mib(budget) + f" on {device.type})"
                  if self.memory_budget is None else f"memory_budget={self.memory_budget!r}")
-        raise ValueError(
+        raise EstimatorRefused(
             f"renyi with max_samples={self.max_samples} would work on {m} rows: {n_matrices} "
             f"float64 matrices of {m} x {m} need {_mib(need)}, more than {given}; lower "
             f"max_samples to at most {largest} (rows are then subsampled, flagged) or raise "
