@@ -1,13 +1,12 @@
 """The row-wise half of the mixture estimator's Monte Carlo, fused and compiled with numba.
 
-:class:`~ibtools.estimators.mixture_sampling.MixtureExponents` gets a block of draws'
-exponents against every centre from one matmul.  In eager torch the log-sum-exp of a row
-then takes four passes over the block (max, shift and clamp, exponential, sum), and the
-quadratic control variate a fifth and a top-k.  Here :func:`row_logsumexp` does the first in
-two reads of a row (its maximum, then the sum of ``2^((x - max) log2 e)`` with KDE's
-vectorisable :func:`~ibtools.estimators._kde_numba.exp2f`), and :func:`pair_top` finds the k
-largest half-sums of an antithetic pair's two rows in one read, keeping a small buffer per
-row.  Both run in parallel over rows.
+:class:`~ibtools.estimators.mixture_sampling.MixtureExponents` gets a block of antithetic
+pairs' exponents against every centre from one matmul.  In eager torch the log-sum-exp of a
+row then takes four passes over the block (max, shift and clamp, exponential, sum), and the
+quadratic control variate a fifth and a top-k.  Here :func:`pair_rows` takes the two rows of
+a pair together: one read finds both maxima and the k largest half-sums (a small buffer per
+pair), a second sums ``2^((x - max) log2 e)`` with KDE's vectorisable
+:func:`~ibtools.estimators._kde_numba.exp2f`.  It runs in parallel over pairs.
 
 Optional, as KDE's fused pass: used when numba is installed, on CPU, for float32 work.
 """
@@ -27,14 +26,6 @@ _LOG2E = 1.4426950408889634
 
 
 @njit(inline="always", fastmath=True, cache=True)
-def _row_max(row):
-    top = row[0]
-    for j in range(1, row.size):
-        top = max(top, row[j])
-    return top
-
-
-@njit(inline="always", fastmath=True, cache=True)
 def _shifted_sum(row, top):
     """``sum_j 2^max((row[j] - top) log2 e, MIN_EXPONENT)`` in float32 (one vector loop)."""
     lo = np.float32(MIN_EXPONENT)
@@ -45,25 +36,23 @@ def _shifted_sum(row, top):
     return part
 
 
+@njit(inline="always", cache=True)
+def _lowest(vals):
+    low = 0
+    for m in range(1, vals.size):
+        if vals[m] < vals[low]:
+            low = m
+    return low
+
+
 @njit(parallel=True, fastmath=True, cache=True)
-def row_logsumexp(rows, out):
-    """``out[i] = ln sum_j exp(rows[i, j])`` (float64) for float32 ``rows`` (b, n): the
-    row's maximum, then its shifted sum, float32 within tiles of ``TILE`` columns."""
-    b, n = rows.shape
-    for i in prange(b):
-        row = rows[i]
-        top = _row_max(row)
-        total = 0.0
-        for j0 in range(0, n, TILE):
-            total += _shifted_sum(row[j0:min(n, j0 + TILE)], top)
-        out[i] = np.log(total) + top
-
-
-@njit(parallel=True, cache=True)
-def pair_top(rows, b, idx, top):
-    """For each pair ``i < b`` of rows ``i`` and ``b + i`` of float32 ``rows`` (2b, n), the
-    ``k = idx.shape[1]`` columns with the largest ``rows[i, j] + rows[b + i, j]`` (in no
-    order) into ``idx[i]`` (int64) and those sums into ``top[i]`` (float32)."""
+def pair_rows(rows, b, out, idx, top):
+    """For float32 ``rows`` (2b, n), rows ``i`` and ``b + i`` a pair: ``out[i] = ln sum_j
+    exp(rows[i, j])`` (float64) for all 2b rows, and for each pair ``i < b`` the ``k =
+    idx.shape[1]`` columns with the largest ``rows[i, j] + rows[b + i, j]`` (in no order)
+    into ``idx[i]`` (int64) and those sums into ``top[i]`` (float32).  Per pair one pass
+    finds both maxima and the k largest sums, a second the two shifted sums (float32 within
+    tiles of ``TILE`` columns)."""
     n = rows.shape[1]
     k = idx.shape[1]
     for i in prange(b):
@@ -71,21 +60,31 @@ def pair_top(rows, b, idx, top):
         minus = rows[b + i]
         ids = idx[i]
         vals = top[i]
+        top_p = plus[0]
+        top_m = minus[0]
         for j in range(k):
             vals[j] = plus[j] + minus[j]
             ids[j] = j
-        low = 0
-        for j in range(1, k):
-            if vals[j] < vals[low]:
-                low = j
+            top_p = max(top_p, plus[j])
+            top_m = max(top_m, minus[j])
+        low = _lowest(vals)
         floor = vals[low]
         for j in range(k, n):
-            s = plus[j] + minus[j]
+            p = plus[j]
+            q = minus[j]
+            top_p = max(top_p, p)
+            top_m = max(top_m, q)
+            s = p + q
             if s > floor:
                 vals[low] = s
                 ids[low] = j
-                low = 0
-                for m in range(1, k):
-                    if vals[m] < vals[low]:
-                        low = m
+                low = _lowest(vals)
                 floor = vals[low]
+        total_p = 0.0
+        total_m = 0.0
+        for j0 in range(0, n, TILE):
+            j1 = min(n, j0 + TILE)
+            total_p += _shifted_sum(plus[j0:j1], top_p)
+            total_m += _shifted_sum(minus[j0:j1], top_m)
+        out[i] = np.log(total_p) + top_p
+        out[b + i] = np.log(total_m) + top_m

@@ -83,7 +83,7 @@ class MixtureEntropy(Estimator):
         first ``min(n, 512)``, to measure the spread within a centre).  ``"auto"`` draws 2
         on each of ``min(n, 512)`` centres, then plans from the measured spreads the
         cheapest of more centres at 1 or 2 draws or every centre at r draws that brings
-        the standard error to ``mc_tolerance``, and replans at most four times, within
+        the standard error to ``mc_tolerance``, and replans at most six times, within
         ``max_mc`` draws.  Control variates with exactly known means (the noise's radius,
         the second-order term of each draw's log-sum-exp over its nearest centres, and
         per-centre distances from the middle of T for the choice of centres) are fitted

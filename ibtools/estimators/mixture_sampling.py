@@ -42,14 +42,17 @@ from ibtools.estimators.kde import _MATMUL_TOLERANCE, _matmul_dtype
 #: Centres (with two draws each) of the first round of ``n_mc="auto"``.
 PILOT_CENTRES = 512
 #: Rounds of ``n_mc="auto"``: a pilot, then at most this many corrections of the design.
-_MAX_ROUNDS = 4
+_MAX_ROUNDS = 6
+#: Share of the planned extra centres drawn before the design is replanned (all of them
+#: in the last round).
+_STEP_SHARE = 0.75
 #: Noise vectors per block on CPU.  Unlike KDE's blocks these are not sized to the cache:
 #: the matmul of a block runs faster on taller ones.  Measured (one thread, n = 10 000,
 #: 8000 vectors, seconds by rows 66 / 128 / 256 / 512 / 1024): d = 64: 1.39 / 1.20 / 1.15 /
 #: 1.29 / 1.85; d = 512: 6.69 / 5.84 / 4.64 / 4.51 / 4.77.
 CPU_ROWS = 512
 #: Margin on the planned number of draws (the pilot's variances are themselves estimates).
-_PLAN_MARGIN = 1.15
+_PLAN_MARGIN = 1.05
 #: Nearest centres (by exponent at z = 0) in the quadratic control variate.
 QUAD_NEIGHBOURS = 16
 #: Fewest draws, per control variate, before their coefficients are fitted (else none).
@@ -85,9 +88,9 @@ class MixtureExponents:
     For a draw ``u = t_c + z`` the row ``u . (t_j / s2) - |t_j|^2 / (2 s2)`` is, up to a
     term that is the same for every j, that exponent; subtracting the entry of the draw's
     own centre c gives ``e_j = (||u - t_c||^2 - ||u - t_j||^2) / (2 s2)``, exactly 0 at
-    j = c.  One matmul with the augmented centres ``[t_j / s2, -|t_j|^2 / (2 s2)]`` gives
-    the rows; the centres are centred first (exponent differences do not change, rounding
-    shrinks with the norms), and the matmul runs in float64 when float32 rounding could
+    j = c.  One matmul with the scaled centres ``t_j / s2`` plus the bias ``-|t_j|^2 / (2
+    s2)`` (an addmm) gives the rows; the centres are centred first (exponent differences do
+    not change, rounding shrinks with the norms), and the matmul runs in float64 when float32 rounding could
     move an exponent by more than ``tolerance`` (a tenth of the Monte Carlo error allowed:
     a systematic error that small is lost in the random one; see :func:`kde._matmul_dtype`).
     """
@@ -105,15 +108,17 @@ class MixtureExponents:
                                       reach / noise_var * _MATMUL_TOLERANCE / tolerance)
         tw = self.t.to(self.mm_dtype)
         sq = (tw * tw).sum(dim=1, keepdim=True)
-        self.right = torch.cat([tw / noise_var, -sq / (2.0 * noise_var)], dim=1).T.contiguous()
+        # the weights (d, n) and the bias row (1, n) apart: one addmm, whose inner size is
+        # then d (a multiple of the vector width in the usual cases) rather than d + 1
+        self.weights = (tw / noise_var).T.contiguous()
+        self.bias = (-sq / (2.0 * noise_var)).T.contiguous()
         self.n, self.d, self.noise_var = n, d, float(noise_var)
 
     def rows(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The (b, n) matmul rows of draws ``t_c + z``, before the own centre's entry is
         subtracted (float64 if the matmul is)."""
         u = self.t[c].to(self.mm_dtype) + z.to(self.mm_dtype)
-        ones = torch.ones(u.shape[0], 1, dtype=self.mm_dtype, device=u.device)
-        return torch.cat([u, ones], dim=1) @ self.right                   # (b, n)
+        return torch.addmm(self.bias, u, self.weights)                     # (b, n)
 
     def exponents(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``e`` of shape (b, n) for draws ``t_c + z`` (float64 if the matmul is)."""
@@ -188,8 +193,7 @@ def pair_pmi(mix: MixtureExponents, c: torch.Tensor, z: torch.Tensor, log_n: flo
     top = torch.empty(b, k, dtype=torch.float32)
     kernels = _KERNELS.module()
     with _jit.kernel_call():
-        kernels.row_logsumexp(raw.numpy(), lse.numpy())
-        kernels.pair_top(raw.numpy(), b, idx.numpy(), top.numpy())
+        kernels.pair_rows(raw.numpy(), b, lse.numpy(), idx.numpy(), top.numpy())
     pmi = log_n - (lse - own.to(torch.float64))
     own_sum = (own[:b].to(torch.float64) + own[b:].to(torch.float64))[:, None]
     w = 0.5 * ((raw[:b].gather(1, idx) - raw[b:].gather(1, idx)).to(torch.float64)
@@ -433,7 +437,7 @@ def run_design(n: int, columns: int, draw, *, rng: torch.Generator, device: torc
     if max(float(stats[1][col]) for col in watch) <= tolerance:
         return design  # the pilot is enough: no centre covariates needed
     design.adjust_centres, design._stats = True, None
-    for _ in range(_MAX_ROUNDS):
+    for step in range(_MAX_ROUNDS):
         stats = design.stats()
         k = max(watch, key=lambda col: float(stats[1][col]))  # the column furthest off
         _, se, between, within = (float(v[k]) for v in stats)
@@ -442,6 +446,10 @@ def run_design(n: int, columns: int, draw, *, rng: torch.Generator, device: torc
         m, r = plan(design, between, within, tolerance, max_mc)
         if m <= design.m and r <= int(design.counts[design.order[:design.m]].min()):
             break
+        if step < _MAX_ROUNDS - 1 and design.m < m < n:
+            # a planned size from the pilot alone tends to overshoot (the covariates' and
+            # control variates' fits improve with the draws): go part of the way, replan
+            m = design.m + math.ceil(_STEP_SHARE * (m - design.m))
         design.extend(m, r, block, draw)
     return design
 
