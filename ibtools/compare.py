@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ibtools.errors import InputError
+
 __all__ = ["ALPHA", "CORRECTIONS", "MIN_EFFECT_NATS", "VERDICTS", "adjust_pvalues",
            "compare_cells", "compare_to_reference", "summarize", "welch"]
 
@@ -44,12 +46,12 @@ VERDICTS = ("higher", "lower", "no difference", "below effect size", "not comput
 
 def _check(alpha, min_effect, correction):
     if not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+        raise InputError(f"alpha must be a number in (0, 1), got {alpha!r}")
     if not isinstance(min_effect, (int, float)) or not min_effect >= 0 or math.isinf(min_effect):
-        raise ValueError(f"min_effect must be a finite number >= 0 (in the value's unit), "
+        raise InputError(f"min_effect must be a finite number >= 0 (in the value's unit), "
                          f"got {min_effect!r}")
     if correction not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+        raise InputError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> dict:
@@ -120,7 +122,7 @@ def adjust_pvalues(p: Sequence[float], correction: str = "holm") -> np.ndarray:
         Adjusted p-values, capped at 1, in the input order.
     """
     if correction not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+        raise InputError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
     p = np.asarray(p, dtype=float)
     out = np.full_like(p, np.nan)
     tested = np.flatnonzero(~np.isnan(p))
@@ -216,9 +218,9 @@ def compare_to_reference(table: pd.DataFrame, *, variant: str, reference, cell: 
     """
     missing = [c for c in [variant, value, *cell] if c not in table.columns]
     if missing:
-        raise ValueError(f"table lacks the column(s) {missing}; it has {list(table.columns)}")
+        raise InputError(f"table lacks the column(s) {missing}; it has {list(table.columns)}")
     if reference not in set(table[variant]):
-        raise ValueError(f"reference={reference!r} is not a value of column {variant!r}; "
+        raise InputError(f"reference={reference!r} is not a value of column {variant!r}; "
                          f"values: {sorted(map(str, table[variant].unique()))}")
     cell = list(cell)
     base = {k if isinstance(k, tuple) else (k,): g[value].to_numpy()

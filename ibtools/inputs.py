@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ibtools import run_directory
+from ibtools.errors import InputError, InputTypeError
 
 
 @dataclass(frozen=True)
@@ -44,16 +45,16 @@ class NamedCheckpoint:
 
 def _check_name(name) -> str:
     if not isinstance(name, str) or not name.strip():
-        raise TypeError(f"checkpoints: a dict's keys name the models and must be non-empty "
-                        f"strings; got {name!r}")
+        raise InputTypeError(f"checkpoints: a dict's keys name the models and must be non-empty "
+                             f"strings; got {name!r}")
     return name
 
 
 def _check_item(item, where: str):
     if isinstance(item, (nn.Module, str, os.PathLike)):
         return item
-    raise TypeError(f"checkpoints: {where} is a {type(item).__name__}; give a checkpoint path, "
-                    f"an nn.Module, a list of them or a dict {{name: model or path}}")
+    raise InputTypeError(f"checkpoints: {where} is a {type(item).__name__}; give a checkpoint "
+                         f"path, an nn.Module, a list of them or a dict {{name: model or path}}")
 
 
 def normalize_checkpoints(checkpoints) -> list:
@@ -76,9 +77,9 @@ def normalize_checkpoints(checkpoints) -> list:
         try:
             items = list(checkpoints)
         except TypeError:
-            raise TypeError(f"checkpoints must be a path, an nn.Module, a list of them or a "
-                            f"dict {{name: model or path}}; got a "
-                            f"{type(checkpoints).__name__}") from None
+            raise InputTypeError(f"checkpoints must be a path, an nn.Module, a list of them or a "
+                                 f"dict {{name: model or path}}; got a "
+                                 f"{type(checkpoints).__name__}") from None
         out = [_check_item(c, f"item {i}") for i, c in enumerate(items)]
         taken = {str(c) for c in out if not isinstance(c, nn.Module)}
         counts: dict[str, int] = {}
@@ -92,7 +93,7 @@ def normalize_checkpoints(checkpoints) -> list:
                 taken.add(name)
                 out[i] = NamedCheckpoint(name, c)
     if not out:
-        raise ValueError("checkpoints is empty; give at least one checkpoint path or model")
+        raise InputError("checkpoints is empty; give at least one checkpoint path or model")
     return out
 
 
@@ -158,15 +159,15 @@ def resolve_data(data, *, model, split: str, seed: int):
     if isinstance(data, str):
         return load_dataset(data, model=model, split=split, seed=seed)
     if isinstance(data, (Path, os.PathLike)):
-        raise TypeError(f"data={os.fspath(data)!r} is a path; give a spec such as "
-                        f"'npz:{os.fspath(data)}'")
+        raise InputTypeError(f"data={os.fspath(data)!r} is a path; give a spec such as "
+                             f"'npz:{os.fspath(data)}'")
     _warn_if_shuffled(data)
     try:
         return as_analysis_data(data, model=model)
     except TypeError as exc:
-        raise TypeError(f"data: {type(data).__name__} is not accepted; give a spec string, a "
-                        f"tuple (inputs, targets) of tensors or arrays, or a DataLoader / "
-                        f"iterable of (inputs, targets) batches") from exc
+        raise InputTypeError(f"data: {type(data).__name__} is not accepted; give a spec string, a "
+                             f"tuple (inputs, targets) of tensors or arrays, or a DataLoader / "
+                             f"iterable of (inputs, targets) batches") from exc
 
 
 def _warn_if_shuffled(data) -> None:

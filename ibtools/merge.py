@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ibtools import results as results_io
+from ibtools.errors import InputError, InputTypeError
 
 ON_DUPLICATE = ("warn", "error")
 #: What identifies a row across runs.
@@ -36,15 +37,15 @@ class MergeWarning(UserWarning):
 
 def _read(run) -> pd.DataFrame:
     if not isinstance(run, (str, os.PathLike)):
-        raise TypeError(f"runs: each run must be a directory or results file path; got "
-                        f"{type(run).__name__}")
+        raise InputTypeError(f"runs: each run must be a directory or results file path; got "
+                             f"{type(run).__name__}")
     table = results_io.load_results(run)
     if len(table) == 0:
-        raise ValueError(f"run {os.fspath(run)!r} holds no rows")
+        raise InputError(f"run {os.fspath(run)!r} holds no rows")
     missing = [c for c in ("checkpoint", "layer", "layer_index", "setting", "beta")
                if c not in table.columns]
     if missing:
-        raise ValueError(f"run {os.fspath(run)!r} is not a results table: it lacks the "
+        raise InputError(f"run {os.fspath(run)!r} is not a results table: it lacks the "
                          f"column(s) {missing}")
     return table
 
@@ -99,10 +100,10 @@ def merge_tables(tables: list[pd.DataFrame], names: list[str], *,
                  on_duplicate: str = "warn") -> pd.DataFrame:
     """:func:`merge_runs` on tables already read; ``names`` label their ``run`` column."""
     if on_duplicate not in ON_DUPLICATE:
-        raise ValueError(f"on_duplicate={on_duplicate!r} is not accepted; use one of "
+        raise InputError(f"on_duplicate={on_duplicate!r} is not accepted; use one of "
                          f"{list(ON_DUPLICATE)}")
     if len(tables) != len(names):
-        raise ValueError(f"{len(tables)} tables but {len(names)} names")
+        raise InputError(f"{len(tables)} tables but {len(names)} names")
     parts = []
     for table, name in zip(tables, names):
         table = table.copy()
@@ -121,7 +122,7 @@ def merge_tables(tables: list[pd.DataFrame], names: list[str], *,
         message = (f"{int(dup.sum())} row(s) of run(s) {runs} are already held by an earlier "
                    f"run (same {', '.join(key)}; e.g. {example})")
         if on_duplicate == "error":
-            raise ValueError(f"{message}; give each run once, or on_duplicate='warn' "
+            raise InputError(f"{message}; give each run once, or on_duplicate='warn' "
                              f"(--on-duplicate warn) to keep the first run's rows")
         warnings.warn(f"{message}; keeping the first run's rows. Name models distinctly if "
                       f"they are different models", MergeWarning, stacklevel=3)
@@ -162,10 +163,10 @@ def merge_runs(runs, *, on_duplicate: str = "warn") -> pd.DataFrame:
         runs = [runs]
     runs = list(runs)
     if not runs:
-        raise ValueError("runs is empty; give at least one run directory or results file")
+        raise InputError("runs is empty; give at least one run directory or results file")
     names = [os.fspath(r) if isinstance(r, (str, os.PathLike)) else r for r in runs]
     if len(set(map(str, names))) < len(names):
-        raise ValueError(f"runs lists a run twice: {names}")
+        raise InputError(f"runs lists a run twice: {names}")
     return merge_tables([_read(r) for r in runs], [str(n) for n in names],
                         on_duplicate=on_duplicate)
 
@@ -193,16 +194,16 @@ def write_merged(runs, out_dir, *, on_duplicate: str = "warn", overwrite: bool =
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir={str(out)!r} exists and is not a directory")
+        raise InputError(f"out_dir={str(out)!r} exists and is not a directory")
     runs = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
     for run in runs:
         base = Path(run) if Path(run).is_dir() else Path(run).parent
         if out.exists() and base.resolve() == out.resolve():
-            raise ValueError(f"out_dir={str(out)!r} is one of the runs; merge into another "
+            raise InputError(f"out_dir={str(out)!r} is one of the runs; merge into another "
                              f"directory")
     held = [n for n in results_io.RESULT_FILES if (out / n).exists()]
     if held and not overwrite:
-        raise ValueError(f"out_dir={str(out)!r} already holds {held}; choose another directory "
+        raise InputError(f"out_dir={str(out)!r} already holds {held}; choose another directory "
                          f"or overwrite=True (--overwrite)")
     table = merge_runs(runs, on_duplicate=on_duplicate)
     paths = results_io.save_results(table, out)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.estimators.spec import EstimatorSpec
 
 #: The ``mode`` column's values.
@@ -72,20 +73,20 @@ def check_noise_std(noise_std) -> list | None:
     try:
         values = list(values)
     except TypeError:
-        raise TypeError(f"noise_std must be a number > 0 or a list of them (a sweep); got "
-                        f"{noise_std!r}") from None
+        raise InputTypeError(f"noise_std must be a number > 0 or a list of them (a sweep); got "
+                             f"{noise_std!r}") from None
     out = []
     for s in values:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) \
                 or s <= 0:
-            raise ValueError(f"noise_std: {s!r} is not accepted; each value must be a finite "
+            raise InputError(f"noise_std: {s!r} is not accepted; each value must be a finite "
                              f"number > 0 (the standard deviation of the Gaussian channel "
                              f"added at every measured layer), or leave noise_std unset")
         out.append(float(s))
     if not out:
-        raise ValueError("noise_std is an empty list; give at least one value > 0 or None")
+        raise InputError("noise_std is an empty list; give at least one value > 0 or None")
     if len(set(out)) != len(out):
-        raise ValueError(f"noise_std={out!r} repeats a value; give each once")
+        raise InputError(f"noise_std={out!r} repeats a value; give each once")
     return out
 
 
@@ -99,7 +100,7 @@ def expand_specs(specs: list, noise_std: list | None) -> list:
             settings = dict(spec.settings)
             if spec.method in CHANNEL_METHODS:
                 if settings.get("transform") not in (None, "none"):
-                    raise ValueError(
+                    raise InputError(
                         f"estimator {spec.label!r} with noise_std: the channel's S is in the "
                         f"layer's own units, but transform={settings['transform']!r} would "
                         f"rescale the activations first; drop the transform")

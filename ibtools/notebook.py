@@ -13,6 +13,8 @@ import html
 import json
 import math
 
+from ibtools.errors import InputError, InputTypeError
+
 __all__ = ["result_html", "estimator_html", "show", "ResultsView"]
 
 _TABLE = ("border-collapse:collapse;font-family:ui-monospace,Menlo,monospace;font-size:12px;"
@@ -121,9 +123,9 @@ class ResultsView:
         import pandas as pd
 
         if not isinstance(table, pd.DataFrame):
-            raise TypeError(f"table must be a results DataFrame; got {type(table).__name__}")
+            raise InputTypeError(f"table must be a results DataFrame; got {type(table).__name__}")
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-            raise ValueError(f"max_rows={max_rows!r} is not accepted; use an integer >= 1")
+            raise InputError(f"max_rows={max_rows!r} is not accepted; use an integer >= 1")
         # the flag column is "flag_text" in current tables and "flags" in older ones (pandas
         # shadows that name); the view calls it "flags" either way
         self._flag_column = "flag_text" if "flag_text" in table.columns else "flags"
@@ -134,7 +136,7 @@ class ResultsView:
             columns = [c for c in SHOW_COLUMNS if c in present]
         unknown = [c for c in columns if c not in present]
         if unknown:
-            raise ValueError(f"columns {unknown} are not in the table; it has "
+            raise InputError(f"columns {unknown} are not in the table; it has "
                              f"{sorted(map(str, present))}")
         self.table, self.columns, self.max_rows = table, list(columns), max_rows
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.schema import (  # noqa: F401  (re-exported)
     COLUMNS,
     FLAG_COLUMN,
@@ -42,7 +43,7 @@ def write_atomic(path, data) -> Path:
     same folder and one ``os.replace``, so a reader never sees a half-written file."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"path={str(path)!r} is a directory; give a file name")
+        raise InputError(f"path={str(path)!r} is a directory; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -113,30 +114,30 @@ def load_results(path) -> pd.DataFrame:
         or one such file.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or path; got {type(path).__name__}")
+        raise InputTypeError(f"path must be a str or path; got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
         found = [path / name for name in RESULT_FILES if (path / name).is_file()]
         if not found and (path / RESULTS_JOURNAL).is_file():
             return _journal_table(path)
         if not found:
-            raise ValueError(f"results directory {str(path)!r} holds none of "
+            raise InputError(f"results directory {str(path)!r} holds none of "
                              f"{list(RESULT_FILES)}; run `ibtools analyze ... --out {path}` first")
         path = found[0]
     elif not path.is_file():
-        raise ValueError(f"path={str(path)!r} does not exist; give a results directory or a "
+        raise InputError(f"path={str(path)!r} does not exist; give a results directory or a "
                          f"results file ({', '.join(RESULT_FILES)})")
     suffix = path.suffix.lower()
     readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet,
                ".json": lambda p: pd.read_json(p, orient="records")}
     if suffix not in readers:
-        raise ValueError(f"path={str(path)!r} has suffix {suffix!r}; accepted: .csv, .json, "
+        raise InputError(f"path={str(path)!r} has suffix {suffix!r}; accepted: .csv, .json, "
                          f".parquet")
     try:
         return rename_old_columns(readers[suffix](path))
     except (ValueError, OSError) as exc:  # pandas' parse errors are ValueErrors
         # pandas names neither the file nor that it is a results table
-        raise ValueError(f"{str(path)!r} cannot be read as a results table ({type(exc).__name__}: "
+        raise InputError(f"{str(path)!r} cannot be read as a results table ({type(exc).__name__}: "
                          f"{exc}); it is empty, damaged or not a {suffix[1:]} table") from exc
 
 
@@ -147,7 +148,7 @@ def _journal_table(out_dir: Path) -> pd.DataFrame:
 
     rows = read_journal(out_dir)
     if not rows:
-        raise ValueError(f"results directory {str(out_dir)!r} holds only {RESULTS_JOURNAL}, and "
+        raise InputError(f"results directory {str(out_dir)!r} holds only {RESULTS_JOURNAL}, and "
                          f"no row in it can be read; rerun `ibtools analyze ... --out {out_dir}`")
     warnings.warn(f"{str(out_dir)!r} holds no {RESULTS_CSV}: the run stopped before finishing "
                   f"a checkpoint; reading the {len(rows)} row(s) of {RESULTS_JOURNAL} (rerun "
@@ -208,18 +209,18 @@ def read_table_lines(path) -> tuple[list[str], list[tuple[int, dict]], list[tupl
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{str(path)!r} is not a results table: not UTF-8 text ({exc}); "
+        raise InputError(f"{str(path)!r} is not a results table: not UTF-8 text ({exc}); "
                          f"{advice}") from exc
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader, None)
     except csv.Error as exc:
-        raise ValueError(f"{str(path)!r} line 1 is not a CSV header ({exc}); {advice}") from exc
+        raise InputError(f"{str(path)!r} line 1 is not a CSV header ({exc}); {advice}") from exc
     if header and OLD_FLAG_COLUMN in header and FLAG_COLUMN not in header:
         header = [FLAG_COLUMN if c == OLD_FLAG_COLUMN else c for c in header]
     missing = [c for c in KEY if c not in (header or [])]
     if missing:
-        raise ValueError(f"{str(path)!r} is not a results table: its first line lacks the key "
+        raise InputError(f"{str(path)!r} is not a results table: its first line lacks the key "
                          f"column(s) {missing}; {advice}")
     rows, bad = [], []
     while True:
@@ -274,9 +275,9 @@ def load_config(out_dir) -> dict | None:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{str(path)!r} is not valid JSON ({exc})") from exc
+        raise InputError(f"{str(path)!r} is not valid JSON ({exc})") from exc
     if not isinstance(config, dict):
-        raise ValueError(f"{str(path)!r} must hold a JSON object; got {type(config).__name__}")
+        raise InputError(f"{str(path)!r} must hold a JSON object; got {type(config).__name__}")
     return config
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ibtools import results as results_io
+from ibtools.errors import InputError
 
 LOCK_FILE = ".ibtools.lock"
 #: Who holds the lock, written atomically once it is acquired and removed before release.
@@ -328,11 +329,11 @@ def run_directory_lock(out_dir, timeout=None):
 
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not timeout >= 0):
-        raise ValueError(f"lock_timeout={timeout!r} is not accepted; use None (wait) or a "
+        raise InputError(f"lock_timeout={timeout!r} is not accepted; use None (wait) or a "
                          f"number of seconds >= 0")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir={str(out)!r} exists and is not a directory")
+        raise InputError(f"out_dir={str(out)!r} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / LOCK_FILE))
     try:

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.models.checkpoint_format import MAX_PARAMETERS
 from ibtools.models.checkpoint_format import _check_plain as check_plain
 from ibtools.results import write_atomic
@@ -54,16 +55,16 @@ def norm_swap(model: nn.Module) -> dict | None:
         return None
     plain = [names[0] for names, m in norms if not isinstance(m, IBNormMixin)]
     if plain:
-        raise ValueError(f"model: {len(ib)} norm(s) are IBNorm but {len(plain)} are not (e.g. "
+        raise InputError(f"model: {len(ib)} norm(s) are IBNorm but {len(plain)} are not (e.g. "
                          f"{plain[:3]}); save_model can rebuild only a model whose norms "
                          f"swap_norms replaced all together")
     custom = [names[0] for names, m in ib if not isinstance(m.variant, str)]
     if custom:
-        raise ValueError(f"model: the IBNorm layer(s) {custom[:3]} use a Python callable as "
+        raise InputError(f"model: the IBNorm layer(s) {custom[:3]} use a Python callable as "
                          f"variant, which cannot be stored as data; use 'S', 'L' or 'T'")
     kinds = {(m.variant, m.order) for _, m in ib}
     if len(kinds) > 1:
-        raise ValueError(f"model: its IBNorm layers differ in (variant, order): "
+        raise InputError(f"model: its IBNorm layers differ in (variant, order): "
                          f"{sorted(kinds)}; save_model can rebuild only one swap")
     variant, order = kinds.pop()
     return {"to": f"ib-{variant}", "order": order}
@@ -96,9 +97,9 @@ def save_model(model: nn.Module, path, *, arch: str, arch_kwargs: Mapping | None
     from ibtools.norms import describe_norms
 
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        raise InputTypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if not isinstance(arch, str) or ":" not in arch:
-        raise ValueError(f"arch={arch!r} is not accepted; give the string that builds the model: "
+        raise InputError(f"arch={arch!r} is not accepted; give the string that builds the model: "
                          f"'ibtools:<name>', 'hf:DIR', 'torchvision:<name>', 'timm:<name>' or "
                          f"'package.module:factory'")
     swap = norm_swap(model)
@@ -160,9 +161,9 @@ def load_saved_model(path, *, arch=None, trust_code: bool = False, strict: bool 
     obj = read_saved_model(path)
     where = f"checkpoint={os.fspath(path)!r}"
     if obj is None:
-        raise ValueError(f"{where} is not a file ibtools.save_model wrote")
+        raise InputError(f"{where} is not a file ibtools.save_model wrote")
     if obj.get("version") != SAVED_VERSION:
-        raise ValueError(f"{where} has format version {obj.get('version')!r}; this ibtools "
+        raise InputError(f"{where} has format version {obj.get('version')!r}; this ibtools "
                          f"reads version {SAVED_VERSION}")
     if arch is None:
         arch = stored_arch(obj.get("arch"), where=where, trust_code=trust_code)

@@ -12,6 +12,8 @@ table's ``unit`` (``"nats"`` as written by the analysis, ``"bits"`` after a conv
 
 from __future__ import annotations
 
+from ibtools.errors import InputError
+
 #: Columns every results table has, in display order.
 COLUMNS = [
     "checkpoint", "model", "norm", "lam", "seed", "step", "layer", "layer_index",
@@ -72,7 +74,7 @@ NUMERIC_COLUMNS = INFORMATION_COLUMNS + (
 def interval_of(quantity: str) -> tuple[str, str]:
     """The (low, high) interval columns of an information quantity (``"i_xt"``, ...)."""
     if quantity not in INTERVALS:
-        raise ValueError(f"quantity={quantity!r} has no interval columns; use one of "
+        raise InputError(f"quantity={quantity!r} has no interval columns; use one of "
                          f"{list(INTERVALS)}")
     return INTERVALS[quantity]
 

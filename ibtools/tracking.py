@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ibtools import results as results_io
+from ibtools.errors import InputError, InputTypeError
 from ibtools.estimators import get_estimator_class
 from ibtools.estimators.spec import parse_estimator_specs
 from ibtools.tracking_files import open_run_directory, tensorboard_writer
@@ -85,7 +86,7 @@ class Tracker:
         from ibtools.probes.layers import select_layers
 
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+            raise InputTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         self.every = _check_int(every, "every", 1)
         self.max_samples = _check_int(max_samples, "max_samples", 10)
         self.seed = _check_int(seed, "seed", 0)
@@ -134,25 +135,25 @@ class Tracker:
         from ibtools.analysis import REFERENCES, _check_betas
 
         if reference not in REFERENCES:
-            raise ValueError(f"reference={reference!r} is not accepted; use one of "
+            raise InputError(f"reference={reference!r} is not accepted; use one of "
                              f"{list(REFERENCES)}")
         if pool not in (None, "mean", "last"):
-            raise ValueError(f"pool={pool!r} is not accepted; use None, 'mean' or 'last'")
+            raise InputError(f"pool={pool!r} is not accepted; use None, 'mean' or 'last'")
         if ci not in (None, "auto"):
-            raise ValueError(f"ci={ci!r} is not accepted; use None or 'auto'")
+            raise InputError(f"ci={ci!r} is not accepted; use None or 'auto'")
         if not any(background is b for b in _BACKGROUNDS):
-            raise ValueError(f"background={background!r} is not accepted; use False, "
+            raise InputError(f"background={background!r} is not accepted; use False, "
                              f"'thread' (or True) or 'process'")
         self.background = "thread" if background is True else background
         self.specs = parse_estimator_specs(list(estimators) if estimators is not None
                                            else list(DEFAULT_ESTIMATORS))
         if not self.specs:
-            raise ValueError("estimators is empty; give at least one estimator spec")
+            raise InputError("estimators is empty; give at least one estimator spec")
         # estimators whose model initialisation forks the process-wide torch RNG: from a
         # worker thread that would race with the training thread's random draws
         risky = [s.method for s in self.specs if get_estimator_class(s.method).forks_global_rng]
         if self.background == "thread" and risky:
-            raise ValueError(f"background={background!r} cannot run {risky}: their model "
+            raise InputError(f"background={background!r} cannot run {risky}: their model "
                              f"initialisation uses the process-wide torch RNG, which a worker "
                              f"thread would share with training; use background='process' "
                              f"or False for them")
@@ -212,9 +213,9 @@ class Tracker:
             raise RuntimeError("the tracker is closed; create a new one with ibtools.track")
         for key, value in metrics.items():
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise TypeError(f"metric {key}={value!r} is not accepted; metrics are numbers")
+                raise InputTypeError(f"metric {key}={value!r} is not accepted; metrics are numbers")
             if key in results_io.COLUMNS:
-                raise ValueError(f"metric name {key!r} is a results-table column; choose "
+                raise InputError(f"metric name {key!r} is a results-table column; choose "
                                  f"another name (e.g. train_loss)")
         self._raise_background_error()
         with self._lock:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from ibtools import results as results_io
+from ibtools.errors import InputError, InputTypeError
 
 #: Settings whose change makes a tracked directory's old rows incomparable.
 RUN_KEYS = ("probe_data", "layers", "estimators", "reference", "max_samples", "seed", "pool",
@@ -19,7 +20,7 @@ def open_run_directory(out, stack, settings: dict, overwrite: bool, resume: bool
     from ibtools import run_directory
 
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out={str(out)!r} exists and is not a directory")
+        raise InputError(f"out={str(out)!r} exists and is not a directory")
     stack.enter_context(run_directory.run_directory_lock(out, timeout=0))
     files = [out / n for n in (*results_io.RESULT_FILES, results_io.RESULTS_JOURNAL)]
     if not any(f.exists() for f in files):
@@ -29,7 +30,7 @@ def open_run_directory(out, stack, settings: dict, overwrite: bool, resume: bool
             f.unlink(missing_ok=True)
         return []
     if not resume:
-        raise ValueError(f"out={str(out)!r} already holds results; pass resume=True to add to "
+        raise InputError(f"out={str(out)!r} already holds results; pass resume=True to add to "
                          f"them (a step measured again replaces its rows) or overwrite=True to "
                          f"start afresh")
     old = (results_io.load_config(out) or {}).get("settings", {})
@@ -37,7 +38,7 @@ def open_run_directory(out, stack, settings: dict, overwrite: bool, resume: bool
               != json.dumps(settings.get(k), default=str)]
     if differ:
         detail = "; ".join(f"{k}: {old.get(k)!r} there, {settings[k]!r} now" for k in differ)
-        raise ValueError(f"out={str(out)!r} holds results of other tracking settings "
+        raise InputError(f"out={str(out)!r} holds results of other tracking settings "
                          f"({detail}); use another directory or overwrite=True")
     rows = (results_io.load_results(out).to_dict("records")
             if any((out / n).exists() for n in results_io.RESULT_FILES) else [])
@@ -58,6 +59,6 @@ def tensorboard_writer(tensorboard, out):
         log_dir = None if out is None else str(out / "tensorboard")
         return SummaryWriter(log_dir=log_dir), True
     if not callable(getattr(tensorboard, "add_scalar", None)):
-        raise TypeError(f"tensorboard={tensorboard!r} is not accepted; use True, False or a "
-                        f"torch.utils.tensorboard.SummaryWriter")
+        raise InputTypeError(f"tensorboard={tensorboard!r} is not accepted; use True, False or a "
+                             f"torch.utils.tensorboard.SummaryWriter")
     return tensorboard, False

@@ -18,12 +18,14 @@ import time
 import numpy as np
 import torch
 
+from ibtools.errors import InputError
+
 __all__ = ["EstimationJob", "ProcessEstimator", "estimate_rows", "probe_set"]
 
 
 def check_int(value, name, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not accepted; use an integer >= {minimum}")
+        raise InputError(f"{name}={value!r} is not accepted; use an integer >= {minimum}")
     return int(value)
 
 
@@ -48,7 +50,7 @@ def probe_set(probe_data, model, split, seed, max_samples, pool):
             if seen >= 4 * max_samples:
                 break
         if not xs:
-            raise ValueError("probe_data yielded no batches")
+            raise InputError("probe_data yielded no batches")
         data = AnalysisData(torch.cat(xs), torch.cat(ys), kind=data.kind, name=data.name)
     per_sample = (int(data.inputs.shape[1]) if data.kind == "language" and pool is None else 1)
     wanted = math.ceil(max_samples / per_sample)

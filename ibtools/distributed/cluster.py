@@ -13,6 +13,8 @@ import logging
 
 import torch
 
+from ibtools.errors import InputError, InputTypeError
+
 INSTALL_HINT = "pip install 'ibtools[dask]'"
 
 
@@ -36,9 +38,9 @@ def cluster_device(device) -> str:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise ValueError(f"device={device!r} is not a device; {accepted}") from exc
+        raise InputError(f"device={device!r} is not a device; {accepted}") from exc
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device={device!r} is not a device estimators run on; {accepted}")
+        raise InputError(f"device={device!r} is not a device estimators run on; {accepted}")
     return str(dev)
 
 
@@ -51,8 +53,8 @@ def check_executor(executor, device) -> str:
         Client = None
     if Client is None or not isinstance(executor, Client):
         hint = f" (dask.distributed is not installed: {INSTALL_HINT})" if Client is None else ""
-        raise TypeError(f"executor={executor!r} is not accepted; give a dask.distributed.Client "
-                        f"or None to run in this process{hint}")
+        raise InputTypeError(f"executor={executor!r} is not accepted; give a "
+                             f"dask.distributed.Client or None to run in this process{hint}")
     return cluster_device(device)
 
 
@@ -67,13 +69,13 @@ def local_cluster_options(n_workers, device, n_gpus: int) -> dict:
     thread each; with a CUDA device each worker holds the resource ``GPU: 1``, and more
     workers than this machine has GPUs are refused."""
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-        raise ValueError(f"workers={n_workers!r} is not accepted; use an integer >= 1")
+        raise InputError(f"workers={n_workers!r} is not accepted; use an integer >= 1")
     options = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
                "dashboard_address": ":0"}
     device = cluster_device(device)
     if device.startswith("cuda") or (device == "auto" and n_gpus > 0):
         if n_workers > n_gpus:
-            raise ValueError(f"workers={n_workers} with device={device!r}: this machine has "
+            raise InputError(f"workers={n_workers} with device={device!r}: this machine has "
                              f"{n_gpus} CUDA device(s) and each worker takes one; use at most "
                              f"{n_gpus} workers, or device='cpu'")
         options["resources"] = {"GPU": 1}
@@ -157,7 +159,7 @@ def scheduler_client(address: str):
     try:
         client = distributed.Client(address, timeout="20s")
     except (OSError, TimeoutError) as exc:
-        raise ValueError(f"scheduler={address!r}: no Dask scheduler answered there ({exc}); "
+        raise InputError(f"scheduler={address!r}: no Dask scheduler answered there ({exc}); "
                          f"start one with `dask scheduler` and give its tcp://HOST:PORT") from exc
     with client:
         yield client
@@ -168,7 +170,7 @@ def cli_executor(workers, scheduler, device="auto"):
     """The Client ``ibtools analyze --workers N`` / ``--scheduler ADDRESS`` asks for (``None``
     for neither), closed on exit; a problem with the options is a ValueError naming them."""
     if workers is not None and scheduler is not None:
-        raise ValueError("give --workers or --scheduler, not both: --workers N starts a local "
+        raise InputError("give --workers or --scheduler, not both: --workers N starts a local "
                          "cluster, --scheduler ADDRESS uses a running one")
     if workers is None and scheduler is None:
         yield None
@@ -176,11 +178,11 @@ def cli_executor(workers, scheduler, device="auto"):
     option = f"--workers {workers}" if workers is not None else f"--scheduler {scheduler}"
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):
-        raise ValueError(f"--workers {workers} is not accepted; use an integer >= 1")
+        raise InputError(f"--workers {workers} is not accepted; use an integer >= 1")
     try:
         import_distributed()
     except ImportError as exc:
-        raise ValueError(f"{option}: {exc}") from None
+        raise InputError(f"{option}: {exc}") from None
     with (local_client(workers, device) if workers is not None
           else scheduler_client(scheduler)) as client:
         yield client

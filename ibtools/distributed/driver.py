@@ -16,6 +16,7 @@ from ibtools import run_directory
 from ibtools.distributed.cluster import task_resources
 from ibtools.distributed.tasks import (_GROUP_WORDS, ClusterJob, _group_task, _module_names,
                                        _plan_task)
+from ibtools.errors import InputTypeError
 
 #: Extra tries of a task that raised an unexpected error (OSError from a network file system,
 #: MemoryError on a crowded worker); a worker's death is counted by the scheduler instead.
@@ -76,9 +77,9 @@ def _scatter(client, value, what: str):
     try:
         return client.scatter([value], hash=False)[0]
     except Exception as exc:  # pickling errors come in many types
-        raise TypeError(f"{what}: a {type(value).__name__} cannot be sent to the Dask workers "
-                        f"({type(exc).__name__}: {exc}); give a data spec string or arrays, "
-                        f"or a checkpoint path the workers can read") from exc
+        raise InputTypeError(f"{what}: a {type(value).__name__} cannot be sent to the Dask workers "
+                             f"({type(exc).__name__}: {exc}); give a data spec string or arrays, "
+                             f"or a checkpoint path the workers can read") from exc
 
 
 def _task_source(client, ckpt, ident: str, fp):
@@ -90,9 +91,9 @@ def _task_source(client, ckpt, ident: str, fp):
         try:
             payload = pickle.dumps(ckpt.source)
         except Exception as exc:  # pickling errors come in many types
-            raise TypeError(f"checkpoints[{ckpt.name!r}]: the {type(ckpt.source).__name__} "
-                            f"cannot be sent to the Dask workers ({type(exc).__name__}: "
-                            f"{exc}); save it and give its path") from exc
+            raise InputTypeError(f"checkpoints[{ckpt.name!r}]: the {type(ckpt.source).__name__} "
+                                 f"cannot be sent to the Dask workers ({type(exc).__name__}: "
+                                 f"{exc}); save it and give its path") from exc
         return ("model", ckpt.name, _scatter(client, payload, f"checkpoints[{ckpt.name!r}]"))
     path = ident if fp is not None else os.fspath(ckpt.source if named else ckpt)
     return ("path", ckpt.name if named else None, path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import re
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.estimators.base import Estimator, EstimateResult
 from ibtools.estimators.transforms import TRANSFORMS, copula, standardize
 
@@ -62,12 +63,12 @@ def register(name: str, cls: type[Estimator] | None = None, *, replace: bool = F
     if cls is None:
         return lambda klass: register(name, klass, replace=replace)
     if not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_\-]*", name)):
-        raise ValueError(f"name={name!r} is not a method name; use lower case letters, digits, "
+        raise InputError(f"name={name!r} is not a method name; use lower case letters, digits, "
                          f"'_' or '-', starting with a letter (e.g. 'knife')")
     if not (isinstance(cls, type) and issubclass(cls, Estimator)):
-        raise TypeError(f"cls={cls!r} is not a subclass of ibtools.estimators.Estimator")
+        raise InputTypeError(f"cls={cls!r} is not a subclass of ibtools.estimators.Estimator")
     if name in _METHODS and not replace:
-        raise ValueError(f"method {name!r} is already registered; pass replace=True to "
+        raise InputError(f"method {name!r} is already registered; pass replace=True to "
                          f"replace it")
     if not cls.name:
         cls.name = name
@@ -83,7 +84,7 @@ def registered_methods() -> tuple:
 def get_estimator_class(method: str) -> type[Estimator]:
     """The estimator class registered under ``method``."""
     if not isinstance(method, str) or method.lower() not in _METHODS:
-        raise ValueError(f"method={method!r} is not known; use one of {list(_METHODS)}")
+        raise InputError(f"method={method!r} is not known; use one of {list(_METHODS)}")
     entry = _METHODS[method.lower()]
     if isinstance(entry, type):
         return entry

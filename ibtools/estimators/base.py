@@ -21,7 +21,12 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ibtools.errors import EstimatorRefused, NumericalFailure
+from ibtools.errors import (
+    EstimatorRefused,
+    InputError,
+    InputTypeError,
+    NumericalFailure,
+)
 from ibtools.estimators import _jit
 from ibtools.estimators.intervals import (
     PermutationNull,
@@ -132,22 +137,22 @@ class Estimator(Settings):
 
     def _check_common(self) -> None:
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
-            raise TypeError(f"seed must be an int; got {self.seed!r}")
+            raise InputTypeError(f"seed must be an int; got {self.seed!r}")
         resolve_dtype(self.dtype)
         if self.device is not None:
             resolve_device(self.device)
         if self.memory_budget is not None:
             parse_bytes(self.memory_budget)
         if self.ci is not None and self.ci != "auto" and self.ci not in self.interval_kinds:
-            raise ValueError(f"ci={self.ci!r} is not offered by {type(self).__name__}; use None, "
+            raise InputError(f"ci={self.ci!r} is not offered by {type(self).__name__}; use None, "
                              f"'auto' or one of {list(self.interval_kinds)}")
         check_int(self.n_resamples, "n_resamples", minimum=2)
         if self.n_permutations != "auto":
             check_int(self.n_permutations, "n_permutations", minimum=0)
         if not (isinstance(self.confidence, (float, int)) and 0 < self.confidence < 1):
-            raise ValueError(f"confidence={self.confidence!r} must be a number in (0, 1)")
+            raise InputError(f"confidence={self.confidence!r} must be a number in (0, 1)")
         if self.supports_transform and self.transform not in TRANSFORMS:
-            raise ValueError(f"transform={self.transform!r} is not accepted; use one of "
+            raise InputError(f"transform={self.transform!r} is not accepted; use one of "
                              f"{list(TRANSFORMS)}")
 
     def _check_settings(self) -> None:
@@ -164,11 +169,11 @@ class Estimator(Settings):
     def _mi(self, x: torch.Tensor, y: torch.Tensor, x_discrete: bool, y_discrete: bool,
             rng: torch.Generator):
         """Return ``(value_nats, details: dict, flags: list[str])``."""
-        raise TypeError(f"{type(self).__name__} does not estimate mutual information")
+        raise InputTypeError(f"{type(self).__name__} does not estimate mutual information")
 
     def _entropy(self, x: torch.Tensor, discrete: bool, rng: torch.Generator):
         """Return ``(value_nats, details: dict, flags: list[str])``."""
-        raise TypeError(f"{type(self).__name__} does not estimate entropy")
+        raise InputTypeError(f"{type(self).__name__} does not estimate entropy")
 
     def _min_samples(self) -> int:
         return 2
@@ -230,7 +235,7 @@ class Estimator(Settings):
         notes = [f for f in (label_like_flag(xt, "x", discrete_x),
                              label_like_flag(yt, "y", discrete_y)) if f]
         if xt.shape[0] != yt.shape[0]:
-            raise ValueError(f"x and y must have the same number of rows (samples); got "
+            raise InputError(f"x and y must have the same number of rows (samples); got "
                              f"x: {xt.shape[0]} and y: {yt.shape[0]}")
         n = int(xt.shape[0])
         self._check_n(n)

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.estimators.base import (
     Estimator,
     check_choice,
@@ -178,29 +179,29 @@ class Binning(Estimator):
         if resolution.is_auto(self.bin_width):
             self.bin_width = resolution.AUTO
             if self.strategy == "quantile":
-                raise ValueError("bin_width='auto' cannot be combined with strategy='quantile' "
+                raise InputError("bin_width='auto' cannot be combined with strategy='quantile' "
                                  "(equal-mass bins have no fixed width); use strategy='width' "
                                  "or 'uniform'")
         elif isinstance(self.bin_width, str):
-            raise TypeError(f"bin_width={self.bin_width!r} is not accepted; use a number > 0, "
+            raise InputTypeError(f"bin_width={self.bin_width!r} is not accepted; use a number > 0, "
                              f"'auto' (chosen from the data's scale) or None")
         elif self.bin_width is not None:
             check_positive(self.bin_width, "bin_width")
             if self.strategy == "quantile":
-                raise ValueError(f"bin_width={self.bin_width!r} cannot be combined with "
+                raise InputError(f"bin_width={self.bin_width!r} cannot be combined with "
                                  f"strategy='quantile' (equal-mass bins have no fixed width); "
                                  f"use n_bins, or strategy='width'")
         elif self.strategy == "width":
-            raise ValueError("strategy='width' needs bin_width (a number > 0); got None")
+            raise InputError("strategy='width' needs bin_width (a number > 0); got None")
         if self.range is not None:
             low, high = _check_range(self.range)
             if self.strategy == "quantile":
-                raise ValueError(f"range={self.range!r} cannot be combined with "
+                raise InputError(f"range={self.range!r} cannot be combined with "
                                  f"strategy='quantile' (its edges come from the data per unit)")
             if self.bin_width is not None and not resolution.is_auto(self.bin_width):
                 _width_bins(low, high, float(self.bin_width))
         if not isinstance(self.miller_madow, bool):
-            raise TypeError(f"miller_madow must be True or False; got {self.miller_madow!r}")
+            raise InputTypeError(f"miller_madow must be True or False; got {self.miller_madow!r}")
 
     @property
     def effective_strategy(self) -> str:

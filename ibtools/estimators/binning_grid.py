@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ibtools.errors import EstimatorRefused
+from ibtools.errors import EstimatorRefused, InputError, InputTypeError
 from ibtools.estimators.base import chunk_rows, default_memory_budget
 
 # Odd 64-bit multiplier (the golden-ratio constant) of the polynomial row hash, as int64.
@@ -55,18 +55,18 @@ def _check_range(value_range) -> tuple[float, float]:
     ok = isinstance(value_range, (tuple, list)) and len(value_range) == 2 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)
     if not ok:
-        raise TypeError(f"range={value_range!r} must be None (derive from the data) or a pair "
-                        f"(low, high) of numbers")
+        raise InputTypeError(f"range={value_range!r} must be None (derive from the data) or a pair "
+                             f"(low, high) of numbers")
     low, high = float(value_range[0]), float(value_range[1])
     if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-        raise ValueError(f"range={value_range!r} needs finite low < high")
+        raise InputError(f"range={value_range!r} needs finite low < high")
     return low, high
 
 
 def _width_bins(low: float, high: float, width: float) -> int:
     count = max(1, math.ceil((high - low) / width - 1e-9))
     if count > MAX_BINS:
-        raise ValueError(f"bin_width={width!r} gives {count} bins over [{low}, {high}]; at most "
+        raise InputError(f"bin_width={width!r} gives {count} bins over [{low}, {high}]; at most "
                          f"{MAX_BINS} bins per unit are supported. Use a larger bin_width")
     return count
 

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.estimators.base import (
     EstimateResult,
     _jsonable,
@@ -72,14 +73,14 @@ class BinningAccumulator:
     def __init__(self, range=None, n_bins=30, bin_width=None, edges=None, miller_madow=False,
                  device=None, dtype="float32", memory_budget=None):
         if (range is None) == (edges is None):
-            raise ValueError("BinningAccumulator needs a fixed grid: give range=(low, high) "
+            raise InputError("BinningAccumulator needs a fixed grid: give range=(low, high) "
                              "(with n_bins or bin_width) or edges=, not both and not neither")
         settings = {"n_bins": n_bins, "bin_width": bin_width, "range": range,
                     "miller_madow": miller_madow, "dtype": dtype, "memory_budget": memory_budget,
                     "strategy": "uniform" if edges is None else "quantile"}
         if edges is not None:
             if bin_width is not None:
-                raise ValueError("bin_width cannot be combined with edges=")
+                raise InputError("bin_width cannot be combined with edges=")
             settings["range"], settings["n_bins"] = None, 2
         self._checker = Binning(**settings)  # validates the settings the same way
         self.params = {k: v for k, v in settings.items() if k != "strategy"}
@@ -94,12 +95,12 @@ class BinningAccumulator:
         if e.ndim == 1:
             e = e.unsqueeze(0)
         if e.ndim != 2 or e.shape[1] < 1 or not bool(torch.isfinite(e).all()):
-            raise ValueError(f"edges must be finite, shape (d, n_bins - 1) or (n_bins - 1,); got "
+            raise InputError(f"edges must be finite, shape (d, n_bins - 1) or (n_bins - 1,); got "
                              f"shape {tuple(e.shape)}")
         if bool((e[:, 1:] < e[:, :-1]).any()):
-            raise ValueError("edges must be nondecreasing along each unit's row")
+            raise InputError("edges must be nondecreasing along each unit's row")
         if e.shape[1] + 1 > MAX_BINS:
-            raise ValueError(f"edges give {e.shape[1] + 1} bins; at most {MAX_BINS} are supported")
+            raise InputError(f"edges give {e.shape[1] + 1} bins; at most {MAX_BINS} are supported")
         return e.contiguous()
 
     def reset(self) -> None:
@@ -128,7 +129,7 @@ class BinningAccumulator:
             if edges.shape[0] == 1:  # one row of edges shared by every unit
                 edges = edges.expand(d, -1).contiguous()
             if edges.shape[0] != d:
-                raise ValueError(f"edges has {edges.shape[0]} rows but t has {d} units")
+                raise InputError(f"edges has {edges.shape[0]} rows but t has {d} units")
             return BinGrid("quantile", edges.shape[1] + 1, edges=edges)
         low, high = _check_range(b.range)
         if b.bin_width is not None:
@@ -140,13 +141,14 @@ class BinningAccumulator:
         a = to_numpy_or_tensor(y, "y")
         a = torch.as_tensor(a)
         if a.dtype.is_floating_point or a.dtype.is_complex:
-            raise TypeError(f"y must hold integer class ids for streaming; got dtype {a.dtype}")
+            raise InputTypeError(f"y must hold integer class ids for streaming; got dtype "
+                                 f"{a.dtype}")
         a = a.reshape(a.shape[0], -1) if a.ndim > 1 else a
         if a.ndim != 1 and a.shape[1] != 1:
-            raise ValueError(f"y must be one label per row, shape ({n},); got {tuple(a.shape)}")
+            raise InputError(f"y must be one label per row, shape ({n},); got {tuple(a.shape)}")
         a = a.reshape(-1).to(self.device, torch.int64)
         if a.shape[0] != n:
-            raise ValueError(f"t and y must have the same number of rows; got t: {n} and "
+            raise InputError(f"t and y must have the same number of rows; got t: {n} and "
                              f"y: {a.shape[0]}")
         return a
 
@@ -158,11 +160,11 @@ class BinningAccumulator:
         if self._d is None:
             self._d, self._grid = d, self._make_grid(d)
         elif d != self._d:
-            raise ValueError(f"t has {d} units per row but earlier batches had {self._d}")
+            raise InputError(f"t has {d} units per row but earlier batches had {self._d}")
         if self._has_y is None:
             self._has_y = y is not None
         elif self._has_y != (y is not None):
-            raise ValueError("give labels y with every batch or with none")
+            raise InputError("give labels y with every batch or with none")
         labels = self._labels(y, n) if y is not None else torch.zeros(n, dtype=torch.int64,
                                                                       device=self.device)
         budget = self._checker._budget(self.device)
@@ -247,7 +249,7 @@ class BinningAccumulator:
     def compute(self) -> EstimateResult:
         """I(T;Y) when labels were given, else H(T), from every batch so far."""
         if self._n == 0:
-            raise ValueError("compute() needs at least one update() first")
+            raise InputError("compute() needs at least one update() first")
         start = time.perf_counter()
         k = self._k
         counts_t = torch.zeros(k, dtype=torch.int64, device=self.device).index_add_(

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from ibtools.errors import InputTypeError
 from ibtools.estimators.base import Estimator, check_positive, chunk_rows
 from ibtools.estimators.intervals import wilks_reach
 
@@ -352,8 +353,8 @@ class Gaussian(Estimator):
     def _check_settings(self) -> None:
         check_positive(self.ridge, "ridge", allow_zero=True)
         if not isinstance(self.bias_correction, bool):
-            raise TypeError(f"bias_correction must be True or False; got "
-                            f"{self.bias_correction!r}")
+            raise InputTypeError(f"bias_correction must be True or False; got "
+                                 f"{self.bias_correction!r}")
 
     def _min_samples(self) -> int:
         return 3

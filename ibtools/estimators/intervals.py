@@ -45,7 +45,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ibtools.errors import EstimatorRefused
+from ibtools.errors import EstimatorRefused, InputError
 from scipy import stats
 
 #: The bias is said to dominate an interval when it exceeds this many sampling sds.
@@ -111,7 +111,7 @@ class ResamplingScheme(IntervalScheme):
         arr = np.asarray(samples, dtype=float)
         b = len(arr)
         if b < 2:
-            raise ValueError(f"an interval needs at least 2 resamples; got {b}")
+            raise InputError(f"an interval needs at least 2 resamples; got {b}")
         sd, bias, bias_se = self.spread(value, arr, n, rows_point, rows_resample)
         center = value - (bias or 0.0)
         t = float(stats.t.ppf(0.5 + confidence / 2.0, b - 1))
@@ -221,7 +221,7 @@ CI_METHODS = {kind: scheme.description for kind, scheme in INTERVAL_SCHEMES.item
 def interval_scheme(kind: str) -> IntervalScheme:
     """The scheme of interval kind ``kind``."""
     if kind not in INTERVAL_SCHEMES:
-        raise ValueError(f"unknown interval kind {kind!r}; use one of {list(INTERVAL_SCHEMES)}")
+        raise InputError(f"unknown interval kind {kind!r}; use one of {list(INTERVAL_SCHEMES)}")
     return INTERVAL_SCHEMES[kind]
 
 
@@ -255,7 +255,7 @@ def resample_interval(kind: str, value: float, samples, confidence: float, *, n:
         point estimate's rows) and ``ci_bias_se`` (the standard error of the bias estimate).
     """
     if kind not in ("bootstrap", "subsample", "seeds"):
-        raise ValueError(f"unknown interval kind {kind!r}")
+        raise InputError(f"unknown interval kind {kind!r}")
     return INTERVAL_SCHEMES[kind].summarize(value, samples, confidence, n=n, rows_point=rows_point,
                             rows_resample=rows_resample)
 

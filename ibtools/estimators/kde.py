@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ibtools.errors import EstimatorRefused
+from ibtools.errors import EstimatorRefused, InputTypeError
 from ibtools.estimators import resolution
 from ibtools.estimators.base import Estimator, check_choice, check_positive
 from ibtools.estimators.determinism import not_a_function_flag
@@ -143,13 +143,13 @@ class KDE(Estimator):
         if resolution.is_auto(self.noise_var):
             self.noise_var = resolution.AUTO
         elif isinstance(self.noise_var, str):
-            raise TypeError(f"noise_var={self.noise_var!r} is not accepted; use a number > 0 "
+            raise InputTypeError(f"noise_var={self.noise_var!r} is not accepted; use a number > 0 "
                              f"or 'auto' (chosen from the data's scale)")
         else:
             check_positive(self.noise_var, "noise_var")
         check_choice(self.bound, "bound", ("upper", "lower"))
         if not isinstance(self.deterministic, bool):
-            raise TypeError(f"deterministic must be True or False; got {self.deterministic!r}")
+            raise InputTypeError(f"deterministic must be True or False; got {self.deterministic!r}")
 
     # -- the pairwise bounds -------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ibtools.errors import EstimatorRefused
+from ibtools.errors import EstimatorRefused, InputTypeError
 from ibtools.estimators.base import Estimator, check_choice, check_int, check_positive
 from ibtools.estimators.neighbours import (
     BACKENDS,
@@ -164,7 +164,7 @@ class KSG(Estimator):
     def _check_settings(self) -> None:
         check_int(self.k, "k", minimum=1)
         if isinstance(self.algorithm, bool):
-            raise TypeError(f"algorithm must be the integer 1 or 2; got {self.algorithm!r}")
+            raise InputTypeError(f"algorithm must be the integer 1 or 2; got {self.algorithm!r}")
         check_choice(self.algorithm, "algorithm", (1, 2))
         check_positive(self.noise, "noise", allow_zero=True)
         check_choice(self.neighbours, "neighbours", BACKENDS)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ibtools.errors import InputError
+
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -26,19 +28,19 @@ def resolve_device(device, *arrays) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise ValueError(f"device={device!r} is not a device; {accepted}") from exc
+        raise InputError(f"device={device!r} is not a device; {accepted}") from exc
     if dev.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: no data lives there
-        raise ValueError(f"device={device!r} is not a device estimators run on; {accepted}")
+        raise InputError(f"device={device!r} is not a device estimators run on; {accepted}")
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"device={device!r} asks for CUDA, but torch sees no CUDA device; "
+            raise InputError(f"device={device!r} asks for CUDA, but torch sees no CUDA device; "
                              f"use 'cpu' or 'auto'")
         if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device={device!r} asks for CUDA device {dev.index}, but torch "
+            raise InputError(f"device={device!r} asks for CUDA device {dev.index}, but torch "
                              f"sees {count} (cuda:0 to cuda:{count - 1})")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r} asks for Apple's MPS, which this torch cannot "
+        raise InputError(f"device={device!r} asks for Apple's MPS, which this torch cannot "
                          f"use here; use 'cpu' or 'auto'")
     return dev
 
@@ -48,7 +50,7 @@ def resolve_dtype(dtype) -> torch.dtype:
         return dtype
     if isinstance(dtype, str) and dtype in _DTYPES:
         return _DTYPES[dtype]
-    raise ValueError(f"dtype={dtype!r} is not accepted; use 'float32' or 'float64'")
+    raise InputError(f"dtype={dtype!r} is not accepted; use 'float32' or 'float64'")
 
 
 
@@ -72,7 +74,7 @@ def parse_bytes(budget, name: str = "memory_budget") -> int:
                     break
                 if val > 0:
                     return int(val * _SIZE_UNITS[unit])
-    raise ValueError(f"{name}={budget!r} is not a size; give bytes (int > 0) or a string such "
+    raise InputError(f"{name}={budget!r} is not a size; give bytes (int > 0) or a string such "
                      f"as '256MiB' or '2GB'")
 
 

@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from ibtools.errors import InputError
 from ibtools.estimators import _jit
 from ibtools.estimators.base import chunk_rows
 from ibtools.estimators.sorted_counts import count_sorted_1d
@@ -88,7 +89,7 @@ def choose_backend(backend: str, device: torch.device, dim: int, n: int) -> str:
     ``TREE_CROSSOVER_N * 2^(dim / TREE_DIMS_PER_DOUBLING)`` points (the measured crossover);
     otherwise trees for ``dim <= TREE_MAX_DIM`` and ``n >= TREE_MIN_N``."""
     if backend not in BACKENDS:
-        raise ValueError(f"neighbours={backend!r} is not accepted; use one of {list(BACKENDS)}")
+        raise InputError(f"neighbours={backend!r} is not accepted; use one of {list(BACKENDS)}")
     if backend != "auto":
         return backend
     if device.type != "cpu":

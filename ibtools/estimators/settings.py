@@ -19,6 +19,8 @@ import difflib
 import inspect
 from typing import Any, ClassVar
 
+from ibtools.errors import InputTypeError
+
 #: Settings every estimator takes (see :class:`~ibtools.estimators.base.Estimator`).
 COMMON_DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -66,8 +68,8 @@ class Settings:
         accepted = self.accepted_settings()
         unknown = sorted(set(settings) - set(accepted))
         if unknown:
-            raise TypeError(f"{type(self).__name__} got unknown setting(s) {unknown}; accepted "
-                            f"settings are {sorted(accepted)}")
+            raise InputTypeError(f"{type(self).__name__} got unknown setting(s) {unknown}; "
+                                 f"accepted settings are {sorted(accepted)}")
         merged = dict(accepted)
         merged.update(settings)
         object.__setattr__(self, "_validating", True)
@@ -127,8 +129,8 @@ class Settings:
         accepted = self.accepted_settings()
         unknown = sorted(set(settings) - set(accepted))
         if unknown:
-            raise TypeError(f"{type(self).__name__} got unknown setting(s) {unknown}; accepted "
-                            f"settings are {sorted(accepted)}")
+            raise InputTypeError(f"{type(self).__name__} got unknown setting(s) {unknown}; "
+                                 f"accepted settings are {sorted(accepted)}")
         before = dict(self.settings)
         try:
             self._init_settings({**before, **settings})

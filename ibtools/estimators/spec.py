@@ -10,6 +10,7 @@ import ast
 import json
 from dataclasses import dataclass, field
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.estimators import get_estimator_class, registered_methods
 
 SPEC_FORM = ("METHOD[:SETTING=VALUE[,SETTING=VALUE...]], e.g. 'ksg', 'kde:noise_var=0.1', "
@@ -94,28 +95,28 @@ def parse_estimator_spec(spec) -> EstimatorSpec:
         for item in _split_settings(rest):
             key, eq, value = item.partition("=")
             if not eq or not key.strip():
-                raise ValueError(f"estimator spec {spec!r}: {item!r} is not SETTING=VALUE; the "
+                raise InputError(f"estimator spec {spec!r}: {item!r} is not SETTING=VALUE; the "
                                  f"accepted form is {SPEC_FORM}")
             settings[key.strip()] = _parse_value(value)
         out = EstimatorSpec(method.strip().lower(), settings)
     elif isinstance(spec, dict):
         if "method" not in spec:
-            raise ValueError(f"estimator spec {spec!r} has no 'method' key; the accepted form is "
+            raise InputError(f"estimator spec {spec!r} has no 'method' key; the accepted form is "
                              f"{{'method': 'kde', 'noise_var': 0.1}} or {SPEC_FORM}")
         settings = {k: v for k, v in spec.items() if k != "method"}
         out = EstimatorSpec(str(spec["method"]).lower(), settings)
     elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[1], dict):
         out = EstimatorSpec(str(spec[0]).lower(), dict(spec[1]))
     else:
-        raise TypeError(f"estimator spec {spec!r} is not understood; give a string ({SPEC_FORM}), "
-                        f"a dict with 'method', or a (method, settings) pair")
+        raise InputTypeError(f"estimator spec {spec!r} is not understood; give a string "
+                             f"({SPEC_FORM}), a dict with 'method', or a (method, settings) pair")
     if out.method not in registered_methods():
-        raise ValueError(f"estimator spec {spec!r}: method {out.method!r} is not known; use one "
+        raise InputError(f"estimator spec {spec!r}: method {out.method!r} is not known; use one "
                          f"of {list(registered_methods())}")
     accepted = get_estimator_class(out.method).accepted_settings()
     unknown = sorted(set(out.settings) - set(accepted))
     if unknown:
-        raise ValueError(f"estimator spec {spec!r}: unknown setting(s) {unknown} for "
+        raise InputError(f"estimator spec {spec!r}: unknown setting(s) {unknown} for "
                          f"{out.method!r}; accepted: {sorted(accepted)}")
     # build once so bad values fail now, before any model is loaded
     out.build()
@@ -131,5 +132,5 @@ def parse_estimator_specs(specs) -> list[EstimatorSpec]:
     labels = [p.label for p in parsed]
     dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dupes:
-        raise ValueError(f"estimators: the same setting is listed twice: {dupes}")
+        raise InputError(f"estimators: the same setting is listed twice: {dupes}")
     return parsed

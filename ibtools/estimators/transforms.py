@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from ibtools.errors import InputError
+
 TRANSFORMS = (None, "standardize", "copula")
 
 
@@ -61,4 +63,4 @@ def apply_transform(t: torch.Tensor, name) -> torch.Tensor:
         return standardize(t)
     if name == "copula":
         return copula(t)
-    raise ValueError(f"transform={name!r} is not accepted; use one of {list(TRANSFORMS)}")
+    raise InputError(f"transform={name!r} is not accepted; use one of {list(TRANSFORMS)}")

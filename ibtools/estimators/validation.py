@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ibtools.errors import EstimatorRefused
+from ibtools.errors import EstimatorRefused, InputError, InputTypeError
 
 
 def to_numpy_or_tensor(a, name: str):
@@ -26,10 +26,10 @@ def to_numpy_or_tensor(a, name: str):
         try:
             arr = np.asarray(a)
         except ValueError as exc:
-            raise ValueError(f"{name}: could not make an array of the given sequence ({exc})") from exc
+            raise InputError(f"{name}: could not make an array of the given sequence ({exc})") from exc
         return _from_object(arr, name) if arr.dtype == object else arr
-    raise TypeError(f"{name} must be a numpy array, torch tensor or list of rows; "
-                    f"got {type(a).__name__}")
+    raise InputTypeError(f"{name} must be a numpy array, torch tensor or list of rows; "
+                         f"got {type(a).__name__}")
 
 
 _REAL_SCALARS = (bool, int, float, np.bool_, np.integer, np.floating)
@@ -56,10 +56,11 @@ def _from_object(arr: np.ndarray, name: str) -> np.ndarray:
            + (f", column {', '.join(map(str, where[1:]))}" if arr.ndim > 1 else ""))
     shown = repr(flat[bad])
     shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    raise TypeError(f"{name} is an object array holding a {type(flat[bad]).__name__} value "
-                    f"({shown}) at {loc}; estimators take arrays of only numbers (or bools) or "
-                    f"only strings (class labels). Convert it, e.g. with .astype(float) or "
-                    f".astype(str)")
+    raise InputTypeError(f"{name} is an object array holding a {type(flat[bad]).__name__} value "
+                         f"({shown}) at {loc}; estimators take arrays of only numbers (or "
+                         f"bools) or "
+                         f"only strings (class labels). Convert it, e.g. with .astype(float) or "
+                         f".astype(str)")
 
 
 def _is_integer_like(a) -> bool:
@@ -94,19 +95,19 @@ def encode_discrete(a, name: str, declared: bool) -> torch.Tensor:
     else:
         arr = np.asarray(a)
     if arr.ndim == 0:
-        raise ValueError(f"{name} must have one row per sample; got a scalar")
+        raise InputError(f"{name} must have one row per sample; got a scalar")
     if arr.dtype.kind in "fc":
         if not np.all(np.isfinite(arr)):
             raise EstimatorRefused(_describe_nonfinite(arr.reshape(len(arr), -1), name))
         if not np.all(arr == np.round(arr)):
             sample = arr.reshape(-1)[~(arr.reshape(-1) == np.round(arr.reshape(-1)))][:3]
-            raise TypeError(f"{name} was declared discrete but holds non-integer values such "
-                            f"as {sample.tolist()}; discrete variables take integer class ids "
-                            f"(or strings/bools), or declare it continuous")
+            raise InputTypeError(f"{name} was declared discrete but holds non-integer values such "
+                                 f"as {sample.tolist()}; discrete variables take integer class ids "
+                                 f"(or strings/bools), or declare it continuous")
         # integral floats stay floats: a cast to int64 would merge every id beyond 2**63
         # into one class; np.unique below codes float ids the same way as integer ones
     elif arr.dtype.kind not in "biuUSO":
-        raise TypeError(f"{name}: dtype {arr.dtype} cannot be read as class ids")
+        raise InputTypeError(f"{name}: dtype {arr.dtype} cannot be read as class ids")
     rows = arr.reshape(len(arr), -1)
     if rows.shape[1] == 1:
         _, codes = np.unique(rows[:, 0], return_inverse=True)
@@ -124,23 +125,23 @@ def prepare(a, name: str, *, discrete, device: torch.device, dtype: torch.dtype)
     """
     a = to_numpy_or_tensor(a, name)
     if a.ndim == 0 or _rows(a) == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(a.shape)}); it needs one row per sample")
+        raise InputError(f"{name} is empty (shape {tuple(a.shape)}); it needs one row per sample")
     if discrete not in (None, True, False):
-        raise ValueError(f"discrete setting for {name} must be None (decide from dtype), True "
+        raise InputError(f"discrete setting for {name} must be None (decide from dtype), True "
                          f"or False; got {discrete!r}")
     width = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
     if width == 0:
-        raise ValueError(f"{name} has rows of size 0 (shape {tuple(a.shape)})")
+        raise InputError(f"{name} has rows of size 0 (shape {tuple(a.shape)})")
     if isinstance(a, np.ndarray) and a.dtype.kind in "USO":
         if discrete is False:
-            raise TypeError(f"{name} holds {a.dtype} values, which cannot be continuous")
+            raise InputTypeError(f"{name} holds {a.dtype} values, which cannot be continuous")
         return encode_discrete(a, name, True).to(device), True
     is_discrete = discrete if discrete is not None else (_is_integer_like(a) and width == 1)
     if is_discrete:
         return encode_discrete(a, name, discrete is True).to(device), True
     t = torch.as_tensor(a) if isinstance(a, np.ndarray) else a
     if t.dtype.is_complex:
-        raise TypeError(f"{name} is complex ({t.dtype}); estimators take real values")
+        raise InputTypeError(f"{name} is complex ({t.dtype}); estimators take real values")
     t = t.reshape(t.shape[0], -1).to(device=device, dtype=dtype)
     # aminmax propagates NaN and inf and is several times cheaper than isfinite().all()
     lo, hi = torch.aminmax(t)
@@ -174,24 +175,24 @@ def label_like_flag(t: torch.Tensor, name: str, declared) -> str | None:
 
 def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer; got {value!r}")
+        raise InputTypeError(f"{name} must be an integer; got {value!r}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name}={value} is too small; it must be >= {minimum}")
+        raise InputError(f"{name}={value} is too small; it must be >= {minimum}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name}={value} is too large; it must be <= {maximum}")
+        raise InputError(f"{name}={value} is too large; it must be <= {maximum}")
     return int(value)
 
 
 def check_positive(value, name: str, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number; got {value!r}")
+        raise InputTypeError(f"{name} must be a number; got {value!r}")
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         kind = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}={value!r} must be a finite number {kind}")
+        raise InputError(f"{name}={value!r} must be a finite number {kind}")
     return float(value)
 
 
 def check_choice(value, name: str, choices) -> Any:
     if value not in choices:
-        raise ValueError(f"{name}={value!r} is not accepted; use one of {list(choices)}")
+        raise InputError(f"{name}={value!r} is not accepted; use one of {list(choices)}")
     return value

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ibtools.errors import InputError, InputTypeError
+
 
 def resolve_submodule(module: nn.Module, submodule: str | None, where: str) -> nn.Module:
     """``module`` itself, or its submodule named ``submodule`` (a dotted attribute path such
@@ -23,13 +25,13 @@ def resolve_submodule(module: nn.Module, submodule: str | None, where: str) -> n
     if submodule is None:
         return module
     if not isinstance(submodule, str) or not submodule:
-        raise TypeError(f"submodule={submodule!r} is not accepted; give a dotted attribute name "
-                        f"such as 'model', or None for the {where} itself")
+        raise InputTypeError(f"submodule={submodule!r} is not accepted; give a dotted attribute "
+                             f"name such as 'model', or None for the {where} itself")
     try:
         target = module.get_submodule(submodule)
     except AttributeError:
         names = [n for n, _ in module.named_children()]
-        raise ValueError(f"submodule={submodule!r} is not a submodule of {type(module).__name__}; "
+        raise InputError(f"submodule={submodule!r} is not a submodule of {type(module).__name__}; "
                          f"its children are {names}") from None
     return target
 
@@ -37,9 +39,9 @@ def resolve_submodule(module: nn.Module, submodule: str | None, where: str) -> n
 def split_track_kwargs(probe_data, submodule, kwargs: dict) -> dict:
     """Check the adapter's arguments now (not when training starts) and return them."""
     if probe_data is None:
-        raise ValueError("probe_data is required: a dataset spec ('digits', 'text:PATH', ...), "
+        raise InputError("probe_data is required: a dataset spec ('digits', 'text:PATH', ...), "
                          "a pair (inputs, targets) or an iterable of batches")
     if "model" in kwargs:
-        raise TypeError("model is not an argument of the callback: the framework passes the "
-                        "model; use submodule='name' to track a part of it")
+        raise InputTypeError("model is not an argument of the callback: the framework passes the "
+                             "model; use submodule='name' to track a part of it")
     return dict(kwargs)

@@ -15,6 +15,7 @@ except ImportError as exc:
     raise ImportError("ibtools.integrations.hf needs transformers: pip install 'ibtools[hf]'") \
         from exc
 
+from ibtools.errors import InputError
 from ibtools.integrations import resolve_submodule, split_track_kwargs
 
 __all__ = ["IBTrainerCallback"]
@@ -49,7 +50,7 @@ class IBTrainerCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         if model is None:
-            raise ValueError("IBTrainerCallback.on_train_begin was called without the model; "
+            raise InputError("IBTrainerCallback.on_train_begin was called without the model; "
                              "it needs the Trainer's model keyword")
         from ibtools.tracking import track
 

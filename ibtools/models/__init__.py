@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.models.checkpoint_format import (
     CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_dict, load_checkpoint_dict, save_checkpoint,
 )
@@ -45,11 +46,11 @@ def build_model(name: str, **config) -> nn.Module:
         If ``config`` has a keyword the model does not take.
     """
     if name not in REFERENCE_MODELS:
-        raise ValueError(f"name must be one of {sorted(REFERENCE_MODELS)}, got {name!r}")
+        raise InputError(f"name must be one of {sorted(REFERENCE_MODELS)}, got {name!r}")
     try:
         return REFERENCE_MODELS[name](**config)
     except TypeError as err:
-        raise TypeError(f"bad config for model {name!r}: {err}") from None
+        raise InputTypeError(f"bad config for model {name!r}: {err}") from None
 
 
 __all__ = [

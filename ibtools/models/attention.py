@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ibtools.errors import InputError
+
 __all__ = ["SelfAttention", "apply_rotary"]
 
 
@@ -25,7 +27,7 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, *, causal: bool, bias: bool = True) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"embedding size {dim} must be divisible by the number of heads {heads}")
+            raise InputError(f"embedding size {dim} must be divisible by the number of heads {heads}")
         self.heads, self.causal = heads, causal
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.norms import describe_norms
 from ibtools.results import write_atomic
 
@@ -57,11 +58,11 @@ def _check_plain(value, where: str):
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise TypeError(f"{where} keys must be strings, got {k!r}")
+                raise InputTypeError(f"{where} keys must be strings, got {k!r}")
             out[k] = _check_plain(v, f"{where}[{k!r}]")
         return out
-    raise TypeError(f"{where} must hold only str/int/float/bool/None, lists and dicts, "
-                    f"got {type(value).__name__}")
+    raise InputTypeError(f"{where} must hold only str/int/float/bool/None, lists and dicts, "
+                         f"got {type(value).__name__}")
 
 
 def _model_name(model: nn.Module, name: str | None) -> str:
@@ -70,9 +71,9 @@ def _model_name(model: nn.Module, name: str | None) -> str:
     if name is None:
         name = getattr(model, "name", None)
     if name not in REFERENCE_MODELS:
-        raise ValueError(f"name must be one of {sorted(REFERENCE_MODELS)}, got {name!r}")
+        raise InputError(f"name must be one of {sorted(REFERENCE_MODELS)}, got {name!r}")
     if type(model) is not REFERENCE_MODELS[name]:
-        raise ValueError(f"name={name!r} is {REFERENCE_MODELS[name].__name__}, but the model is "
+        raise InputError(f"name={name!r} is {REFERENCE_MODELS[name].__name__}, but the model is "
                          f"{type(model).__name__}")
     return name
 
@@ -195,7 +196,7 @@ def check_config(factory, config: Mapping, *, arch: str, where: str) -> dict:
         message names the key, the value and what is accepted.
     """
     if not isinstance(config, Mapping):
-        raise ValueError(f"{where}: the stored config of {arch!r} must be a dict, got "
+        raise InputError(f"{where}: the stored config of {arch!r} must be a dict, got "
                          f"{type(config).__name__}")
     try:
         params = inspect.signature(factory).parameters
@@ -206,18 +207,18 @@ def check_config(factory, config: Mapping, *, arch: str, where: str) -> dict:
     open_ended = not params or any(p.kind is p.VAR_KEYWORD for p in params.values())
     unknown = sorted(str(k) for k in config if k not in named)
     if unknown and not open_ended:
-        raise ValueError(f"{where}: the stored config has key(s) {unknown} that {arch!r} does "
+        raise InputError(f"{where}: the stored config has key(s) {unknown} that {arch!r} does "
                          f"not take; accepted: {sorted(named)}")
     for key, value in config.items():
         if not _plain(value):
-            raise ValueError(f"{where}: stored config {key}={value!r} is not accepted; a "
+            raise InputError(f"{where}: stored config {key}={value!r} is not accepted; a "
                              f"config from a file holds only numbers, strings, booleans, None "
                              f"and flat lists of them")
         if key in named:
             kind, optional = _expected(named[key])
             if not _fits(value, kind, optional):
                 accepted = kind + (" or None" if optional else "")
-                raise ValueError(f"{where}: stored config {key}={value!r} "
+                raise InputError(f"{where}: stored config {key}={value!r} "
                                  f"({type(value).__name__}) does not fit {arch!r}: "
                                  f"{key} takes {accepted}")
     return dict(config)
@@ -322,11 +323,11 @@ def check_size(arch: str, config: Mapping, *, where: str,
         value = config.get(key)
         blocks = len(value) if isinstance(value, (list, tuple)) else value
         if isinstance(blocks, int) and blocks > MAX_BLOCKS:
-            raise ValueError(f"{where}: stored config {key}={_short(value)} asks {arch!r} for "
+            raise InputError(f"{where}: stored config {key}={_short(value)} asks {arch!r} for "
                              f"{blocks} blocks, more than the {MAX_BLOCKS} a config from a file "
                              f"may ask for.  Nothing was built.")
     if max_parameters is not None and count > max_parameters:
-        raise ValueError(f"{where}: the stored config of {arch!r} would build about "
+        raise InputError(f"{where}: the stored config of {arch!r} would build about "
                          f"{count:.3g} parameters ({4 * count / 2**30:.3g} GiB in float32), more "
                          f"than the budget of {max_parameters:.3g}; its largest sizes: "
                          f"{', '.join(labels)}.  Nothing was allocated.  If the file is right, "
@@ -346,10 +347,10 @@ def _json_field(metadata: Mapping, key: str, where: str) -> dict:
     try:
         value = json.loads(text) if isinstance(text, str) else text
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: metadata {key!r} is not valid JSON ({exc}); the file is "
+        raise InputError(f"{where}: metadata {key!r} is not valid JSON ({exc}); the file is "
                          f"damaged or was not written by ibtools") from None
     if not isinstance(value, Mapping):
-        raise ValueError(f"{where}: metadata {key!r} must be a JSON object, got "
+        raise InputError(f"{where}: metadata {key!r} must be a JSON object, got "
                          f"{type(value).__name__}")
     return dict(value)
 
@@ -380,16 +381,16 @@ def read_checkpoint_fields(obj: Mapping, *, where: str = "checkpoint") -> dict:
     """
     if not is_ibtools_checkpoint(obj):
         got = obj.get("format") if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(f"{where}: not an ibtools checkpoint: expected format "
+        raise InputError(f"{where}: not an ibtools checkpoint: expected format "
                          f"{CHECKPOINT_FORMAT!r}, got {got!r}")
     text_form = all(isinstance(v, str) for v in obj.values())  # safetensors metadata
     version = obj.get("version", CHECKPOINT_VERSION if text_form else None)
     if str(version) != str(CHECKPOINT_VERSION):
-        raise ValueError(f"{where}: unsupported ibtools checkpoint version {version!r}; this "
+        raise InputError(f"{where}: unsupported ibtools checkpoint version {version!r}; this "
                          f"ibtools reads version {CHECKPOINT_VERSION}")
     arch = obj.get("arch")
     if not isinstance(arch, str) or not arch:
-        raise ValueError(f"{where}: the checkpoint's 'arch' must be a non-empty string such as "
+        raise InputError(f"{where}: the checkpoint's 'arch' must be a non-empty string such as "
                          f"'ibtools:mlp', got {arch!r}")
     if text_form:
         config, meta = _json_field(obj, "config", where), _json_field(obj, "meta", where)
@@ -398,7 +399,7 @@ def read_checkpoint_fields(obj: Mapping, *, where: str = "checkpoint") -> dict:
         config, meta, state = obj.get("config") or {}, obj.get("meta") or {}, obj.get("state_dict")
         if not isinstance(config, Mapping) or not isinstance(meta, Mapping) \
                 or not isinstance(state, Mapping):
-            raise ValueError(f"{where}: an ibtools checkpoint holds a 'config' dict, a 'meta' "
+            raise InputError(f"{where}: an ibtools checkpoint holds a 'config' dict, a 'meta' "
                              f"dict and a 'state_dict' mapping; got {type(config).__name__}, "
                              f"{type(meta).__name__} and {type(state).__name__}")
     return {"arch": arch, "config": dict(config), "meta": dict(meta), "state_dict": state,
@@ -434,7 +435,7 @@ def load_checkpoint_dict(obj: Mapping, *, strict: bool = True,
     arch = obj.get("arch") if is_ibtools_checkpoint(obj) else None
     name = arch[len("ibtools:"):] if isinstance(arch, str) and arch.startswith("ibtools:") else None
     if is_ibtools_checkpoint(obj) and name not in REFERENCE_MODELS:
-        raise ValueError(f"checkpoint arch must be 'ibtools:<name>' with name in "
+        raise InputError(f"checkpoint arch must be 'ibtools:<name>' with name in "
                          f"{sorted(REFERENCE_MODELS)}, got {arch!r}")
     fields = read_checkpoint_fields(obj)
     config = check_config(REFERENCE_MODELS[name], fields["config"], arch=arch,

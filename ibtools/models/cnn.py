@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ibtools.errors import InputError
 from ibtools.models.layers import (GaussianNoise, NoiseSource, ReferenceModel, make_norm,
                                    noise_config, norm_config, resolve_lam)
 
@@ -100,7 +101,7 @@ class CNN(ReferenceModel):
         noise = noise_config(noise_std, noise_seed)
         channels = [int(c) for c in channels]
         if not channels or min(channels) < 1 or blocks_per_stage < 1 or n_classes < 2:
-            raise ValueError(f"CNN needs non-empty channels >= 1, blocks_per_stage >= 1, n_classes >= 2, "
+            raise InputError(f"CNN needs non-empty channels >= 1, blocks_per_stage >= 1, n_classes >= 2, "
                              f"got channels={channels}, blocks_per_stage={blocks_per_stage}, n_classes={n_classes}")
         lam = resolve_lam(norm, lam)
         self.config = {"in_channels": int(in_channels), "image_size": int(image_size), "channels": channels,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ibtools.errors import InputError, InputTypeError
+
 __all__ = ["DIGITS_SPLIT_SEED", "VisionData", "TextData", "load_digits_split", "load_text", "load_data",
            "default_text_path"]
 
@@ -62,11 +64,11 @@ def load_text(path: str | os.PathLike, val_fraction: float = 0.1, min_bytes: int
     """The bytes of ``path`` as token ids, split in order into train and validation parts."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"text data path {path!r} is not a file")
+        raise InputError(f"text data path {path!r} is not a file")
     with open(path, "rb") as fh:
         raw = fh.read()
     if len(raw) < min_bytes:
-        raise ValueError(f"text file {path!r} has {len(raw)} bytes; at least {min_bytes} are needed")
+        raise InputError(f"text file {path!r} has {len(raw)} bytes; at least {min_bytes} are needed")
     ids = torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(torch.int64)
     cut = int(len(ids) * (1 - val_fraction))
     return TextData(ids[:cut], ids[cut:], name=f"text:{path}")
@@ -77,14 +79,15 @@ def load_data(data, input_kind: str) -> VisionData | TextData:
     if data is None:
         data = "text" if input_kind == "tokens" else "digits"
     if not isinstance(data, str):
-        raise TypeError(f"data must be 'digits', 'text' or 'text:PATH', got {type(data).__name__}")
+        raise InputTypeError(f"data must be 'digits', 'text' or 'text:PATH', got "
+                             f"{type(data).__name__}")
     if data == "digits":
         if input_kind == "tokens":
-            raise ValueError("data='digits' is for the vision models; language models need 'text' or 'text:PATH'")
+            raise InputError("data='digits' is for the vision models; language models need 'text' or 'text:PATH'")
         return load_digits_split()
     if data == "text" or data.startswith("text:"):
         if input_kind != "tokens":
-            raise ValueError(f"data={data!r} is for the language models; vision models use 'digits'")
+            raise InputError(f"data={data!r} is for the language models; vision models use 'digits'")
         path = data[5:] if data.startswith("text:") else default_text_path()
         return load_text(path)
-    raise ValueError(f"data must be 'digits', 'text' or 'text:PATH', got {data!r}")
+    raise InputError(f"data must be 'digits', 'text' or 'text:PATH', got {data!r}")

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from ibtools.errors import InputError
 from ibtools.models.attention import SelfAttention
 from ibtools.models.layers import (
     GaussianNoise,
@@ -83,7 +84,7 @@ class GPT(ReferenceModel):
         super().__init__()
         noise = noise_config(noise_std, noise_seed)
         if n_layer < 1 or block_size < 1 or vocab_size < 2:
-            raise ValueError(f"GPT needs n_layer >= 1, block_size >= 1, vocab_size >= 2, got "
+            raise InputError(f"GPT needs n_layer >= 1, block_size >= 1, vocab_size >= 2, got "
                              f"n_layer={n_layer}, block_size={block_size}, vocab_size={vocab_size}")
         lam = resolve_lam(norm, lam)
         self.config = {"vocab_size": int(vocab_size), "block_size": int(block_size), "n_layer": int(n_layer),
@@ -123,6 +124,6 @@ class GPT(ReferenceModel):
 def _check_tokens(idx: torch.Tensor, block_size: int | None) -> None:
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
         got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(f"idx must be an integer tensor of shape (B, T), got {got}")
+        raise InputError(f"idx must be an integer tensor of shape (B, T), got {got}")
     if block_size is not None and idx.shape[1] > block_size:
-        raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size {block_size}")
+        raise InputError(f"sequence length {idx.shape[1]} exceeds block_size {block_size}")

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from ibtools.errors import InputError
 from ibtools.norms import IBBatchNorm1d, IBBatchNorm2d, IBNorm, IBNormMixin, IBRMSNorm
 from ibtools.norms import functional as IBF
 from ibtools.norms.state import adapt_norm_state_dict
@@ -107,23 +108,23 @@ def noise_config(noise_std, noise_seed) -> dict:
     ``noise_std`` is 0, so a noiseless model's config is what it was before noise existed)."""
     if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or \
             not math.isfinite(noise_std) or noise_std < 0:
-        raise ValueError(f"noise_std must be a finite number >= 0 (the standard deviation of the "
+        raise InputError(f"noise_std must be a finite number >= 0 (the standard deviation of the "
                          f"Gaussian noise added after every block; 0 for none), got {noise_std!r}")
     if isinstance(noise_seed, bool) or not isinstance(noise_seed, int):
-        raise ValueError(f"noise_seed must be an integer (it seeds the model's noise stream), "
+        raise InputError(f"noise_seed must be an integer (it seeds the model's noise stream), "
                          f"got {noise_seed!r}")
     return {"noise_std": float(noise_std), "noise_seed": int(noise_seed)} if noise_std else {}
 
 
 def _import_norm_class(path: str) -> type:
     if not path.startswith(_IMPORTABLE_PREFIXES):
-        raise ValueError(f"norm class {path!r} cannot be rebuilt from a config: only classes from "
+        raise InputError(f"norm class {path!r} cannot be rebuilt from a config: only classes from "
                          f"{_IMPORTABLE_PREFIXES} are imported; pass the class itself instead")
     module_name, _, attr = path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"norm class {path!r} not found: {err}") from None
+        raise InputError(f"norm class {path!r} not found: {err}") from None
     return cls
 
 
@@ -135,7 +136,7 @@ def _resolve(norm) -> str | type:
             return norm
         if "." in norm:
             return _import_norm_class(norm)
-    raise ValueError(f"norm must be one of {NORM_CHOICES} or a normalization class "
+    raise InputError(f"norm must be one of {NORM_CHOICES} or a normalization class "
                      f"(e.g. ibtools.norms.IBBatchNorm1d), got {norm!r}")
 
 
@@ -156,7 +157,7 @@ def resolve_lam(norm, lam) -> float:
         return 1.0 if _is_ib(norm) else 0.0
     lam = IBF.check_lam(lam)
     if lam > 0 and not _is_ib(norm):
-        raise ValueError(f"lam={lam:g} only applies to IBNorm norms ('ib-S', 'ib-L', 'ib-T' or an "
+        raise InputError(f"lam={lam:g} only applies to IBNorm norms ('ib-S', 'ib-L', 'ib-T' or an "
                          f"IBNorm class), got norm={norm_config(norm)!r}; use lam=0 or None")
     return lam
 
@@ -184,7 +185,7 @@ def make_norm(norm, num_features: int, *, family: str, layout: str, lam: float =
         layout has its features.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        raise InputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     norm = _resolve(norm)
     if norm == "none":
         return nn.Identity()

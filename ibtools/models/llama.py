@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ibtools.errors import InputError
 from ibtools.models.attention import SelfAttention
 from ibtools.models.gpt import _check_tokens
 from ibtools.models.layers import (
@@ -97,7 +98,7 @@ class Llama(ReferenceModel):
         super().__init__()
         noise = noise_config(noise_std, noise_seed)
         if n_layer < 1 or vocab_size < 2 or dim % n_head or (dim // n_head) % 2:
-            raise ValueError(f"Llama needs n_layer >= 1, vocab_size >= 2 and an even head size dim/n_head, got "
+            raise InputError(f"Llama needs n_layer >= 1, vocab_size >= 2 and an even head size dim/n_head, got "
                              f"n_layer={n_layer}, vocab_size={vocab_size}, dim={dim}, n_head={n_head}")
         hidden_dim = int(hidden_dim) if hidden_dim is not None else 8 * ((8 * dim // 3 + 7) // 8)
         lam = resolve_lam(norm, lam)

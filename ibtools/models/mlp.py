@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ibtools.errors import InputError
 from ibtools.models.layers import (GaussianNoise, NoiseSource, ReferenceModel, make_norm,
                                    noise_config, norm_config, resolve_lam)
 
@@ -78,10 +79,10 @@ class MLP(ReferenceModel):
         noise = noise_config(noise_std, noise_seed)
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1 or in_features < 1 or n_classes < 2:
-            raise ValueError(f"MLP needs in_features >= 1, non-empty widths >= 1 and n_classes >= 2, got "
+            raise InputError(f"MLP needs in_features >= 1, non-empty widths >= 1 and n_classes >= 2, got "
                              f"in_features={in_features}, widths={widths}, n_classes={n_classes}")
         if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
+            raise InputError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
         lam = resolve_lam(norm, lam)
         self.config = {"in_features": int(in_features), "widths": widths, "n_classes": int(n_classes),
                        "activation": activation, "norm": norm_config(norm), "lam": lam,

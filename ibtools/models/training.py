@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.models.checkpoint_format import save_checkpoint
 from ibtools.models.data import TextData, VisionData, load_data
 from ibtools.norms import describe_norms
@@ -143,20 +144,20 @@ def train(model_or_name, data: str | None = None, *, epochs: int | None = None, 
         model = build_model(model_or_name, **(model_config or {}))
     elif isinstance(model_or_name, nn.Module) and type(model_or_name) in REFERENCE_MODELS.values():
         if model_config:
-            raise ValueError("model_config is only used when model_or_name is a name")
+            raise InputError("model_config is only used when model_or_name is a name")
         model = model_or_name
     else:
-        raise TypeError(f"model_or_name must be a name in {sorted(REFERENCE_MODELS)} or a reference model, "
-                        f"got {type(model_or_name).__name__}")
+        raise InputTypeError(f"model_or_name must be a name in {sorted(REFERENCE_MODELS)} or a reference model, "
+                             f"got {type(model_or_name).__name__}")
     for arg, value in (("checkpoint_every", checkpoint_every), ("max_steps", max_steps),
                        ("epochs", epochs), ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{arg} must be a positive integer or None, got {value!r}")
+            raise InputError(f"{arg} must be a positive integer or None, got {value!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+        raise InputError(f"lr must be a positive number, got {lr!r}")
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                     or num_threads < 1):
-        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+        raise InputError(f"num_threads must be a positive integer or None, got {num_threads!r}")
     if device is not None:
         model.to(device)
     device = next(model.parameters()).device

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ibtools.errors import InputError
 from ibtools.models.attention import SelfAttention
 from ibtools.models.layers import (
     GaussianNoise,
@@ -81,11 +82,11 @@ class ViT(ReferenceModel):
         noise = noise_config(noise_std, noise_seed)
         for key, value in (("image_size", image_size), ("patch_size", patch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{key} must be a positive integer; got {value!r}")
+                raise InputError(f"{key} must be a positive integer; got {value!r}")
         if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
+            raise InputError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
         if depth < 1 or n_classes < 2:
-            raise ValueError(f"ViT needs depth >= 1 and n_classes >= 2, got depth={depth}, n_classes={n_classes}")
+            raise InputError(f"ViT needs depth >= 1 and n_classes >= 2, got depth={depth}, n_classes={n_classes}")
         lam = resolve_lam(norm, lam)
         self.config = {"image_size": int(image_size), "patch_size": int(patch_size),
                        "in_channels": int(in_channels), "dim": int(dim), "depth": int(depth),

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ibtools.errors import InputError
 from ibtools.probes.storage import FileStamp
 
 FORMAT = "ibtools-activations"
@@ -127,7 +128,7 @@ class Activations:
         for name, t in self._data.items():
             shape = _shape(t)
             if len(shape) != 2 or shape[0] != n:
-                raise ValueError(f"layer {name!r} has shape {shape}; expected ({n}, d)")
+                raise InputError(f"layer {name!r} has shape {shape}; expected ({n}, d)")
             self._dims[name] = int(shape[1])
 
     x = _column("x", "Inputs aligned to rows (see the class docstring).")
@@ -161,7 +162,7 @@ class Activations:
 
     def _resolve(self, store: dict, key: str, what: str):
         if self._closed:
-            raise ValueError(f"{what}: these Activations were closed; capture or load again")
+            raise InputError(f"{what}: these Activations were closed; capture or load again")
         value = store[key]
         if isinstance(value, FileStamp):
             value = store[key] = _Mapped(value, value.open(what))
@@ -255,11 +256,11 @@ class Activations:
             return cls._load_safetensors(path)
         mf = path / "manifest.json"
         if not mf.exists():
-            raise ValueError(f"path={str(path)!r} has no manifest.json; not saved by "
+            raise InputError(f"path={str(path)!r} has no manifest.json; not saved by "
                              f"Activations.save")
         manifest = json.loads(mf.read_text())
         if manifest.get("format") != FORMAT:
-            raise ValueError(f"{mf} is not an ibtools activations manifest")
+            raise InputError(f"{mf} is not an ibtools activations manifest")
         shapes = manifest.get("shapes", {})  # absent in directories saved before shapes
         layers = {}
         for i, name in enumerate(manifest["layers"]):
@@ -285,10 +286,10 @@ class Activations:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # safetensors raises its own error type for bad files
-            raise ValueError(f"path={str(path)!r} is not a readable safetensors file: {exc}") \
+            raise InputError(f"path={str(path)!r} is not a readable safetensors file: {exc}") \
                 from exc
         if "ibtools" not in meta:
-            raise ValueError(f"path={str(path)!r} is a safetensors file without ibtools "
+            raise InputError(f"path={str(path)!r} is a safetensors file without ibtools "
                              f"activations metadata")
         manifest = json.loads(meta["ibtools"])
         layers = {name: tensors[f"layer.{i}"] for i, name in enumerate(manifest["layers"])}
@@ -310,9 +311,9 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 def _saved_file(f: Path, shape, manifest: Path) -> FileStamp:
     """Stamp a file of a saved directory, checking it is whole and has the recorded shape."""
     if not f.exists():
-        raise ValueError(f"{f} is missing: the activations saved at {f.parent} are incomplete")
+        raise InputError(f"{f} is missing: the activations saved at {f.parent} are incomplete")
     stamp = FileStamp.of(str(f))
     if shape is not None and list(stamp.shape) != list(shape):
-        raise ValueError(f"{f} holds shape {stamp.shape} but {manifest} records {tuple(shape)}"
+        raise InputError(f"{f} holds shape {stamp.shape} but {manifest} records {tuple(shape)}"
                          f": the file was replaced after it was saved")
     return stamp

@@ -16,6 +16,7 @@ import importlib
 
 from torch import nn
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.models.checkpoint_format import MAX_PARAMETERS, check_config, check_size
 
 ARCH_FORMS = ("'ibtools:<mlp|cnn|vit|gpt|llama>'", "'torchvision:<name>'", "'timm:<name>'",
@@ -23,7 +24,7 @@ ARCH_FORMS = ("'ibtools:<mlp|cnn|vit|gpt|llama>'", "'torchvision:<name>'", "'tim
               "an nn.Module instance")
 
 
-class UntrustedCodeError(ValueError):
+class UntrustedCodeError(InputError):
     """A file names code (an architecture factory) that the user did not name."""
 
 
@@ -38,14 +39,14 @@ def resolve_callable(spec: str, what: str = "arch"):
     """``"package.module:attr.sub"`` -> the object it names."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"{what}={spec!r} is not 'package.module:name'")
+        raise InputError(f"{what}={spec!r} is not 'package.module:name'")
     try:
         obj = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"{what}={spec!r}: cannot import {module_name!r} ({exc})") from exc
+        raise InputError(f"{what}={spec!r}: cannot import {module_name!r} ({exc})") from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"{what}={spec!r}: {module_name!r} has no attribute {attr!r}")
+            raise InputError(f"{what}={spec!r}: {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
 
@@ -114,7 +115,7 @@ def architecture_factory(arch):
 
         name = arch[len("ibtools:"):]
         if name not in REFERENCE_MODELS:
-            raise ValueError(f"arch={arch!r}: no ibtools model {name!r}; use one of "
+            raise InputError(f"arch={arch!r}: no ibtools model {name!r}; use one of "
                              f"{sorted(REFERENCE_MODELS)}")
         return REFERENCE_MODELS[name]
     if isinstance(arch, str) and arch.startswith("torchvision:"):
@@ -128,9 +129,9 @@ def architecture_factory(arch):
     if isinstance(arch, str) and ":" in arch and not arch.startswith("hf:"):
         factory = resolve_callable(arch)
         if not callable(factory):
-            raise TypeError(f"arch={arch!r} names {type(factory).__name__}, not a callable")
+            raise InputTypeError(f"arch={arch!r} names {type(factory).__name__}, not a callable")
         return factory
-    raise ValueError(f"arch={arch!r} is not accepted; use one of {', '.join(ARCH_FORMS)}")
+    raise InputError(f"arch={arch!r} is not accepted; use one of {', '.join(ARCH_FORMS)}")
 
 
 def choose_architecture(arch, stored: dict | None, arch_kwargs: dict, *, where: str,
@@ -145,7 +146,7 @@ def choose_architecture(arch, stored: dict | None, arch_kwargs: dict, *, where: 
     """
     if arch is None:
         if stored is None:
-            raise ValueError(f"the checkpoint does not say its architecture; pass arch= as one "
+            raise InputError(f"the checkpoint does not say its architecture; pass arch= as one "
                              f"of {ARCH_FORMS}")
         arch = stored_arch(stored["arch"], where=where, trust_code=trust_code)
     if stored is None or not isinstance(arch, str):
@@ -171,7 +172,7 @@ def build_architecture(arch, **kwargs) -> nn.Module:
     """
     if isinstance(arch, nn.Module):
         if kwargs:
-            raise ValueError(f"arch is a module instance; keyword arguments {sorted(kwargs)} "
+            raise InputError(f"arch is a module instance; keyword arguments {sorted(kwargs)} "
                              f"cannot apply to it")
         return arch
     factory = architecture_factory(arch)
@@ -182,5 +183,5 @@ def build_architecture(arch, **kwargs) -> nn.Module:
     else:
         model = factory(**kwargs)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"arch={arch!r} returned {type(model).__name__}, not an nn.Module")
+        raise InputTypeError(f"arch={arch!r} returned {type(model).__name__}, not an nn.Module")
     return model

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.estimators.base import parse_bytes
 from ibtools.probes.activations import Activations
 from ibtools.probes.datasets import as_analysis_data
@@ -66,11 +67,11 @@ class _BatchContext:
     def rows(self, t: torch.Tensor, name: str) -> torch.Tensor:
         b = self.batch
         if t.ndim == 0 or t.shape[0] != b:
-            raise ValueError(f"layer {name!r} returned shape {tuple(t.shape)}, whose first axis is "
+            raise InputError(f"layer {name!r} returned shape {tuple(t.shape)}, whose first axis is "
                              f"not the batch ({b}); choose another layer")
         if self.kind == "language":
             if t.ndim < 2 or t.shape[1] != self.seq_len:
-                raise ValueError(f"layer {name!r} returned shape {tuple(t.shape)}; per-token "
+                raise InputError(f"layer {name!r} returned shape {tuple(t.shape)}; per-token "
                                  f"capture needs (batch={b}, seq_len={self.seq_len}, ...)")
             if self.pool is None:
                 return t.reshape(b * self.seq_len, -1)
@@ -81,7 +82,7 @@ class _BatchContext:
             return t.mean(dim=1) if self.pool == "mean" else t[:, -1]
         if self.pool == "mean":  # (B, C, *spatial): global average over space
             return t.flatten(2).mean(dim=2)
-        raise ValueError(f"pool='last' is undefined for layer {name!r} of shape "
+        raise InputError(f"pool='last' is undefined for layer {name!r} of shape "
                          f"{tuple(t.shape)} (channels-first maps); use pool='mean' or None")
 
     def hook_for(self, name: str):
@@ -179,18 +180,18 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
     they are read: a file changed by something else is a ValueError, not a crash.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if pool not in POOLS:
-        raise ValueError(f"pool={pool!r} is not accepted; use None, 'mean' or 'last'")
+        raise InputError(f"pool={pool!r} is not accepted; use None, 'mean' or 'last'")
     if store_dtype not in STORE_DTYPES:
-        raise ValueError(f"store_dtype={store_dtype!r} is not accepted; use None, torch.float16, "
+        raise InputError(f"store_dtype={store_dtype!r} is not accepted; use None, torch.float16, "
                          f"torch.bfloat16, torch.float32 or torch.float64")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+        raise InputError(f"batch_size={batch_size!r} must be a positive int")
     budget = None if memory_budget is None else parse_bytes(memory_budget, "memory_budget")
     check_spill_dir(spill_dir)
     if keep_spill is not None and not isinstance(keep_spill, bool):
-        raise TypeError(f"keep_spill={keep_spill!r} must be None, True or False")
+        raise InputTypeError(f"keep_spill={keep_spill!r} must be None, True or False")
     from ibtools.probes import fx_capture, reduce as reduce_mod
 
     reducer = None if reduce is None else reduce_mod.Reducer(reduce, seed)
@@ -238,7 +239,7 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
     finally:
         model.train(was_training)
     if reservoir.n_seen == 0:
-        raise ValueError("data yielded no rows; nothing was captured")
+        raise InputError("data yielded no rows; nothing was captured")
     settings = {
         "layers_spec": layers if layers is None or isinstance(layers, str) else repr(layers),
         "modules": names, "max_rows": max_rows, "pool": pool, "seed": seed,
@@ -270,7 +271,7 @@ def _forward(model: nn.Module, model_in: torch.Tensor, inputs: torch.Tensor, dat
         whole = getattr(data, "inputs", None)
         shape = (f"inputs of shape {tuple(whole.shape)}" if whole is not None
                  else f"a batch of shape {tuple(inputs.shape)}")
-        raise ValueError(f"model {type(model).__name__} failed on data {data.name!r} ({shape}, "
+        raise InputError(f"model {type(model).__name__} failed on data {data.name!r} ({shape}, "
                          f"{inputs.dtype}){layer}: {exc}. Check that the data's shape and type "
                          f"fit the model") from exc
 
@@ -356,7 +357,7 @@ class _Stores:
                 warnings.warn(f"layers {unused} were not called in the forward pass; they are "
                               f"left out", stacklevel=3)
             if not collected:
-                raise ValueError(f"none of the layers {names} was called in the forward pass")
+                raise InputError(f"none of the layers {names} was called in the forward pass")
             self._open(collected, inputs)
         calls: dict[str, int] = {}
         for name, t in collected:

@@ -35,6 +35,7 @@ import zipfile
 import torch
 from torch import nn
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.models.checkpoint_format import MAX_PARAMETERS
 from ibtools.probes.architectures import UntrustedCodeError
 
@@ -55,12 +56,12 @@ PREFIXES = ("module.", "_orig_mod.")
 _SCHEMES = ("ibtools:", "torchvision:", "timm:", "hf:")
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(InputError):
     """A checkpoint needs arbitrary pickled objects, which are refused without trust."""
 
 
-def _corrupt(path, exc) -> ValueError:
-    return ValueError(f"checkpoint={str(path)!r} cannot be read; the file is truncated, corrupt "
+def _corrupt(path, exc) -> InputError:
+    return InputError(f"checkpoint={str(path)!r} cannot be read; the file is truncated, corrupt "
                       f"or not a checkpoint ({type(exc).__name__}: {str(exc)[:200]})")
 
 
@@ -159,7 +160,7 @@ def read_checkpoint(path, *, trust_pickle: bool = False, map_location="cpu"):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint={path!r}: no such file")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"checkpoint={path!r} is empty (0 bytes); the file is truncated")
+        raise InputError(f"checkpoint={path!r} is empty (0 bytes); the file is truncated")
     if _is_safetensors(path):
         from safetensors import safe_open
 
@@ -180,7 +181,7 @@ def read_checkpoint(path, *, trust_pickle: bool = False, map_location="cpu"):
         raise _corrupt(path, exc) from exc
     wanted = _unsafe_globals(path)
     if not wanted and not _is_pickle(path):
-        raise ValueError(f"checkpoint={path!r} is not a checkpoint: it is neither a torch or "
+        raise InputError(f"checkpoint={path!r} is not a checkpoint: it is neither a torch or "
                          f"pickle file, a safetensors file nor a Hugging Face directory (it "
                          f"starts with bytes {_head(path)}); the file is corrupt or of another "
                          f"kind.  Nothing from it was executed.") from refused
@@ -216,7 +217,7 @@ def unwrap_state_dict(obj, state_key: str | None = None):
     if state_key is not None:
         if not isinstance(obj, dict) or state_key not in obj:
             keys = list(obj)[:20] if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"state_key={state_key!r} is not in the checkpoint; its keys: {keys}")
+            raise InputError(f"state_key={state_key!r} is not in the checkpoint; its keys: {keys}")
         obj, path = obj[state_key], [state_key]
     for _ in range(4):
         if isinstance(obj, nn.Module):
@@ -230,7 +231,7 @@ def unwrap_state_dict(obj, state_key: str | None = None):
             break
         obj, path = obj[key], path + [key]
     keys = list(obj)[:20] if isinstance(obj, dict) else type(obj).__name__
-    raise ValueError(f"no state dict found in the checkpoint (walked {path or 'nothing'}); "
+    raise InputError(f"no state dict found in the checkpoint (walked {path or 'nothing'}); "
                      f"its keys: {keys}; pass state_key= to name the entry that holds it")
 
 
@@ -288,7 +289,7 @@ def load_state_dict_reported(model: nn.Module, state_dict: dict, strict: bool) -
     if mismatched:
         problems.append(f"{len(mismatched)} with other shapes (e.g. {mismatched[:3]})")
     if problems and strict:
-        raise ValueError(f"the checkpoint does not match {type(model).__name__}: "
+        raise InputError(f"the checkpoint does not match {type(model).__name__}: "
                          f"{'; '.join(problems)}; pass strict=False to load what matches")
     if problems:
         warnings.warn(f"loaded {report['loaded_keys']} tensors into {type(model).__name__}; "
@@ -353,12 +354,12 @@ def load_model(checkpoint=None, arch=None, *, trust_pickle: bool = False,
     if isinstance(arch, str) and arch.startswith("hf:"):
         hf_dir = arch[3:]
         if checkpoint is not None and os.fspath(checkpoint) != hf_dir:
-            raise ValueError(f"arch={arch!r} loads its own weights; give checkpoint=None or the "
+            raise InputError(f"arch={arch!r} loads its own weights; give checkpoint=None or the "
                              f"same directory, not {checkpoint!r}")
         checkpoint, arch = hf_dir, None
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike, dict, nn.Module)):
-        raise TypeError(f"checkpoint: {type(checkpoint).__name__} is not accepted; give a path, "
-                        f"a loaded dict, a module or None")
+        raise InputTypeError(f"checkpoint: {type(checkpoint).__name__} is not accepted; give a "
+                             f"path, a loaded dict, a module or None")
     if isinstance(checkpoint, (str, os.PathLike)) and not os.path.exists(checkpoint):
         raise FileNotFoundError(f"checkpoint={os.fspath(checkpoint)!r}: no such file")
     request = LoadRequest(checkpoint, arch, trust_pickle=trust_pickle, trust_code=trust_code,

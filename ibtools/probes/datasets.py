@@ -27,6 +27,8 @@ import zipfile
 import numpy as np
 import torch
 
+from ibtools.errors import InputError, InputTypeError
+
 SPLITS = ("train", "test", "val", "all")
 DEFAULT_SEQ_LEN = 128
 _SPEC_FORMS = "'digits', 'text:PATH', 'npz:PATH' or 'package.module:function'"
@@ -62,11 +64,11 @@ class AnalysisData:
                  meta: dict | None = None):
         self.inputs, self.targets = torch.as_tensor(inputs), torch.as_tensor(targets)
         if self.inputs.shape[0] != self.targets.shape[0]:
-            raise ValueError(f"inputs have {self.inputs.shape[0]} samples but targets have "
+            raise InputError(f"inputs have {self.inputs.shape[0]} samples but targets have "
                              f"{self.targets.shape[0]}")
         self.kind = kind or infer_kind(self.inputs, self.targets)
         if self.kind not in ("classification", "language"):
-            raise ValueError(f"kind={self.kind!r}; use 'classification' or 'language'")
+            raise InputError(f"kind={self.kind!r}; use 'classification' or 'language'")
         self.name, self.meta = name, dict(meta or {})
 
     @property
@@ -114,7 +116,7 @@ class BatchStream:
             iterator = iter(iterable)
             first = next(iterator, None)
             if first is None:
-                raise ValueError(f"data {self.name!r} yielded no batches")
+                raise InputError(f"data {self.name!r} yielded no batches")
             if iterator is iterable and not callable(self._source):
                 self._peeked.append(first)
             self._kind = infer_kind(first[0], first[1])
@@ -126,8 +128,8 @@ class BatchStream:
     def batches(self, batch_size: int):
         for item in self._iterable():
             if not isinstance(item, (tuple, list)) or len(item) != 2:
-                raise TypeError(f"data {self.name!r}: each batch must be a pair (inputs, "
-                                f"targets), got {type(item).__name__}")
+                raise InputTypeError(f"data {self.name!r}: each batch must be a pair (inputs, "
+                                     f"targets), got {type(item).__name__}")
             yield item[0], item[1]
 
 
@@ -142,9 +144,9 @@ def as_analysis_data(data, model=None):
         return AnalysisData(*data)
     if callable(data) or hasattr(data, "__iter__"):
         return BatchStream(data, name=type(data).__name__)
-    raise TypeError(f"data: {type(data).__name__} is not accepted; give a spec string "
-                    f"({_SPEC_FORMS}), load_dataset(...)'s result, a tuple (inputs, targets) or "
-                    f"an iterable of (inputs, targets) batches")
+    raise InputTypeError(f"data: {type(data).__name__} is not accepted; give a spec string "
+                         f"({_SPEC_FORMS}), load_dataset(...)'s result, a tuple (inputs, "
+                         f"targets) or an iterable of (inputs, targets) batches")
 
 
 def load_dataset(spec: str, *, model=None, split: str = "test", max_samples: int | None = None,
@@ -172,15 +174,15 @@ def load_dataset(spec: str, *, model=None, split: str = "test", max_samples: int
     AnalysisData or BatchStream
     """
     if not isinstance(spec, str) or not spec:
-        raise TypeError(f"spec={spec!r} is not a dataset spec; use {_SPEC_FORMS}")
+        raise InputTypeError(f"spec={spec!r} is not a dataset spec; use {_SPEC_FORMS}")
     if split not in SPLITS:
-        raise ValueError(f"split={split!r} is not accepted; use one of {list(SPLITS)}")
+        raise InputError(f"split={split!r} is not accepted; use one of {list(SPLITS)}")
     if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(
             max_samples, int) or max_samples < 1):
-        raise ValueError(f"max_samples={max_samples!r} must be a positive int or None")
+        raise InputError(f"max_samples={max_samples!r} must be a positive int or None")
     if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int)
                                 or seq_len < 1):
-        raise ValueError(f"seq_len={seq_len!r} must be a positive int or None")
+        raise InputError(f"seq_len={seq_len!r} must be a positive int or None")
     if spec == "digits":
         return _digits(model, split, max_samples, seed)
     scheme, _, rest = spec.partition(":")
@@ -194,7 +196,7 @@ def load_dataset(spec: str, *, model=None, split: str = "test", max_samples: int
         return _npz(rest, split, max_samples, seed)
     if rest and ("." in scheme or scheme.isidentifier()):
         return _function(scheme, rest, model, split, max_samples, seq_len, seed)
-    raise ValueError(f"spec={spec!r} is not a dataset spec; use {_SPEC_FORMS}")
+    raise InputError(f"spec={spec!r} is not a dataset spec; use {_SPEC_FORMS}")
 
 
 def _subset(n: int, max_samples, seed: int) -> np.ndarray | None:
@@ -281,7 +283,7 @@ def _text(path, model, split, max_samples, seq_len, seed, tokenizer):
     if seq_len is None:
         seq_len = min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
     elif limit is not None and seq_len > limit:
-        raise ValueError(f"seq_len={seq_len} exceeds the model's context length {limit}")
+        raise InputError(f"seq_len={seq_len} exceeds the model's context length {limit}")
     tok = tokenizer if tokenizer is not None else (model_tokenizer(model) if model is not None
                                                    else None)
     if tok is None:
@@ -299,7 +301,7 @@ def _text(path, model, split, max_samples, seq_len, seed, tokenizer):
     ids = {"train": ids[:cut], "test": ids[cut:], "val": ids[cut:], "all": ids}[split]
     n_windows = (len(ids) - 1) // seq_len
     if n_windows < 1:
-        raise ValueError(f"text:{path} split={split!r} has {len(ids)} tokens, fewer than "
+        raise InputError(f"text:{path} split={split!r} has {len(ids)} tokens, fewer than "
                          f"seq_len + 1 = {seq_len + 1}; use a longer file, split='all' or a "
                          f"smaller seq_len")
     starts = np.arange(n_windows) * seq_len
@@ -321,13 +323,13 @@ def _npz(path, split, max_samples, seed):
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"npz:{path} is not a readable .npz file: {exc}") from exc
+        raise InputError(f"npz:{path} is not a readable .npz file: {exc}") from exc
     for xk, yk in ((f"X_{split}", f"Y_{split}"), ("X", "Y"), ("x", "y")):
         if xk in arrays and yk in arrays:
             x, y = arrays[xk], arrays[yk]
             break
     else:
-        raise ValueError(f"npz:{path} holds {sorted(arrays)}; it needs arrays 'X' and 'Y' (or "
+        raise InputError(f"npz:{path} holds {sorted(arrays)}; it needs arrays 'X' and 'Y' (or "
                          f"'X_{split}' and 'Y_{split}')")
     keep = _subset(len(x), max_samples, seed)
     if keep is not None:
@@ -343,15 +345,15 @@ def _function(module_name, attr, model, split, max_samples, seq_len, seed):
     try:
         obj = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"dataset spec '{module_name}:{attr}': cannot import {module_name!r} "
+        raise InputError(f"dataset spec '{module_name}:{attr}': cannot import {module_name!r} "
                          f"({exc})") from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"dataset spec '{module_name}:{attr}': {module_name!r} has no "
+            raise InputError(f"dataset spec '{module_name}:{attr}': {module_name!r} has no "
                              f"attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise TypeError(f"dataset spec '{module_name}:{attr}' is not callable")
+        raise InputTypeError(f"dataset spec '{module_name}:{attr}' is not callable")
     offered = {"split": split, "max_samples": max_samples, "seq_len": seq_len, "seed": seed,
                "model": model}
     params = inspect.signature(obj).parameters

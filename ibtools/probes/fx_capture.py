@@ -27,6 +27,8 @@ import inspect
 
 from torch import nn
 
+from ibtools.errors import InputError
+
 PREFIX = "fx:"
 
 #: Graph nodes that compute something (placeholders, constants and the output are not).
@@ -61,7 +63,7 @@ def trace(model: nn.Module):
     try:
         return torch.fx.symbolic_trace(model, concrete_args=concrete or None)
     except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError, ...
-        raise ValueError(f"layers with the 'fx:' prefix need a torch.fx trace of model "
+        raise InputError(f"layers with the 'fx:' prefix need a torch.fx trace of model "
                          f"{type(model).__name__}, which failed: {type(exc).__name__}: {exc}. "
                          f"Probe module outputs instead (layer names without 'fx:'), or make "
                          f"forward traceable (no Python control flow on tensor values)") from exc
@@ -90,7 +92,7 @@ def prepare(model: nn.Module, layers):
         pattern = _glob_regex(body)
         found = [n for n in names if pattern.fullmatch(n)]
         if not found:
-            raise ValueError(f"layers: {spec!r} matches no node of the fx graph of "
+            raise InputError(f"layers: {spec!r} matches no node of the fx graph of "
                              f"{type(model).__name__}; node names: "
                              f"{_describe_available(names)} (give them as 'fx:NAME')")
         chosen.extend(n for n in found if n not in chosen)

@@ -25,6 +25,8 @@ import re
 import torch
 from torch import nn
 
+from ibtools.errors import InputError, InputTypeError
+
 GROUPS = ("norms", "blocks", "leaves", "all")
 
 _NORM_BASES: tuple[type, ...] = (
@@ -68,9 +70,10 @@ def _match_one(model: nn.Module, spec, named: dict[str, nn.Module]) -> list[str]
     if isinstance(spec, tuple) and spec and all(isinstance(s, type) for s in spec):
         return [n for n, m in named.items() if isinstance(m, spec)]
     if not isinstance(spec, str):
-        raise TypeError(f"layers: {spec!r} ({type(spec).__name__}) is not a layer specification; "
-                        f"use a name or glob string, a module class, one of {list(GROUPS)}, "
-                        f"or a list of these")
+        raise InputTypeError(f"layers: {spec!r} ({type(spec).__name__}) is not a layer "
+                             f"specification; "
+                             f"use a name or glob string, a module class, one of {list(GROUPS)}, "
+                             f"or a list of these")
     if spec == "norms":
         found = [n for n, m in named.items() if is_norm_layer(m)]
         # A wrapper norm (e.g. one that moves the channel axis) and the norm inside it give
@@ -140,21 +143,21 @@ def select_layers(model: nn.Module, layers=None) -> list[str]:
         When a specification matches no module; the message lists the available names.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     named = {n: m for n, m in model.named_modules() if n}
     if not named:
-        raise ValueError("model has no submodules to probe; wrap it or probe its output instead")
+        raise InputError("model has no submodules to probe; wrap it or probe its output instead")
     if layers is None:
         chosen = _block_names(model) or [n for n, _ in model.named_children()]
         return chosen
     specs = list(layers) if isinstance(layers, list) else [layers]
     if not specs:
-        raise ValueError("layers=[] selects nothing; give at least one name, glob or class")
+        raise InputError("layers=[] selects nothing; give at least one name, glob or class")
     chosen: list[str] = []
     for spec in specs:
         found = _match_one(model, spec, named)
         if not found:
-            raise ValueError(f"layers: {spec!r} matches no module of {type(model).__name__}; "
+            raise InputError(f"layers: {spec!r} matches no module of {type(model).__name__}; "
                              f"available names: {_describe_available(list(named))}; also "
                              f"accepted: module classes, {list(GROUPS)}")
         chosen.extend(n for n in found if n not in chosen)
@@ -173,8 +176,8 @@ def primary_tensor(output, layer: str) -> torch.Tensor:
         return output
     found = _first_float_tensor(output, depth=0)
     if found is None:
-        raise TypeError(f"layer {layer!r} returned {type(output).__name__} with no floating-point "
-                        f"tensor in it; choose a different layer")
+        raise InputTypeError(f"layer {layer!r} returned {type(output).__name__} with no "
+                             f"floating-point tensor in it; choose a different layer")
     return found
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.models.checkpoint_format import (
     MAX_PARAMETERS, is_ibtools_checkpoint, read_checkpoint_fields,
 )
@@ -231,11 +232,11 @@ def register_reader(reader: CheckpointReader, *, before: str | None = None) -> C
     if not (isinstance(getattr(reader, "name", None), str) and reader.name
             and callable(getattr(reader, "claims", None)) and callable(getattr(reader, "read",
                                                                                None))):
-        raise TypeError(f"reader={reader!r} is not a checkpoint reader: it needs a non-empty "
-                        f"'name' and 'claims(request)' / 'read(request)' methods")
+        raise InputTypeError(f"reader={reader!r} is not a checkpoint reader: it needs a non-empty "
+                             f"'name' and 'claims(request)' / 'read(request)' methods")
     names = [r.name for r in READERS]
     if before is not None and before not in names:
-        raise ValueError(f"before={before!r} names no registered reader; known: {names}")
+        raise InputError(f"before={before!r} names no registered reader; known: {names}")
     READERS[:] = [r for r in READERS if r.name != reader.name]
     names = [r.name for r in READERS]
     READERS.insert(names.index(before) if before is not None else len(READERS), reader)
@@ -249,9 +250,9 @@ def find_reader(request: LoadRequest) -> CheckpointReader:
             return reader
     path = request.path
     if path is not None and os.path.isdir(path):
-        raise ValueError(f"checkpoint={path!r} is a directory without config.json; give a "
+        raise InputError(f"checkpoint={path!r} is a directory without config.json; give a "
                          f"checkpoint file or a Hugging Face directory")
-    raise ValueError(f"{request.where}: no checkpoint reader claims it (readers: "
+    raise InputError(f"{request.where}: no checkpoint reader claims it (readers: "
                      f"{[r.name for r in READERS]})")
 
 
@@ -279,14 +280,14 @@ def load_hf_directory(path, *, map_location="cpu", trust_code: bool = False, **k
     cls = getattr(transformers, names[0], None) if names and isinstance(names[0], str) else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         if names and not trust_code:
-            raise ValueError(f"{os.path.join(path, 'config.json')}: 'architectures' names "
+            raise InputError(f"{os.path.join(path, 'config.json')}: 'architectures' names "
                              f"{names[0]!r}, which is not a model class of transformers; a "
                              f"config file may name only those unless trust_code=True")
         cls = transformers.AutoModel
     try:
         model, loading = cls.from_pretrained(path, output_loading_info=True, **remote, **kwargs)
     except OSError as exc:
-        raise ValueError(f"hf:{path} could not be loaded (missing or corrupt weights?): "
+        raise InputError(f"hf:{path} could not be loaded (missing or corrupt weights?): "
                          f"{exc}") from exc
     model.to(map_location)
     report = {k: sorted(map(str, loading.get(k, []))) for k in ("missing_keys",

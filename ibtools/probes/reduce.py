@@ -39,6 +39,7 @@ import zlib
 
 import torch
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.probes.layers import _glob_regex
 
 RULES = ("none", "pool", "pool:mean", "pool:max", "channels", "project:K")
@@ -46,8 +47,8 @@ RULES = ("none", "pool", "pool:mean", "pool:max", "channels", "project:K")
 
 def _check_rule(rule, where: str = "reduce") -> str:
     if not isinstance(rule, str):
-        raise TypeError(f"{where}={rule!r} is not a reduction rule; use one of {list(RULES)} "
-                        f"(K an int >= 1) or a dict {{layer-glob: rule}}")
+        raise InputTypeError(f"{where}={rule!r} is not a reduction rule; use one of {list(RULES)} "
+                             f"(K an int >= 1) or a dict {{layer-glob: rule}}")
     text = rule.strip().lower()
     if text in ("none", "pool", "pool:mean", "pool:max", "channels"):
         return "pool:mean" if text == "pool" else text
@@ -55,7 +56,7 @@ def _check_rule(rule, where: str = "reduce") -> str:
         k = text.partition(":")[2]
         if k.isdigit() and int(k) >= 1:
             return f"project:{int(k)}"
-    raise ValueError(f"{where}={rule!r} is not accepted; use one of {list(RULES)} (K an int "
+    raise InputError(f"{where}={rule!r} is not accepted; use one of {list(RULES)} (K an int "
                      f">= 1) or a dict {{layer-glob: rule}}")
 
 
@@ -66,11 +67,11 @@ def parse_reduce(reduce) -> dict | None:
         return None
     if isinstance(reduce, dict):
         if not reduce:
-            raise ValueError("reduce={} names no layer; give a rule or {layer-glob: rule}")
+            raise InputError("reduce={} names no layer; give a rule or {layer-glob: rule}")
         out = {}
         for glob, rule in reduce.items():
             if not isinstance(glob, str) or not glob:
-                raise TypeError(f"reduce: key {glob!r} is not a layer name or glob string")
+                raise InputTypeError(f"reduce: key {glob!r} is not a layer name or glob string")
             out[glob] = _check_rule(rule, f"reduce[{glob!r}]")
         return out
     return {"**": _check_rule(reduce)}
@@ -94,13 +95,13 @@ def from_cli(values):
         glob, eq, rule = item.partition("=")
         if eq:
             if not glob.strip() or not rule.strip():
-                raise ValueError(f"--reduce {item!r} is not accepted; use RULE or GLOB=RULE "
+                raise InputError(f"--reduce {item!r} is not accepted; use RULE or GLOB=RULE "
                                  f"(conv*=pool)")
             pairs[glob.strip()] = _check_rule(rule.strip(), f"--reduce {glob.strip()}")
         else:
             rest.append(_check_rule(item.strip(), "--reduce"))
     if len(rest) > 1:
-        raise ValueError(f"--reduce: several bare rules {rest}; give one, and GLOB=RULE for "
+        raise InputError(f"--reduce: several bare rules {rest}; give one, and GLOB=RULE for "
                          f"the layers that differ")
     if not pairs:
         return rest[0]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from ibtools.errors import InputError
+
 
 class RowReservoir:
     """Decide, batch by batch, which rows enter which storage slot.
@@ -35,7 +37,7 @@ class RowReservoir:
     def __init__(self, capacity: int | None, seed: int = 0):
         if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int)
                                      or capacity < 1):
-            raise ValueError(f"max_rows={capacity!r} must be a positive int or None (keep all)")
+            raise InputError(f"max_rows={capacity!r} must be a positive int or None (keep all)")
         self.capacity = capacity
         self.n_seen = 0
         self._gen = torch.Generator().manual_seed(int(seed))

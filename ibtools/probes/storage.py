@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ibtools.errors import InputError, InputTypeError
+
 #: Bytes reserved for the ``.npy`` header (magic, version, length, dict, padding).
 _HEADER_BYTES = 128
 
@@ -33,7 +35,7 @@ _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32,
 
 def numpy_dtype(dtype: torch.dtype):
     if dtype not in _NUMPY_DTYPES:
-        raise ValueError(f"store_dtype={dtype} cannot be spilled to .npy; use torch.float16, "
+        raise InputError(f"store_dtype={dtype} cannot be spilled to .npy; use torch.float16, "
                          f"torch.float32 or torch.float64 with spill_dir")
     return np.dtype(_NUMPY_DTYPES[dtype])
 
@@ -43,7 +45,7 @@ def npy_header(shape: tuple, dtype: np.dtype) -> bytes:
     body = f"{{'descr': {dtype.str!r}, 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
     pad = _HEADER_BYTES - 10 - len(body) - 1
     if pad < 0:
-        raise ValueError(f"shape {shape} does not fit the reserved .npy header")
+        raise InputError(f"shape {shape} does not fit the reserved .npy header")
     text = (body + " " * pad + "\n").encode("latin1")
     return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
 
@@ -136,12 +138,12 @@ def check_spill_dir(spill_dir) -> None:
     if spill_dir is None:
         return
     if not isinstance(spill_dir, (str, os.PathLike)):
-        raise TypeError(f"spill_dir={spill_dir!r} must be a directory path (str or Path) or "
-                        f"None")
+        raise InputTypeError(f"spill_dir={spill_dir!r} must be a directory path (str or Path) or "
+                             f"None")
     path = Path(spill_dir)
     for part in (path, *path.parents):
         if part.exists() and not part.is_dir():
-            raise ValueError(f"spill_dir={str(spill_dir)!r}: {str(part)!r} is a file, not a "
+            raise InputError(f"spill_dir={str(spill_dir)!r}: {str(part)!r} is a file, not a "
                              f"directory; give a directory (created if missing) or None")
 
 
@@ -159,7 +161,7 @@ def make_spill_dir(spill_dir) -> str:
         os.makedirs(spill_dir, exist_ok=True)
         return tempfile.mkdtemp(prefix="capture-", dir=spill_dir)
     except OSError as exc:
-        raise ValueError(f"spill_dir={str(spill_dir)!r} cannot hold the capture's files: "
+        raise InputError(f"spill_dir={str(spill_dir)!r} cannot hold the capture's files: "
                          f"{exc.strerror or exc}") from exc
 
 
@@ -177,12 +179,12 @@ def read_npy_header(path: str) -> tuple[tuple, np.dtype, int]:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
             offset = f.tell()
     except FileNotFoundError:
-        raise ValueError(f"{path}: the file is gone (deleted or moved after it was "
+        raise InputError(f"{path}: the file is gone (deleted or moved after it was "
                          f"written)") from None
     except (ValueError, OSError) as exc:
-        raise ValueError(f"{path} is not a readable .npy file: {exc}") from exc
+        raise InputError(f"{path} is not a readable .npy file: {exc}") from exc
     if fortran or dtype.hasobject:
-        raise ValueError(f"{path} is not a C-ordered numeric .npy file as ibtools writes them")
+        raise InputError(f"{path} is not a C-ordered numeric .npy file as ibtools writes them")
     return tuple(shape), dtype, offset
 
 
@@ -203,7 +205,7 @@ class FileStamp:
         size = os.stat(path).st_size
         expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if size != expected:
-            raise ValueError(f"{path} is {size} bytes but its header describes {shape} "
+            raise InputError(f"{path} is {size} bytes but its header describes {shape} "
                              f"{dtype} data ({expected} bytes): the file was cut short or "
                              f"extended")
         return cls(str(path), shape, dtype.str, size, os.stat(path).st_mtime_ns)
@@ -213,12 +215,12 @@ class FileStamp:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            raise ValueError(f"{what}: its file {self.path} is gone (deleted or moved after it "
+            raise InputError(f"{what}: its file {self.path} is gone (deleted or moved after it "
                              f"was written)") from None
         if (st.st_size, st.st_mtime_ns) == (self.size, self.mtime_ns):
             return
         now = f"{st.st_size} bytes" if st.st_size != self.size else "a new modification time"
-        raise ValueError(f"{what}: its file {self.path} was changed after it was written "
+        raise InputError(f"{what}: its file {self.path} was changed after it was written "
                          f"({self.size} bytes, shape {self.shape}; now {now}); something "
                          f"else wrote over it, so its rows cannot be trusted. Capture or "
                          f"save again into a directory of its own")
@@ -228,6 +230,6 @@ class FileStamp:
         self.check(what)
         shape, dtype, _ = read_npy_header(self.path)
         if shape != self.shape or dtype.str != self.dtype:
-            raise ValueError(f"{what}: its file {self.path} now holds {shape} {dtype} data; it "
+            raise InputError(f"{what}: its file {self.path} now holds {shape} {dtype} data; it "
                              f"was written as {self.shape} {self.dtype}")
         return open_npy(self.path)

@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ibtools import results as results_io
+from ibtools.errors import InputTypeError
 from ibtools.reports.plots import (
     plot_estimator_agreement,
     plot_ib_across_lam,
@@ -117,7 +118,7 @@ def _check_mapping(value, name: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise TypeError(f"{name} must be a dict (or None); got {type(value).__name__}")
+        raise InputTypeError(f"{name} must be a dict (or None); got {type(value).__name__}")
     return value
 
 
@@ -148,7 +149,7 @@ def build_report_content(table, *, config=None, environment=None, units: str = "
     config = _check_mapping(config, "config")
     environment = _check_mapping(environment, "environment")
     if title is not None and not isinstance(title, str):
-        raise TypeError(f"title must be a string; got {type(title).__name__}")
+        raise InputTypeError(f"title must be a string; got {type(title).__name__}")
     prepared = prepare_table(table, units)
     prepared["n_flags"] = prepared["flag_list"].map(len)
     figures = [ReportFigure(spec.key, spec.title, spec.caption(prepared),

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from ibtools.errors import InputTypeError
 from ibtools.reports.content import PDF_TABLE_COLUMNS, ReportContent, build_report_content
 from ibtools.reports.io import atomic_write
 from ibtools.reports.summary import format_number
@@ -173,7 +174,7 @@ def pdf_bytes(content: ReportContent, full_table: bool = False) -> bytes:
     default because a real run has thousands of rows, and each page of text costs about
     a second to lay out."""
     if not isinstance(full_table, bool):
-        raise TypeError(f"full_table must be True or False; got {full_table!r}")
+        raise InputTypeError(f"full_table must be True or False; got {full_table!r}")
     buffer = io.BytesIO()
     metadata = {"Title": content.title, "Creator": "ibtools", "CreationDate": None}
     summary = content.summary

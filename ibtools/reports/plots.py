@@ -20,6 +20,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ibtools.errors import InputError
 from ibtools.reports.figure import NotebookFigure
 from ibtools.reports.ranking import TIE_TOLERANCE_NATS, rank_variants
 from ibtools.reports.table import (
@@ -49,7 +50,7 @@ def _choose(values, wanted, name: str) -> list:
         wanted = [wanted]
     unknown = [w for w in wanted if w not in present]
     if unknown:
-        raise ValueError(f"{name}={unknown!r} not in the table; present: {present}")
+        raise InputError(f"{name}={unknown!r} not in the table; present: {present}")
     return [p for p in present if p in wanted]
 
 
@@ -129,10 +130,10 @@ def plot_information_plane(table, *, units: str = "nats", settings=None, variant
     """
     prepared, units = _setup(table, units)
     if x not in ("auto", "i_xt", "i_prev_t"):
-        raise ValueError(f"x={x!r} is not accepted; use 'auto', 'i_xt' or 'i_prev_t'")
+        raise InputError(f"x={x!r} is not accepted; use 'auto', 'i_xt' or 'i_prev_t'")
     if seed is not None:
         if seed not in set(prepared["seed"].dropna()):
-            raise ValueError(f"seed={seed!r} not in the table; seeds present: "
+            raise InputError(f"seed={seed!r} not in the table; seeds present: "
                              f"{sorted(prepared['seed'].dropna().unique().tolist())}")
         prepared = prepared[prepared["seed"] == seed]
     chosen_settings = _choose(prepared["setting_label"], settings, "settings")
@@ -387,7 +388,7 @@ def plot_estimator_agreement(table, *, units: str = "nats", quantity: str = "ib_
                  "i_ty": ("ci_low_ty", "ci_high_ty"),
                  "i_prev_t": ("ci_low_prev_t", "ci_high_prev_t")}
     if quantity not in intervals:
-        raise ValueError(f"quantity={quantity!r} is not accepted; use one of {list(intervals)}")
+        raise InputError(f"quantity={quantity!r} is not accepted; use one of {list(intervals)}")
     frame = select_step(prepared, step)
     chosen_layers = _choose(frame["layer"], layers, "layers")
     frame = frame[frame["layer"].isin(chosen_layers)]

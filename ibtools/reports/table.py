@@ -14,6 +14,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.schema import (  # noqa: F401  (re-exported)
     INFORMATION_COLUMNS,
     INTERVALS,
@@ -29,7 +30,7 @@ LN2 = math.log(2.0)
 def check_units(units) -> str:
     """Return ``units`` if it is ``"nats"`` or ``"bits"``, else raise ValueError."""
     if units not in UNITS:
-        raise ValueError(f"units={units!r} is not accepted; use 'nats' or 'bits'")
+        raise InputError(f"units={units!r} is not accepted; use 'nats' or 'bits'")
     return units
 
 
@@ -50,19 +51,19 @@ def validate_table(df) -> None:
         ``unit`` other than nats/bits, or has a non-numeric value in a numeric column.
     """
     if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"table must be a pandas DataFrame (a results table); "
-                        f"got {type(df).__name__}")
+        raise InputTypeError(f"table must be a pandas DataFrame (a results table); "
+                             f"got {type(df).__name__}")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"the results table lacks required column(s) {missing}; a results table needs "
             f"{list(REQUIRED_COLUMNS)} (present: {list(map(str, df.columns))})")
     if len(df) == 0:
-        raise ValueError("the results table is empty (0 rows); nothing to report. "
+        raise InputError("the results table is empty (0 rows); nothing to report. "
                          "Run `ibtools analyze` first or pass a table with rows.")
     units = set(df["unit"].dropna().astype(str).str.strip().str.lower())
     if not units <= set(UNITS):
-        raise ValueError(f"column 'unit' has value(s) {sorted(units - set(UNITS))}; "
+        raise InputError(f"column 'unit' has value(s) {sorted(units - set(UNITS))}; "
                          f"accepted units are 'nats' and 'bits'")
     for column in NUMERIC_COLUMNS:
         if column not in df.columns:
@@ -71,11 +72,11 @@ def validate_table(df) -> None:
         bad = coerced.isna() & df[column].notna()
         if bad.any():
             first = df[column][bad].iloc[0]
-            raise ValueError(f"column {column!r} must be numeric; row {int(np.flatnonzero(bad)[0])} "
+            raise InputError(f"column {column!r} must be numeric; row {int(np.flatnonzero(bad)[0])} "
                              f"holds {first!r}")
     for column in ("i_ty", "ib_value"):
         if pd.to_numeric(df[column], errors="coerce").isna().all():
-            raise ValueError(f"column {column!r} has no values (all missing); the report needs it")
+            raise InputError(f"column {column!r} has no values (all missing); the report needs it")
 
 
 def parse_flags(value) -> list[str]:
@@ -290,15 +291,15 @@ def select_step(prepared: pd.DataFrame, step="last") -> pd.DataFrame:
     """
     if isinstance(step, str):
         if step != "last":
-            raise ValueError(f"step={step!r} is not accepted; use 'last' or a step number")
+            raise InputError(f"step={step!r} is not accepted; use 'last' or a step number")
         latest = prepared.groupby(["variant", "seed"])["progress"].transform("max")
         return prepared[prepared["progress"] == latest]
     if not isinstance(step, (int, float, np.integer, np.floating)) or isinstance(step, bool):
-        raise TypeError(f"step must be 'last' or a number; got {type(step).__name__}")
+        raise InputTypeError(f"step must be 'last' or a number; got {type(step).__name__}")
     chosen = prepared[prepared["step"] == float(step)]
     if chosen.empty:
         steps = sorted(prepared["step"].dropna().unique().tolist())
-        raise ValueError(f"step={step!r} is not in the table; steps present: {steps}")
+        raise InputError(f"step={step!r} is not in the table; steps present: {steps}")
     return chosen
 
 

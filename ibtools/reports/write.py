@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.reports.content import build_report_content
 from ibtools.reports.html import render_html
 from ibtools.reports.io import load_config, load_results
@@ -26,7 +27,7 @@ def _output_name(value, name: str):
     if value is None:
         return None
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-        raise TypeError(f"{name} must be a file name or path (or None to skip); got {value!r}")
+        raise InputTypeError(f"{name} must be a file name or path (or None to skip); got {value!r}")
     return Path(value)
 
 
@@ -46,13 +47,13 @@ def _check_target(path: Path, name: str, source: Path | None, overwrite: bool) -
     """Refuse to write a report over the run's own files, or over a file no report made."""
     if path.name in RUN_FILES or (source is not None and source.is_file()
                                   and path.resolve() == source.resolve()):
-        raise ValueError(f"{name}={str(path)!r} would replace the run's own file "
+        raise InputError(f"{name}={str(path)!r} would replace the run's own file "
                          f"{path.name!r} (results, config or journal); a report never does "
                          f"that: choose another name, e.g. report.{name}")
     if path.is_dir():
-        raise ValueError(f"{name}={str(path)!r} is a directory; give a file name")
+        raise InputError(f"{name}={str(path)!r} is a directory; give a file name")
     if path.exists() and not overwrite and not _made_by_report(path):
-        raise ValueError(f"{name}={str(path)!r} exists and was not written by an ibtools "
+        raise InputError(f"{name}={str(path)!r} exists and was not written by an ibtools "
                          f"report; choose another name, or pass overwrite=True (--overwrite) "
                          f"to replace it")
 
@@ -100,7 +101,7 @@ def write_report(table_or_dir, out_dir=None, html="report.html", pdf="report.pdf
     html_name = _output_name(html, "html")
     pdf_name = _output_name(pdf, "pdf")
     if html_name is None and pdf_name is None:
-        raise ValueError("html=None and pdf=None: nothing to write; name at least one output")
+        raise InputError("html=None and pdf=None: nothing to write; name at least one output")
     source = None
     if isinstance(table_or_dir, pd.DataFrame):
         table, base = table_or_dir, Path.cwd()
@@ -111,15 +112,15 @@ def write_report(table_or_dir, out_dir=None, html="report.html", pdf="report.pdf
         base = source if source.is_dir() else source.parent
         found_config = load_config(base)
     else:
-        raise TypeError(f"table_or_dir must be a results DataFrame or a results directory/file "
-                        f"path; got {type(table_or_dir).__name__}")
+        raise InputTypeError(f"table_or_dir must be a results DataFrame or a results "
+                             f"directory/file path; got {type(table_or_dir).__name__}")
     if out_dir is not None:
         if not isinstance(out_dir, (str, os.PathLike)):
-            raise TypeError(f"out_dir must be a folder path; got {type(out_dir).__name__}")
+            raise InputTypeError(f"out_dir must be a folder path; got {type(out_dir).__name__}")
         base = Path(out_dir)
     targets = [(base / n, k) for n, k in ((html_name, "html"), (pdf_name, "pdf")) if n is not None]
     if len(targets) == 2 and targets[0][0].resolve() == targets[1][0].resolve():
-        raise ValueError(f"html and pdf name the same file {str(targets[0][0])!r}; give two names")
+        raise InputError(f"html and pdf name the same file {str(targets[0][0])!r}; give two names")
     for path, kind in targets:
         _check_target(path, kind, source, overwrite)
     content = build_report_content(table, config=config if config is not None else found_config,
