@@ -45,6 +45,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ibtools.errors import InputError, InputTypeError
+
 VARIANTS = ("S", "L", "T")
 ORDERS = ("compress_first", "standardize_first")
 
@@ -69,10 +71,10 @@ def check_lam(lam) -> float:
         If ``lam`` is negative, NaN or infinite.
     """
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
-        raise TypeError(f"lam must be a real number >= 0, got {lam!r} of type {type(lam).__name__}")
+        raise InputTypeError(f"lam must be a real number >= 0, got {lam!r} of type {type(lam).__name__}")
     value = float(lam)
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"lam must be a finite number >= 0 (0 gives the baseline norm), got {lam!r}")
+        raise InputError(f"lam must be a finite number >= 0 (0 gives the baseline norm), got {lam!r}")
     return value
 
 
@@ -82,13 +84,13 @@ def check_variant(variant) -> str | Callable:
         return variant
     if isinstance(variant, str) and variant.upper() in VARIANTS:
         return variant.upper()
-    raise ValueError(f"variant must be one of {VARIANTS} or a callable phi(u, lam), got {variant!r}")
+    raise InputError(f"variant must be one of {VARIANTS} or a callable phi(u, lam), got {variant!r}")
 
 
 def check_order(order) -> str:
     """Return ``order`` after checking it is one of :data:`ORDERS`."""
     if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        raise InputError(f"order must be one of {ORDERS}, got {order!r}")
     return order
 
 
@@ -98,7 +100,7 @@ def _check_trailing_shape(x: torch.Tensor, normalized_shape: Sequence[int]) -> t
     shape = tuple(int(s) for s in normalized_shape)
     k = len(shape)
     if k == 0 or x.dim() < k or tuple(x.shape[-k:]) != shape:
-        raise ValueError(
+        raise InputError(
             f"normalized_shape {list(shape)} must match the trailing dimensions of the input, "
             f"got input of shape {list(x.shape)}"
         )
@@ -140,7 +142,7 @@ def compress(u: torch.Tensor, lam: float, variant: str | Callable = "T") -> torc
         out = variant(u, lam)
         if not isinstance(out, torch.Tensor) or out.shape != u.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"variant callable must return a tensor of shape {tuple(u.shape)}, got {got}")
+            raise InputError(f"variant callable must return a tensor of shape {tuple(u.shape)}, got {got}")
         return out
     if lam == 0.0:
         return u
@@ -361,7 +363,7 @@ def ib_batch_norm(
     variant = check_variant(variant)
     order = check_order(order)
     if x.dim() < 2:
-        raise ValueError(f"ib_batch_norm expects input of shape (N, C, *), got shape {list(x.shape)}")
+        raise InputError(f"ib_batch_norm expects input of shape (N, C, *), got shape {list(x.shape)}")
     if lam == 0.0:
         return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     use_batch = training or running_mean is None or running_var is None
@@ -369,7 +371,7 @@ def ib_batch_norm(
     view = (1, -1) + (1,) * (x.dim() - 2)
     count = x.numel() // x.shape[1]
     if use_batch and count <= 1:
-        raise ValueError(
+        raise InputError(
             f"expected more than 1 value per channel when training, got input of shape {list(x.shape)}"
         )
     xc = _as_compute(x)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ibtools.errors import InputTypeError
 from ibtools.norms.modules import IBNorm, IBNormMixin, IBRMSNorm, _IBBatchNorm
 
 __all__ = ["HF_RMS_NORM_CLASSES", "norm_family", "norm_kind", "describe_norms", "find_norms"]
@@ -57,7 +58,7 @@ def find_norms(model: nn.Module) -> list[tuple[list[str], nn.Module]]:
     A module registered in several places (shared) appears once, with each of its names.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     seen: dict[int, tuple[list[str], nn.Module]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         if norm_family(module) is None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ibtools.errors import InputError
 from ibtools.norms import functional as IBF
 
 __all__ = ["IBNorm", "IBRMSNorm", "IBBatchNorm1d", "IBBatchNorm2d", "IBBatchNorm3d", "IBNormMixin"]
@@ -77,7 +78,7 @@ class IBNormMixin:
             value = state_dict[key]
             try:
                 if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                    raise ValueError(f"expected a scalar tensor, got {value!r}")
+                    raise InputError(f"expected a scalar tensor, got {value!r}")
                 self._set_lam_from_state(float(value.item()))
             except (TypeError, ValueError) as err:
                 error_msgs.append(f"invalid {key!r} in state dict: {err}")

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
+from ibtools.errors import InputTypeError
 from ibtools.norms.inventory import find_norms
 from ibtools.norms.modules import IBNormMixin, _IBBatchNorm
 
@@ -45,7 +46,7 @@ def adapt_norm_state_dict(model: nn.Module, state_dict: Mapping, *, prefix: str 
         so genuine mismatches still fail a strict load.
     """
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        raise InputTypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
     out = state_dict if inplace else OrderedDict(state_dict)
     for names, module in find_norms(model):
         if isinstance(module, IBNormMixin):

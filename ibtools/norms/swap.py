@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ibtools.errors import InputError, InputTypeError
 from ibtools.norms import functional as IBF
 from ibtools.norms.inventory import find_norms, is_hf_rms_norm, norm_family, norm_kind
 from ibtools.norms.modules import (
@@ -64,18 +65,18 @@ def swap_norms(model: nn.Module, to: str = "ib-T", lam: float = 1.0, *,
     by one new module in all of them.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if to not in SWAP_TARGETS:
-        raise ValueError(f"to must be one of {SWAP_TARGETS}, got {to!r}")
+        raise InputError(f"to must be one of {SWAP_TARGETS}, got {to!r}")
     to_ib = to.startswith("ib-")
     if variant is not None and not to_ib:
-        raise ValueError(f"variant is only used with to='ib-*', got variant={variant!r} with to={to!r}")
+        raise InputError(f"variant is only used with to='ib-*', got variant={variant!r} with to={to!r}")
     ib_settings = {}
     if to_ib:
         ib_settings = {"lam": IBF.check_lam(lam), "order": IBF.check_order(order),
                        "variant": IBF.check_variant(to[3:] if variant is None else variant)}
     if norm_family(model) is not None:
-        raise ValueError(f"model is itself a normalization layer ({type(model).__name__}); "
+        raise InputError(f"model is itself a normalization layer ({type(model).__name__}); "
                          "swap_norms replaces submodules in place, so wrap it in a container")
 
     replacements: dict[int, nn.Module] = {}
