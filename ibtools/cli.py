@@ -1,7 +1,7 @@
 """The ``ibtools`` command line: analyze, report, estimate, demo.  Thin over the Python API.
 
 Exit codes: 0 success, 2 a problem with what the user gave (paths, names, settings),
-1 a failure while running.
+1 a failure while running (an unexpected error, a bug, also prints its traceback).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -19,13 +20,16 @@ from ibtools.cli_helpers import UserError, cli_wording, merge_command
 from ibtools.cli_helpers import arch_args as _arch_args
 from ibtools.cli_helpers import cwd_importable as _cwd_importable
 from ibtools.cli_helpers import merge_warnings as _merge_warnings
-from ibtools.errors import IbtoolsError
+from ibtools.errors import EstimatorFailed, IbtoolsError, InputError
 
 
 def _user_errors(fn):
-    """Turn the API's input errors (ibtools' own errors, :mod:`ibtools.errors`, and the
-    value, type and path errors of arguments) into one clear line and exit code 2; anything
-    else is a failure (exit 1) with its message."""
+    """Decide a command's exit by what its error means (:mod:`ibtools.errors`), not by its
+    Python type: ibtools' own errors (bad arguments, settings, paths and files the user gave)
+    and a missing file or directory are one clear line and exit code 2.  A missing optional
+    package or another operating-system error is a failure, exit code 1, in one line.  Any
+    other exception (a plain ``TypeError``, ``KeyError``, ``AttributeError``, ``ValueError``)
+    is a bug: its traceback is shown and the exit code is 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -33,15 +37,18 @@ def _user_errors(fn):
             return fn(*args, **kwargs)
         except click.ClickException:
             raise
-        except (IbtoolsError, ValueError, TypeError, FileNotFoundError, IsADirectoryError,
-                KeyError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            raise UserError(cli_wording(str(message))) from exc
+        except (IbtoolsError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise UserError(cli_wording(str(exc))) from exc
         except KeyboardInterrupt:
             click.echo("interrupted; results written so far are kept (rerun to resume)", err=True)
             sys.exit(130)
-        except Exception as exc:  # noqa: BLE001 - a failure, not a user error
+        except (ImportError, OSError) as exc:
             click.echo(f"Error: ibtools failed: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(1)
+        except Exception:  # noqa: BLE001 - a bug: show where it happened
+            click.echo("Error: ibtools failed with an unexpected error (a bug; please report "
+                       "it with this traceback):", err=True)
+            click.echo(traceback.format_exc(), err=True, nl=False)
             sys.exit(1)
 
     return wrapper
@@ -377,7 +384,7 @@ def estimate(a, b, method, settings, discrete_b, bits, as_json):
             continue
         try:
             out[name] = est.entropy(arr, discrete=disc)
-        except (ValueError, TypeError) as exc:
+        except (InputError, EstimatorFailed) as exc:  # e.g. no entropy from this method
             out[name] = str(exc)
     if as_json:
         click.echo(json.dumps({k: (v.to_dict() if hasattr(v, "to_dict") else {"error": v})

@@ -13,6 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 import ibtools
+import ibtools.errors
+import ibtools.estimators.spec
+import ibtools.models
 from ibtools.cli import main
 from ibtools.results import load_results
 
@@ -239,3 +242,72 @@ def test_vit_refuses_a_zero_patch_size_by_name():
 
     with pytest.raises(ValueError, match="patch_size must be a positive integer; got 0"):
         build_model("vit", patch_size=0)
+
+
+# ----------------------------------------------------- errors decided by meaning (issue 19)
+
+
+def _estimate_raising(monkeypatch, tmp_path, exc):
+    """Run ``ibtools estimate`` with its array loader replaced by one that raises ``exc``."""
+    import ibtools.cli
+
+    def load(spec):
+        raise exc
+
+    monkeypatch.setattr(ibtools.cli, "_load_array", load)
+    (tmp_path / "a.npy").write_bytes(b"")  # never read: the loader raises first
+    return CliRunner().invoke(main, ["estimate", str(tmp_path / "a.npy"), "--method", "ksg"])
+
+
+@pytest.mark.parametrize("exc", [
+    ibtools.errors.InputError("k=0 is too small; it must be >= 1"),
+    ibtools.errors.InputTypeError("k must be an integer; got 'x'"),
+    ibtools.errors.EstimatorRefused("ksg needs at least 4 rows; got 2"),
+    FileNotFoundError("no such file: 'gone.npy'"),
+])
+def test_cli_reports_ibtools_errors_as_user_errors(monkeypatch, tmp_path, exc):
+    res = _estimate_raising(monkeypatch, tmp_path, exc)
+    assert res.exit_code == 2, res.output
+    assert str(exc) in res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("exc", [TypeError("unsupported operand type(s) for +: 'int' and 'str'"),
+                                 KeyError("n_bins"), AttributeError("'NoneType' object has no "
+                                                                    "attribute 'shape'"),
+                                 ValueError("too many values to unpack")])
+def test_cli_shows_a_bug_with_its_traceback_and_exit_1(monkeypatch, tmp_path, exc):
+    # a plain Python error is a bug, not bad input: before, TypeError/ValueError/KeyError were
+    # all reported as a one-line user error (exit 2), hiding where the bug was
+    res = _estimate_raising(monkeypatch, tmp_path, exc)
+    assert res.exit_code == 1, res.output
+    assert "Traceback (most recent call last)" in res.output
+    assert f"{type(exc).__name__}: " in res.output
+    assert "in load" in res.output  # the frame that raised is shown
+
+
+def test_cli_reports_a_missing_package_in_one_line(monkeypatch, tmp_path):
+    res = _estimate_raising(monkeypatch, tmp_path, ModuleNotFoundError("No module named 'dask'"))
+    assert res.exit_code == 1
+    assert "ModuleNotFoundError: No module named 'dask'" in res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("call, kind", [
+    (lambda: ibtools.mutual_information(np.zeros((50, 1)), np.zeros((50, 1)), method="ksg", k=0),
+     "InputError"),
+    (lambda: ibtools.mutual_information(np.zeros((50, 1)), np.zeros((40, 1)), method="ksg"),
+     "InputError"),
+    (lambda: ibtools.mutual_information({"a": 1}, np.zeros((50, 1))), "InputTypeError"),
+    (lambda: ibtools.estimators.spec.parse_estimator_spec("nosuchmethod"), "InputError"),
+    (lambda: ibtools.estimators.spec.parse_estimator_spec(3), "InputTypeError"),
+    (lambda: ibtools.load_dataset("digits", split="everything"), "InputError"),
+    (lambda: ibtools.load_results("/nonexistent/results.csv"), "InputError"),
+    (lambda: ibtools.models.build_model("mlp", norm="ib-S", lam=-1.0), "InputError"),
+])
+def test_bad_input_raises_ibtools_input_errors(call, kind):
+    # ibtools' own types, still ValueError/TypeError for callers' `except` clauses
+    with pytest.raises(ibtools.errors.InputError) as info:
+        call()
+    assert type(info.value).__name__ == kind
+    assert isinstance(info.value, TypeError if kind == "InputTypeError" else ValueError)
