@@ -12,6 +12,7 @@ from click.testing import CliRunner
 pytest.importorskip("distributed")
 
 import ibtools  # noqa: E402
+import ibtools.errors  # noqa: E402
 from ibtools import analysis  # noqa: E402
 from ibtools import distributed as ib_dask  # noqa: E402
 from ibtools.distributed import driver, tasks  # noqa: E402
@@ -151,6 +152,48 @@ def test_errors_in_what_was_given(checkpoints, client):
     # a user error on a worker comes back at once, not after retries
     with pytest.raises(ValueError, match=r"layers: 'nope' matches no module"):
         _analyze(checkpoints[:1], executor=client, layers="nope")
+
+
+@pytest.mark.parametrize("exc", [
+    ibtools.errors.ResourceExceeded("capturing the activations ran out of device memory"),
+    ibtools.errors.InputError("layers: 'nope' matches no module"),
+    ibtools.errors.EstimatorRefused("too few rows"),
+    FileNotFoundError("checkpoint 'a.pt' cannot be read on Dask worker 'w'"),
+    TypeError("unsupported operand type(s)"),
+    KeyError("n_bins"),
+])
+def test_a_task_error_every_try_meets_comes_back_at_once(monkeypatch, exc):
+    # before, ResourceExceeded (a MemoryError) and plain bugs other than TypeError/ValueError
+    # were raised on the worker and retried RETRIES times before the driver saw them
+    def on_worker(job):
+        raise exc
+
+    monkeypatch.setattr(tasks, "_on_worker", on_worker)
+    job = type("Job", (), {"settings": None})()
+    for result in (tasks._plan_task(job, None, None, "m"),
+                   tasks._group_task(job, None, None, "m", "id", None, None, {})):
+        assert not tasks.retried(exc) and result["error"] is exc
+        # the driver raises it as the serial run would; a bug keeps the worker's traceback
+        with pytest.raises(type(exc)) as info:
+            driver._raise_or_warn(dict(result))
+        if isinstance(exc, ibtools.errors.IbtoolsError):
+            assert "traceback" not in result and not getattr(info.value, "__notes__", None)
+        else:
+            assert "in on_worker" in result["traceback"]
+            assert "raised on a Dask worker" in info.value.__notes__[-1]
+            info.value.__notes__.clear()
+
+
+@pytest.mark.parametrize("exc", [OSError(116, "Stale file handle"), MemoryError(),
+                                 torch.OutOfMemoryError("CUDA out of memory")])
+def test_a_task_error_another_try_may_not_meet_is_retried(monkeypatch, exc):
+    def on_worker(job):
+        raise exc
+
+    monkeypatch.setattr(tasks, "_on_worker", on_worker)
+    assert tasks.retried(exc)
+    with pytest.raises(type(exc)):  # raised on the worker: Dask runs the task again
+        tasks._plan_task(type("Job", (), {"settings": None})(), None, None, "m")
 
 
 def test_run_order_is_the_serial_order():

@@ -18,8 +18,10 @@ from ibtools.distributed.tasks import (_GROUP_WORDS, ClusterJob, _group_task, _m
                                        _plan_task)
 from ibtools.errors import InputTypeError
 
-#: Extra tries of a task that raised an unexpected error (OSError from a network file system,
-#: MemoryError on a crowded worker); a worker's death is counted by the scheduler instead.
+#: Extra tries of a task that raised what another try may not meet (``tasks.retried``: an
+#: OSError from a network file system, MemoryError on a crowded worker); errors every try
+#: meets come back as values and are raised at once.  A worker's death is counted by the
+#: scheduler instead.
 RETRIES = 2
 
 
@@ -113,8 +115,11 @@ def _capacity(client) -> tuple[int, int | None]:
 
 
 def _raise_or_warn(result: dict) -> dict:
-    if "error" in result:
-        raise result["error"]
+    if "error" in result:  # a task's error every try would meet (see tasks.retried)
+        exc = result["error"]
+        if result.get("traceback"):
+            exc.add_note(f"raised on a Dask worker:\n{result['traceback'].rstrip()}")
+        raise exc
     for category, message in result.get("warnings", ()):
         warnings.warn(message, category, stacklevel=3)
     return result

@@ -1,7 +1,10 @@
 """The tasks a Dask worker runs for :func:`ibtools.analyze`: a checkpoint's plan (its layers,
 from one batch) and a layer group's capture and estimates.  Both load the checkpoint on the
-worker, so activations stay there; both return errors in what the user gave as values, so
-they are raised on the driver at once instead of being retried.
+worker, so activations stay there.  A task that fails the same way on every try (ibtools'
+own errors -- bad input, a refused estimate, a memory budget exceeded -- and a plain bug)
+returns its error as a value, raised on the driver at once as a serial run raises it; only
+what another try may not meet (an operating-system error, running out of memory) is raised
+on the worker, so that Dask tries the task again.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import contextlib
 import dataclasses
 import os
 import pickle
+import traceback
 import warnings
 from pathlib import Path
 
@@ -19,9 +23,15 @@ from ibtools import analysis, noisy
 from ibtools import inputs as inputs_io
 from ibtools.analysis_settings import AnalysisSettings
 from ibtools.distributed.cluster import worker_device
+from ibtools.errors import IbtoolsError
 
-#: Errors in what the user gave: raised on the driver at once, never retried.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+#: What may not happen again on another try (a network file system's error, host or device
+#: memory taken by other work on a crowded worker): such a task is retried by Dask.
+TRANSIENT = (OSError, MemoryError, torch.OutOfMemoryError)
+#: Kinds of those that every try meets: never retried.  ``ResourceExceeded`` (a
+#: ``MemoryError``) is an ibtools error: the data does not fit the budget or the device.
+DETERMINISTIC = (IbtoolsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                 PermissionError)
 #: Words ``select_layers`` reads as groups, never as a module's name: a checkpoint whose
 #: layers carry one is captured whole, with the user's own ``layers`` spec.
 _GROUP_WORDS = ("norms", "blocks", "leaves", "all")
@@ -147,8 +157,8 @@ def _plan_task(job: ClusterJob, data, source, label) -> dict:
         whole = bool(trained_std) and any(s.method == "mixture" for s in settings.specs)
         return {"layers": layers, "x_dim": x_dim, "whole": whole,
                 "warnings": _shown(caught)}
-    except USER_ERRORS as exc:
-        return {"error": exc}
+    except Exception as exc:  # noqa: BLE001 - sorted by meaning in _failure
+        return _failure(exc)
 
 
 def _group_task(job: ClusterJob, data, source, label, ident, fp, entries, todo) -> dict:
@@ -175,8 +185,28 @@ def _group_task(job: ClusterJob, data, source, label, ident, fp, entries, todo) 
                                            for k in todo.get(name, ())),
                     trained_std, dev))
         return {"steps": steps, "warnings": _shown(caught)}
-    except USER_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 - sorted by meaning in _failure
+        return _failure(exc)
+
+
+def retried(exc: BaseException) -> bool:
+    """Whether a task that raised ``exc`` is run again: only what another try may not meet."""
+    return isinstance(exc, TRANSIENT) and not isinstance(exc, DETERMINISTIC)
+
+
+def _failure(exc: Exception) -> dict:
+    """A failed task's answer: ``exc`` as a value for the driver to raise at once, with the
+    worker's traceback for an error that is not ibtools' own (a bug).  What may pass on
+    another try, and an error that cannot travel back, are raised here for Dask to handle."""
+    if retried(exc):
+        raise exc
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - Dask's own error path reports it
+        raise exc from None
+    if isinstance(exc, IbtoolsError):
         return {"error": exc}
+    return {"error": exc, "traceback": traceback.format_exc()}
 
 
 def _whole(layers, done, job: ClusterJob):
