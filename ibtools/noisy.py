@@ -32,7 +32,12 @@ from torch import nn
 
 from ibtools.estimators.base import EstimateResult
 from ibtools.estimators.kde import gaussian_noise_entropy
-from ibtools.estimators.mixture_sampling import MixtureExponents, shifted_kernel_
+from ibtools.estimators.mixture_sampling import (
+    MixtureExponents,
+    quadratic_control,
+    radial_features,
+    shifted_kernel_,
+)
 
 __all__ = ["NoisyLayerInformation", "model_noise_std", "noise_paths",
            "noisy_network_information"]
@@ -145,7 +150,15 @@ class NoisyLayerInformation:
 
 def _path_monte_carlo(centres, labels, noise_var, gen, tolerance, max_draws, block=256):
     """Means and standard errors of the per-draw scores (I(X;T), I(T;Y), I(T_prev;T),
-    h(T) - h(Z), h(T|X) - h(Z)), drawing until each error is below ``tolerance``."""
+    h(T) - h(Z), h(T|X) - h(Z)), drawing until each error is below ``tolerance``.
+
+    Each antithetic pair carries the mixture estimator's control variates (mean exactly 0
+    at any centre: the radial score of its noise vector, ``s`` and ``s^2 - 1``, and the
+    second-order term of its log-sum-exp over its nearest centres; see
+    :mod:`ibtools.estimators.mixture_sampling`).  Their coefficients are fitted per score
+    by least squares on all draws so far, and the mean and standard error are those of the
+    adjusted draws; centres are drawn with replacement, so the draws are independent.
+    """
     n, k, d = centres.shape
     mix = MixtureExponents(centres.reshape(n * k, d), noise_var, 0.1 * tolerance)
     dev = centres.device
@@ -156,7 +169,12 @@ def _path_monte_carlo(centres, labels, noise_var, gen, tolerance, max_draws, blo
     log_nk, log_k, sigma = math.log(n * k), math.log(k), math.sqrt(noise_var)
 
     def scores(c, z):
-        e = mix.exponents(c, z)                                           # (b, n k)
+        """(5, b) scores of the antithetic pairs ``mu_c +- z`` and their (3, b) control
+        variates."""
+        b = int(c.numel())
+        c, z = torch.cat([c, c]), torch.cat([z, -z])
+        e = mix.exponents(c, z)                                           # (2b, n k)
+        quad = quadratic_control(mix, c, e)                               # before e is spent
         # the path mixture of x_c, before e is spent; its own centre's exponent is 0, so
         # this log-sum-exp is >= 0 and never underflows
         own = torch.logsumexp(e.gather(1, (c // k)[:, None] * k + offsets).to(torch.float64),
@@ -170,22 +188,41 @@ def _path_monte_carlo(centres, labels, noise_var, gen, tolerance, max_draws, blo
         in_class = torch.maximum(per_class.to(torch.float64).log() + top, own)
         given_y = in_class - log_counts[flat_labels[c]]
         given_x = own - log_k
-        return torch.stack([given_x - whole, given_y - whole, -whole, -whole, -given_x])
+        v = torch.stack([given_x - whole, given_y - whole, -whole, -whole, -given_x])
+        features = radial_features([(z[:b], noise_var)]) + [quad]
+        return 0.5 * (v[:, :b] + v[:, b:]), torch.stack(features).to(torch.float64)
 
-    total = torch.zeros(5, dtype=torch.float64, device=dev)
-    squares = torch.zeros(5, dtype=torch.float64, device=dev)
+    values, features = [], []
     draws = 0
     while True:
         c = torch.randint(n * k, (block,), generator=gen, device=dev)
         z = sigma * torch.randn((block, d), generator=gen, device=dev)
-        v = 0.5 * (scores(c, z) + scores(c, -z))                          # antithetic pairs
-        total += v.sum(dim=1)
-        squares += (v * v).sum(dim=1)
+        v, h = scores(c, z)
+        values.append(v)
+        features.append(h)
         draws += block
-        mean = total / draws
-        se = ((squares / draws - mean * mean).clamp(min=0) / max(draws - 1, 1)).sqrt()
+        mean, se = _adjusted_mean(torch.cat(values, dim=1), torch.cat(features, dim=1))
         if (draws >= 4 * block and float(se[:3].max()) <= tolerance) or draws >= max_draws:
             return mean.tolist(), se.tolist(), draws
+
+
+def _adjusted_mean(values: torch.Tensor, features: torch.Tensor):
+    """Mean and standard error per row of (columns, N) independent draws ``values``, less
+    their (p, N) control variates (mean exactly 0) times least-squares coefficients (not
+    fitted below 40 draws per control variate)."""
+    p, count = int(features.shape[0]), int(values.shape[1])
+    if p and count >= 40 * p:
+        x = (features - features.mean(dim=1, keepdim=True)).T            # (N, p)
+        gram = x.T @ x
+        gram.diagonal().add_(1e-12 * float(gram.diagonal().max()) + 1e-300)
+        beta = torch.linalg.solve(gram, x.T @ (values - values.mean(dim=1, keepdim=True)).T)
+        values = values - beta.T @ features
+    else:
+        p = 0
+    mean = values.mean(dim=1)
+    # the fitted coefficients use p degrees of freedom of the residual spread
+    var = (values - mean[:, None]).square().sum(dim=1) / max(count - 1 - p, 1)
+    return mean, (var / count).sqrt()
 
 
 def _result(value, se, n, d, noise_var, seconds, details, tolerance, confidence=0.95):
