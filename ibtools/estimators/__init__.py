@@ -9,8 +9,9 @@
 
 Methods: ``"auto"`` (the default: chooses among the others, see
 :class:`~ibtools.estimators.auto.Auto`), ``"binning"``, ``"kde"``, ``"ksg"``, ``"renyi"``,
-``"gaussian"``, ``"mixture"`` (Monte Carlo entropy of T + Gaussian noise) and the neural
-bounds ``"mine"``, ``"nwj"``, ``"infonce"``, ``"smile"``.
+``"gaussian"``, ``"mixture"`` (Monte Carlo entropy of T + Gaussian noise), the neural
+bounds ``"mine"``, ``"nwj"``, ``"infonce"``, ``"smile"`` and ``"doe"`` (difference of
+entropies, H(Y) - H(Y|X), from two trained density models; not a bound).
 Every estimator is also a class (``ibtools.estimators.KSG(k=5)``) whose methods return
 the same :class:`EstimateResult`; :func:`register` adds a class of your own under a method
 name.
