@@ -20,10 +20,19 @@ to someone else.  So an estimator call (:func:`call_threads`) runs on
 ``min(torch's thread count, cores not busy)``, where the busy cores are the runnable tasks of
 ``/proc/loadavg`` other than this process's own (:func:`free_cores`), read at most every
 ``LOAD_CACHE_SECONDS``.  The count is only ever lowered, only for the call, and put back in
-a ``finally``.  ``IBTOOLS_THREADS=torch`` turns this off (torch's setting is used as is),
-and estimators whose numbers depend on the thread count (the trained critics, Renyi's
-eigenvalues) set ``threads_follow_load = False``.  OpenMP's own remedy, ``OMP_WAIT_POLICY=passive``, must be in the environment before torch
-is imported, so a library cannot apply it; users who start the interpreter may.
+a ``finally``.  ``IBTOOLS_THREADS=torch`` turns this off (torch's setting is used as is).
+
+Estimators whose numbers change in the last bits with the thread count (the trained critics
+of the MINE family and DoE; Renyi's eigendecompositions) cannot follow the load without
+their seeded value depending on it.  They declare ``fixed_threads = 1``: a call runs on
+exactly one thread, whatever the caller's count and the machine's load, so the value is the
+same everywhere and a busy machine never slows it.  Measured (RESULTS.md, threads section),
+their work gains little or nothing from a second thread on a quiet machine (a small critic's
+steps are slower on two) and loses up to 28x on a busy one.  With ``IBTOOLS_THREADS=torch``
+they too run on torch's count as it is (a user's choice for a dedicated machine; the value
+then depends on that count, still never on the load).  OpenMP's own remedy,
+``OMP_WAIT_POLICY=passive``, must be in the environment before torch is imported, so a
+library cannot apply it; users who start the interpreter may.
 """
 
 from __future__ import annotations
@@ -156,12 +165,25 @@ def call_threads_count(limit: int) -> int:
     return limit if free is None else min(limit, free)
 
 
-@contextlib.contextmanager
-def call_threads():
-    """Run the body on :func:`call_threads_count` torch threads; yields that count.
+def check_fixed_threads(fixed) -> int | None:
+    """``fixed`` as a thread count (an int >= 1) or None; a clear error otherwise."""
+    if fixed is None:
+        return None
+    if isinstance(fixed, bool) or not isinstance(fixed, int) or fixed < 1:
+        raise ValueError(f"fixed_threads={fixed!r} is not accepted; use None (follow the "
+                         f"load) or a thread count, an int >= 1")
+    return fixed
 
-    torch's thread count is lowered only when the machine is busier than the caller's limit
-    allows, and the value found on entry is put back on exit, exceptions included.  Thread
+
+@contextlib.contextmanager
+def call_threads(fixed: int | None = None):
+    """Run the body on :func:`call_threads_count` torch threads, or on exactly ``fixed``
+    threads when given (unless ``IBTOOLS_THREADS=torch``); yields the count used.
+
+    Without ``fixed``, torch's thread count is lowered only when the machine is busier than
+    the caller's limit allows.  With it, the count is ``fixed`` whatever the caller's setting
+    and the load, so numbers that depend on the thread count do not depend on the machine.
+    The value found on entry is put back on exit, exceptions included.  Thread
     safety: :func:`torch.set_num_threads` sets the calling thread's OpenMP count and the
     default that threads starting torch work later copy.  Reading and setting happen under
     a lock, and each call restores what its own thread had; but a Python thread that runs
@@ -169,9 +191,13 @@ def call_threads():
     lowered count.  Programs that start such threads during ibtools calls, or that need a
     fixed thread count, set ``IBTOOLS_THREADS=torch``.
     """
+    fixed = check_fixed_threads(fixed)
     with _CALL_LOCK:
         found = torch.get_num_threads()
-        use = call_threads_count(found)
+        if fixed is not None and thread_policy() != "torch":
+            use = fixed
+        else:
+            use = call_threads_count(found)
         if use != found:
             torch.set_num_threads(use)
     try:
@@ -184,12 +210,14 @@ def call_threads():
 
 def follows_load(method):
     """Decorate an estimator's public method: the whole call, input preparation included,
-    runs inside :func:`call_threads` when the estimator's ``threads_follow_load`` is true."""
+    runs inside :func:`call_threads`: on the estimator's ``fixed_threads`` when it sets one,
+    else on the load-aware count when its ``threads_follow_load`` is true; else as called."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        if not getattr(self, "threads_follow_load", False):
+        fixed = getattr(self, "fixed_threads", None)
+        if fixed is None and not getattr(self, "threads_follow_load", False):
             return method(self, *args, **kwargs)
-        with call_threads():
+        with call_threads(fixed):
             return method(self, *args, **kwargs)
     return wrapper
 

@@ -125,6 +125,9 @@ class Estimator(Settings):
     #: busy (:func:`ibtools.estimators._jit.call_threads`); only for estimators whose numbers
     #: do not depend on the thread count.
     threads_follow_load: ClassVar[bool] = True
+    #: A thread count every call runs on exactly, whatever the caller's and the load (for
+    #: estimators whose numbers depend on it); None: ``threads_follow_load`` decides.
+    fixed_threads: ClassVar[int | None] = None
 
     def __init__(self, **settings):
         self._init_settings(settings)

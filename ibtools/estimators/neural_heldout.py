@@ -73,9 +73,10 @@ class HeldOutEstimator(Estimator):
     supports_transform = True
     stochastic = True
     forks_global_rng = True  # the trainer seeds the model's initialisation
-    #: a critic trained on 1 or 2 threads differs in the last bits, so the number would
-    #: depend on the machine's load: keep the caller's thread count
-    threads_follow_load = False
+    #: a critic trained on 1 or 2 threads differs in the last bits (~1e-7), and its small
+    #: matmuls gain nothing from a second thread: always one thread, so a seeded value is
+    #: the same whatever the caller's count and the machine's load (see ``_jit``)
+    fixed_threads = 1
 
     # -- settings --------------------------------------------------------------------------
 
