@@ -9,8 +9,10 @@ allows), interleaved, first quiet and then while a second process spins on every
 synthetic competitor: one busy Python loop per core, started before and stopped after the
 loaded rows).  The rule of issue 22: under that load, the default is never slower than one
 thread by more than 10 %.  The default reads the machine's load and runs on the cores other
-processes leave free (``ibtools.estimators._jit.call_threads``); a third column runs every
-core torch allows with that check off (``IBTOOLS_THREADS=torch``), the behaviour before it.
+processes leave free (``ibtools.estimators._jit.call_threads``), except the estimators whose
+numbers depend on the thread count (MINE, Renyi), which run on one thread whatever the
+caller's count; a third column runs every core torch allows with that check off
+(``IBTOOLS_THREADS=torch``), the behaviour before it.
 The table gives the best of the repeats (the least disturbed run) with the median beside it,
 because a shared machine's timings drift, and the process CPU time of the best run.
 """
@@ -30,6 +32,8 @@ from benchmarks import common
 
 #: Runs of the load-check-off column (every core torch allows, however busy).
 FIXED_REPEATS = 3
+#: Training steps of the MINE row.
+MINE_STEPS = 150
 
 
 def _spin(stop) -> None:
@@ -51,17 +55,32 @@ def _paths(quick: bool):
     n_bin = 200000 if quick else 1000000
     big = rng.normal(size=(n_bin, 64)).astype(np.float32)
     big_labels = rng.integers(0, 10, n_bin)
+    n_mine = 2000 if quick else 5000
+    xm = rng.normal(size=(n_mine, 5))
+    ym = xm + rng.normal(size=(n_mine, 5))
+    m_renyi = 500 if quick else 1000
     return {
-        f"KDE I(T;Y), n={n_kde}, d=20": lambda: ibtools.mutual_information(
-            t, labels, method="kde", noise_var=0.1, n_permutations=0),
-        f"KSG 1+1, n={n_ksg}": lambda: ibtools.mutual_information(a, b, method="ksg", k=3),
-        f"binning I(T;Y), {n_bin}x64": lambda: ibtools.mutual_information(
-            big, big_labels, method="binning", n_bins=30, n_permutations=0),
+        f"KDE I(T;Y), n={n_kde}, d=20": ("kde", lambda: ibtools.mutual_information(
+            t, labels, method="kde", noise_var=0.1, n_permutations=0)),
+        f"KSG 1+1, n={n_ksg}": ("ksg", lambda: ibtools.mutual_information(
+            a, b, method="ksg", k=3)),
+        f"binning I(T;Y), {n_bin}x64": ("binning", lambda: ibtools.mutual_information(
+            big, big_labels, method="binning", n_bins=30, n_permutations=0)),
+        # default critic, batch and learning rate; fewer steps than the default 2000 so the
+        # loaded rows finish (the time per step is what matters)
+        f"MINE 5+5, n={n_mine}, {MINE_STEPS} steps": ("mine", lambda: ibtools.mutual_information(
+            xm, ym, method="mine", steps=MINE_STEPS, progress=False, seed=0,
+            n_permutations=0)),
+        f"Renyi 5+5, m={m_renyi}": ("renyi", lambda: ibtools.mutual_information(
+            xm[:m_renyi], ym[:m_renyi], method="renyi", max_samples=m_renyi,
+            n_permutations=0)),
     }
 
 
-def _time(fn, threads: int, policy: str = "auto") -> tuple[float, float, int]:
-    """(wall s, process CPU s, threads the call ran on) of one call."""
+def _time(fn, threads: int, policy: str = "auto",
+          fixed: int | None = None) -> tuple[float, float, int]:
+    """(wall s, process CPU s, threads the call ran on) of one call; ``fixed``: the
+    estimator's ``fixed_threads``."""
     from ibtools.estimators import _jit
 
     before = torch.get_num_threads()
@@ -69,7 +88,8 @@ def _time(fn, threads: int, policy: str = "auto") -> tuple[float, float, int]:
     torch.set_num_threads(threads)
     os.environ["IBTOOLS_THREADS"] = policy
     try:
-        used = _jit.call_threads_count(threads)
+        used = (fixed if fixed is not None and policy != "torch"
+                else _jit.call_threads_count(threads))
         wall, cpu = time.perf_counter(), time.process_time()
         fn()
         return time.perf_counter() - wall, time.process_time() - cpu, used
@@ -88,11 +108,18 @@ def _cell(runs) -> str:
             f"{common.fmt_seconds(statistics.median(r[0] for r in runs))}")
 
 
-def run(quick: bool = False, repeats: int = 3, fixed_repeats: int = FIXED_REPEATS) -> str:
+def run(quick: bool = False, repeats: int = 3, fixed_repeats: int = FIXED_REPEATS,
+        only: str = "") -> str:
+    from ibtools.estimators import get_estimator_class
+
     start_load = common.load_note()
     default = torch.get_num_threads()
-    paths = _paths(quick)
-    for fn in paths.values():  # compile the kernels and warm the caches
+    paths = {name: (fn, get_estimator_class(method).fixed_threads)
+             for name, (method, fn) in _paths(quick).items()
+             if not only or any(w.lower() in name.lower() for w in only.split(","))}
+    if not paths:
+        raise ValueError(f"only={only!r} names no path; paths: {list(_paths(quick))}")
+    for fn, _ in paths.values():  # compile the kernels and warm the caches
         fn()
     rows, verdicts = [], []
     for load in ("quiet", "loaded"):
@@ -105,11 +132,11 @@ def run(quick: bool = False, repeats: int = 3, fixed_repeats: int = FIXED_REPEAT
                 p.start()
             time.sleep(0.5)
         try:
-            for name, fn in paths.items():
+            for name, (fn, pinned) in paths.items():
                 one, auto, fixed = [], [], []
                 for i in range(repeats):  # interleaved
-                    one.append(_time(fn, 1))
-                    auto.append(_time(fn, default))
+                    one.append(_time(fn, 1, fixed=pinned))
+                    auto.append(_time(fn, default, fixed=pinned))
                     if i < fixed_repeats:  # slow under load; a few runs show it
                         fixed.append(_time(fn, default, "torch"))
                 ratio = min(auto)[0] / min(one)[0]
@@ -147,8 +174,11 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--fixed-repeats", type=int, default=FIXED_REPEATS,
                    help="runs of the load-check-off column (slow under load)")
+    p.add_argument("--only", default="",
+                   help="comma-separated words; run only the paths whose name holds one "
+                        "(e.g. 'MINE,Renyi')")
     args = p.parse_args(argv)
-    print(run(args.quick, args.repeats, args.fixed_repeats))
+    print(run(args.quick, args.repeats, args.fixed_repeats, args.only))
 
 
 if __name__ == "__main__":
