@@ -311,3 +311,22 @@ def test_bad_input_raises_ibtools_input_errors(call, kind):
         call()
     assert type(info.value).__name__ == kind
     assert isinstance(info.value, TypeError if kind == "InputTypeError" else ValueError)
+
+
+@pytest.mark.parametrize("spec, kind, words", [
+    ("mine:hidden=0", "InputError", "hidden=0 is not accepted"),
+    ("renyi:sigma=bogus", "InputError", "sigma='bogus' is not a known rule"),
+    ("infonce:critic=zzz", "InputError", "critic='zzz' is not accepted"),
+    ("mixture:deterministic=3", "InputTypeError", "deterministic must be True or False"),
+])
+def test_an_estimator_spec_with_a_bad_value_is_an_input_error(tmp_path, spec, kind, words):
+    # the spec is built once when parsed: whatever the estimator's own check raises about
+    # its settings is reported as the caller's error, with the estimator's message
+    with pytest.raises(ibtools.errors.InputError, match=words) as info:
+        ibtools.estimators.spec.parse_estimator_spec(spec)
+    assert type(info.value).__name__ == kind
+    np.save(tmp_path / "a.npy", np.zeros((10, 1)))
+    method, _, setting = spec.partition(":")
+    res = CliRunner().invoke(main, ["estimate", str(tmp_path / "a.npy"), "--method", method,
+                                    "--set", setting])
+    assert res.exit_code == 2 and words in res.output, res.output

@@ -10,7 +10,7 @@ import ast
 import json
 from dataclasses import dataclass, field
 
-from ibtools.errors import InputError, InputTypeError
+from ibtools.errors import IbtoolsError, InputError, InputTypeError
 from ibtools.estimators import get_estimator_class, registered_methods
 
 SPEC_FORM = ("METHOD[:SETTING=VALUE[,SETTING=VALUE...]], e.g. 'ksg', 'kde:noise_var=0.1', "
@@ -118,8 +118,16 @@ def parse_estimator_spec(spec) -> EstimatorSpec:
     if unknown:
         raise InputError(f"estimator spec {spec!r}: unknown setting(s) {unknown} for "
                          f"{out.method!r}; accepted: {sorted(accepted)}")
-    # build once so bad values fail now, before any model is loaded
-    out.build()
+    # build once so bad values fail now, before any model is loaded; an estimator's own check
+    # that still raises a plain ValueError/TypeError is about these settings too
+    try:
+        out.build()
+    except IbtoolsError:
+        raise
+    except TypeError as exc:
+        raise InputTypeError(str(exc)) from exc
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
     return out
 
 
