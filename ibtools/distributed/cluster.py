@@ -112,8 +112,8 @@ def _as_int(name):
 #: Dask settings of the local cluster's workers that cost the estimators CPU time:
 #: Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also turns off glibc's
 #: adaptive mmap threshold, so every temporary tensor over 128 KiB (KDE's pairwise blocks,
-#: binning's symbol tables) is a fresh mmap whose pages fault in again: 20-30 % more CPU
-#: than the same estimates in a plain process.  And each worker samples its own stack every
+#: binning's symbol tables) is a fresh mmap whose pages fault in again: a serial analysis of
+#: 12 checkpoints took 48 % more CPU time with it set (benchmarks/RESULTS.md, issue 20).  And each worker samples its own stack every
 #: 10 ms for Dask's profiler, checks its event loop every 20 ms and its system load every
 #: 0.5 s: bookkeeping that grows with wall time, so most on a busy machine.  Without them an
 #: idle worker takes about 1 % of a core instead of 3 %.
