@@ -109,14 +109,13 @@ def _as_int(name):
     return int(name) if isinstance(name, str) and name.isdigit() else None
 
 
-#: Dask settings of the local cluster's workers that cost the estimators CPU time:
+#: Dask defaults that cost the estimators CPU time, changed for the local cluster's workers.
 #: Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also turns off glibc's
 #: adaptive mmap threshold, so every temporary tensor over 128 KiB (KDE's pairwise blocks,
-#: binning's symbol tables) is a fresh mmap whose pages fault in again: a serial analysis of
-#: 12 checkpoints took 48 % more CPU time with it set (benchmarks/RESULTS.md, issue 20).  And each worker samples its own stack every
-#: 10 ms for Dask's profiler, checks its event loop every 20 ms and its system load every
-#: 0.5 s: bookkeeping that grows with wall time, so most on a busy machine.  Without them an
-#: idle worker takes about 1 % of a core instead of 3 %.
+#: binning's symbol tables) is a fresh mmap whose pages fault in again.  And each worker
+#: samples its own stack every 10 ms for Dask's profiler, checks its event loop every 20 ms
+#: and its system load every 0.5 s: bookkeeping that grows with wall time, so most on a busy
+#: machine.  The measured effect of each is in benchmarks/RESULTS.md (issue 20).
 LEAN_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                       "distributed.worker.profile.enabled": False,
                       "distributed.admin.tick.interval": "1s",
