@@ -29,27 +29,6 @@ def client():
         yield c
 
 
-def _worker_state():
-    import os
-    import sys
-
-    import dask
-
-    return (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
-            dask.config.get("distributed.worker.profile.enabled"), torch.get_num_threads(),
-            "ibtools.distributed.tasks" in sys.modules)
-
-
-def test_local_cluster_workers_are_lean_and_warm(client):
-    """local_client's workers run without Dask's malloc trim threshold (which makes every
-    temporary tensor over 128 KiB a fresh mmap) and profiler, on one torch thread, with the
-    analysis already imported.  Placed first: checked after the crash test below, one worker
-    reported Dask's profiler on (not explained yet)."""
-    states = client.run(_worker_state)
-    assert len(states) == 2
-    assert set(states.values()) == {(None, False, 1, True)}
-
-
 def _analyze(ckpts, **kw):
     kw.setdefault("estimators", SPECS)
     kw.setdefault("max_samples", 200)
@@ -318,3 +297,23 @@ def test_noisy_modes_equal_serial(checkpoints, client, tmp_path):
     _same(_analyze(noisy_ckpt, noise_paths=3, **kw), few)
     assert not (few["i_xt"].to_numpy() == table["i_xt"].to_numpy()).any()
 
+
+def _worker_state():
+    import os
+    import sys
+
+    import dask
+
+    return (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+            dask.config.get("distributed.worker.profile.enabled"), torch.get_num_threads(),
+            "ibtools.distributed.tasks" in sys.modules)
+
+
+def test_local_cluster_workers_are_lean_and_warm(client):
+    """local_client's workers run without Dask's malloc trim threshold (which makes every
+    temporary tensor over 128 KiB a fresh mmap) and profiler, on one torch thread, with the
+    analysis already imported.  Placed last, so a worker the nanny restarted after the
+    crash test above is checked too (the nanny keeps its own copy of the settings)."""
+    states = client.run(_worker_state)
+    assert len(states) == 2
+    assert set(states.values()) == {(None, False, 1, True)}

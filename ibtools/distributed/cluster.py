@@ -9,6 +9,7 @@ processes (:func:`local_client`); ``--scheduler ADDRESS`` joins a running cluste
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 
 import torch
@@ -145,7 +146,10 @@ def local_client(n_workers: int, device="auto", lean: bool = True):
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     options = local_cluster_options(n_workers, device, n_gpus)
     with dask.config.set(LEAN_WORKER_CONFIG if lean else {}):
-        cluster = distributed.LocalCluster(silence_logs=logging.ERROR, **options)
+        # a deep copy for the nannies: they keep the config to restart a worker that died,
+        # and a shallow one would lose these settings when this context restores them
+        cluster = distributed.LocalCluster(silence_logs=logging.ERROR,
+                                           config=copy.deepcopy(dask.config.config), **options)
     with cluster, distributed.Client(cluster) as client:
         warm_workers(client)
         yield client
