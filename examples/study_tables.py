@@ -373,6 +373,10 @@ TABLES = {
                         "How much of the trained difference the swap reproduces (layers.3)"),
     "distinct": (t_distinct, f"{MLP_RUN}/mlp_distinct_rows.csv",
                  "Trained nets whose layers keep the test digits apart"),
+    "v2sl_verdicts": (t_counts, f"{MLP_RUN}_sl/mlp_verdict_counts.csv",
+                      "Verdict counts, IBNorm-S and -L vs LayerNorm"),
+    "v2sl_distinct": (t_distinct, f"{MLP_RUN}_sl/mlp_distinct_rows.csv",
+                      "IBNorm-S/-L run: nets whose layers keep the test digits apart"),
     "isa": (t_isa, f"{MLP_RUN}/accuracy_isa.csv",
             "Test accuracy per CPU instruction set (same code and seeds)"),
     "runtime": (t_runtime, f"{MLP_RUN}/runtime.csv", "Run time of the study scripts"),
@@ -437,7 +441,32 @@ def t_noisy_verdicts(path: Path) -> str:
     return markdown(["comparison", "quantity", *verdicts, "cells"], rows)
 
 
+def t_noisy_paths(path: Path) -> str:
+    """The noise-path bias check: LayerNorm's I(X;T) and the IBNorm-T minus LayerNorm
+    differences of I(X;T) and of the IB value at each number of paths K (seed means)."""
+    df = pd.read_csv(path)
+    ks = sorted(df["n_paths"].unique())
+    base = {(r["n_paths"], r["sigma"], r["layer"]): r for r in
+            df[df["norm"] == "layer"].to_dict("records")}
+    rows = []
+    for (sigma, norm, lam, layer), g in df[df["norm"] != "layer"].groupby(
+            ["sigma", "norm", "lam", "layer"], sort=False):
+        by = {r["n_paths"]: r for r in g.to_dict("records")}
+        row = [f"{sigma:g}", variant_label(norm, lam), layer]
+        for k in ks:
+            r, b = by.get(k), base.get((k, sigma, layer))
+            row += ["" if b is None else f"{b['i_xt_mean']:.3f}",
+                    "" if r is None else f"{r['d_i_xt']:+.3f}",
+                    "" if r is None else f"{r['d_ib_value']:+.3f}"]
+        rows.append(row)
+    header = ["σ", "variant", "layer"] + [h for k in ks for h in (
+        f"LN I(X;T), K={k}", f"Δ I(X;T), K={k}", f"Δ IB, K={k}")]
+    return markdown(header, rows)
+
+
 TABLES.update({
+    "noisy_paths": (t_noisy_paths, "noisy_paths_check.csv",
+                    "Noisy networks: noise paths per input K, levels and differences"),
     "noisy_accuracy": (t_noisy_accuracy, "noisy_accuracy.csv",
                        "Noisy networks: accuracy and the matching rule"),
     "noisy_terms": (t_noisy_terms, "noisy_summary.csv",
