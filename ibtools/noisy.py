@@ -30,6 +30,7 @@ from statistics import NormalDist
 import torch
 from torch import nn
 
+from ibtools.errors import InputError
 from ibtools.estimators.base import EstimateResult
 from ibtools.estimators.kde import gaussian_noise_entropy
 from ibtools.estimators.mixture_sampling import (
@@ -61,7 +62,7 @@ def _layer_noise_module(model: nn.Module, name: str):
 
     modules = dict(model.named_modules())
     if name not in modules:
-        raise ValueError(f"layers: {name!r} is not a module of {type(model).__name__}; "
+        raise InputError(f"layers: {name!r} is not a module of {type(model).__name__}; "
                          f"give module names such as 'layers.0'")
     module = modules[name]
     if isinstance(module, GaussianNoise) and module.std > 0:
@@ -69,7 +70,7 @@ def _layer_noise_module(model: nn.Module, name: str):
     child = getattr(module, "noise", None)
     if isinstance(child, GaussianNoise) and child.std > 0:
         return child
-    raise ValueError(f"layers: {name!r} does not end in Gaussian noise (no noise module of std "
+    raise InputError(f"layers: {name!r} does not end in Gaussian noise (no noise module of std "
                      f"> 0 at its output), so T given the input is not a Gaussian mixture and "
                      f"the noisy-network estimate does not apply; measure block outputs "
                      f"('layers.{{i}}') of a model built with noise_std > 0")
@@ -105,7 +106,7 @@ def noise_paths(model: nn.Module, x: torch.Tensor, layers: list, n_paths: int = 
     disturbed.
     """
     if isinstance(n_paths, bool) or not isinstance(n_paths, int) or n_paths < 2:
-        raise ValueError(f"n_paths={n_paths!r} is not accepted; use an int >= 2 (noise paths "
+        raise InputError(f"n_paths={n_paths!r} is not accepted; use an int >= 2 (noise paths "
                          f"per input: h(T|X) is a mixture over them)")
     modules = {name: _layer_noise_module(model, name) for name in layers}
     device = next((p.device for p in model.parameters()), x.device)
@@ -114,7 +115,7 @@ def noise_paths(model: nn.Module, x: torch.Tensor, layers: list, n_paths: int = 
     def rows_of(out: torch.Tensor) -> torch.Tensor:
         if per_token:
             if out.dim() != 3:
-                raise ValueError(f"per_token rows need (B, T, C) block outputs; got shape "
+                raise InputError(f"per_token rows need (B, T, C) block outputs; got shape "
                                  f"{tuple(out.shape)}")
             return out.detach().reshape(-1, out.shape[-1]).float()
         return out.detach().flatten(1).float()
@@ -303,20 +304,20 @@ def noisy_network_information(model: nn.Module, x, y, layers, noise_std: float |
                  and not x.dtype.is_floating_point)
     if y.dtype.is_floating_point or not (per_token or (y.ndim == 1
                                                        and y.shape[0] == x.shape[0])):
-        raise ValueError(f"y must hold one integer class label per row of x ({x.shape[0]}), "
+        raise InputError(f"y must hold one integer class label per row of x ({x.shape[0]}), "
                          f"or one per position of token ids x {tuple(x.shape)}; got shape "
                          f"{tuple(y.shape)}, dtype {y.dtype}")
     y = y.reshape(-1)
     if rows is not None:
         rows = torch.as_tensor(rows).reshape(-1).long()
         if rows.numel() == 0 or int(rows.min()) < 0 or int(rows.max()) >= int(y.shape[0]):
-            raise ValueError(f"rows must index the {int(y.shape[0])} rows (inputs, or "
+            raise InputError(f"rows must index the {int(y.shape[0])} rows (inputs, or "
                              f"positions of token ids); got {rows.numel()} indices in "
                              f"[{int(rows.min()) if rows.numel() else 0}, "
                              f"{int(rows.max()) if rows.numel() else 0}]")
         y = y[rows]
     if not isinstance(mc_tolerance, (int, float)) or not mc_tolerance > 0:
-        raise ValueError(f"mc_tolerance={mc_tolerance!r} must be a number > 0 (nats)")
+        raise InputError(f"mc_tolerance={mc_tolerance!r} must be a number > 0 (nats)")
     layers = [layers] if isinstance(layers, str) else list(layers)
     paths = noise_paths(model, x, layers, n_paths=n_paths, seed=seed, batch_size=batch_size,
                         per_token=per_token)
@@ -328,7 +329,7 @@ def noisy_network_information(model: nn.Module, x, y, layers, noise_std: float |
     for index, name in enumerate(layers):
         centres, sigma = paths[name]
         if noise_std is not None and not math.isclose(float(noise_std), sigma, rel_tol=1e-6):
-            raise ValueError(f"noise_std={noise_std!r} differs from the std {sigma:g} of layer "
+            raise InputError(f"noise_std={noise_std!r} differs from the std {sigma:g} of layer "
                              f"{name!r}'s noise module; leave noise_std=None to read it")
         gen = torch.Generator(device=gen_device).manual_seed(int(seed) * 1009 + index)
         start = time.perf_counter()
@@ -355,7 +356,7 @@ def check_single_channel(model: nn.Module, specs: list, label: str) -> float | N
 
     std = model_noise_std(model)
     if std and any(isinstance(s, ChannelSpec) for s in specs):
-        raise ValueError(f"checkpoint {label!r} was trained with noise (noise_std={std:g} in "
+        raise InputError(f"checkpoint {label!r} was trained with noise (noise_std={std:g} in "
                          f"its blocks), so its rows are measured as a noisy network; "
                          f"noise_std at analysis time would add a second channel. Leave "
                          f"noise_std unset for noisy models")

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ibtools.errors import EstimatorRefused
+from ibtools.errors import EstimatorRefused, InputTypeError
 from ibtools.estimators.base import Estimator, check_int, check_positive
 from ibtools.estimators.kde import SATURATION_FRACTION, gaussian_noise_entropy
 from ibtools.estimators.mixture_sampling import (
@@ -170,7 +170,7 @@ class MixtureEntropy(Estimator):
         check_int(self.max_mc, "max_mc", minimum=4)
         for flag in ("deterministic", "noisy_x", "antithetic"):
             if not isinstance(getattr(self, flag), bool):
-                raise TypeError(f"{flag} must be True or False; got {getattr(self, flag)!r}")
+                raise InputTypeError(f"{flag} must be True or False; got {getattr(self, flag)!r}")
 
     def _rounding(self) -> float:
         """Float32 rounding an exponent may carry: a tenth of ``mc_tolerance``."""

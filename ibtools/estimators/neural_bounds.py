@@ -35,6 +35,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ibtools.errors import InputError
 from ibtools.estimators.validation import check_positive
 
 # --------------------------------------------------------------------------- batch statistics
@@ -107,7 +108,7 @@ def pool_stats(blocks: list[dict]) -> dict:
         elif key.startswith("lse_"):
             out[key] = torch.logsumexp(torch.stack([s[key] for s in blocks]), 0)
         else:
-            raise ValueError(f"statistic {key!r} has no pooling rule; name it n_*, sum_*, "
+            raise InputError(f"statistic {key!r} has no pooling rule; name it n_*, sum_*, "
                              f"lse_* or batch")
     return out
 
@@ -202,7 +203,7 @@ class DonskerVaradhan(Bound):
     def __init__(self, ema: float = 0.0):
         check_positive(ema, "ema", allow_zero=True)
         if not ema < 1:
-            raise ValueError(f"ema={ema!r} must be in [0, 1): the decay of the moving "
+            raise InputError(f"ema={ema!r} must be in [0, 1): the decay of the moving "
                              f"average (0 turns the correction off)")
         self.ema = float(ema)
 
@@ -310,7 +311,7 @@ def get_bound(bound) -> Bound:
     if isinstance(bound, Bound):
         return bound
     if bound not in BOUNDS:
-        raise ValueError(f"bound={bound!r} is not known; use a Bound or one of {list(BOUNDS)}")
+        raise InputError(f"bound={bound!r} is not known; use a Bound or one of {list(BOUNDS)}")
     return BOUNDS[bound]()
 
 

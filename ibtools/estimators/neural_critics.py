@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ibtools.errors import InputError
 from ibtools.estimators.neural_bounds import (  # noqa: F401  (re-exported)
     MovingAverageDV,
     _without_positives,
@@ -117,7 +118,7 @@ def build_critic(kind: str, x_dim: int, y_dim: int, y_classes: int | None, hidde
         return SeparableCritic(x_dim, y_dim, y_classes, hidden, embed_dim)
     if kind == "joint":
         return JointCritic(x_dim, y_dim, y_classes, hidden, embed_dim)
-    raise ValueError(f"critic={kind!r} is not accepted; use one of {list(CRITICS)}")
+    raise InputError(f"critic={kind!r} is not accepted; use one of {list(CRITICS)}")
 
 
 

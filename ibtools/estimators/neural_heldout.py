@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from ibtools.errors import EstimatorRefused
+from ibtools.errors import EstimatorRefused, InputError
 from ibtools.estimators.base import Estimator, check_choice, check_int, check_positive
 from ibtools.estimators.neural_training import (
     SMOOTHING_WINDOW,
@@ -50,11 +50,11 @@ def parse_hidden(hidden) -> tuple:
     elif isinstance(hidden, (tuple, list)) and len(hidden) > 0:
         widths = tuple(hidden)
     else:
-        raise ValueError(f"hidden={hidden!r} is not accepted; give a width (int >= 1) or a "
+        raise InputError(f"hidden={hidden!r} is not accepted; give a width (int >= 1) or a "
                          f"non-empty tuple of widths such as (256, 256)")
     for w in widths:
         if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1:
-            raise ValueError(f"hidden={hidden!r} is not accepted; every width must be an "
+            raise InputError(f"hidden={hidden!r} is not accepted; every width must be an "
                              f"int >= 1")
     return tuple(int(w) for w in widths)
 
@@ -87,7 +87,7 @@ class HeldOutEstimator(Estimator):
         if (isinstance(self.val_fraction, bool)
                 or not isinstance(self.val_fraction, (float, int, np.floating))
                 or not 0.0 < float(self.val_fraction) < 1.0):
-            raise ValueError(f"val_fraction={self.val_fraction!r} must be a number in (0, 1), "
+            raise InputError(f"val_fraction={self.val_fraction!r} must be a number in (0, 1), "
                              f"the fraction of rows held out for evaluation (e.g. 0.2)")
         if self.eval_every is not None:
             check_int(self.eval_every, "eval_every", minimum=1)

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ibtools.errors import EstimatorRefused
+from ibtools.errors import EstimatorRefused, InputError
 from ibtools.estimators.base import Estimator, check_int, check_positive
 from ibtools.estimators.intervals import hsic_null
 
@@ -271,7 +271,7 @@ class MatrixRenyi(Estimator):
         if self.sigma is None or (isinstance(self.sigma, str) and self.sigma in SIGMA_RULES):
             return
         if isinstance(self.sigma, str):
-            raise ValueError(f"sigma={self.sigma!r} is not a known rule; use None, "
+            raise InputError(f"sigma={self.sigma!r} is not a known rule; use None, "
                              f"{list(SIGMA_RULES)} or a positive float")
         check_positive(self.sigma, "sigma")
 
