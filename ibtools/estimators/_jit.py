@@ -28,7 +28,7 @@ their seeded value depending on it.  They declare ``fixed_threads = 1``: a call 
 exactly one thread, whatever the caller's count and the machine's load, so the value is the
 same everywhere and a busy machine never slows it.  Measured (RESULTS.md, threads section),
 their work gains little or nothing from a second thread on a quiet machine (a small critic's
-steps are slower on two) and loses up to 28x on a busy one.  With ``IBTOOLS_THREADS=torch``
+steps are slower on two) and loses many times over on a busy one.  With ``IBTOOLS_THREADS=torch``
 they too run on torch's count as it is (a user's choice for a dedicated machine; the value
 then depends on that count, still never on the load).  OpenMP's own remedy,
 ``OMP_WAIT_POLICY=passive``, must be in the environment before torch is imported, so a
