@@ -70,6 +70,12 @@ class NeuralTrainingError(EstimatorFailed, RuntimeError):
 class ResourceExceeded(IbtoolsError, MemoryError):
     """A computation needs more memory than the budget or the device allows."""
 
+    def __reduce__(self):
+        # MemoryError has its own C-level __new__, so the __newobj__ form of pickling
+        # ("MemoryError.__new__(ResourceExceeded) is not safe") can fail; rebuild by calling
+        # the class, as a Dask worker's answer to the driver needs.
+        return type(self), self.args, (self.__dict__ or None)
+
 
 #: What :func:`ibtools.analyze` turns into a NaN row with a flag: ibtools' own estimator
 #: failures, Python's arithmetic errors (overflow, division by zero: numerical by nature),

@@ -226,3 +226,19 @@ def test_data_an_estimator_refuses_is_a_flagged_nan_row_not_a_crash():
         ibtools.mutual_information(np.random.default_rng(0).normal(size=(100, 1)),
                                    np.random.default_rng(1).normal(size=(100, 1)),
                                    method="ksg", k=40)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_resource_exceeded_travels_through_pickle(protocol):
+    """A Dask worker returns it to the driver by pickle; MemoryError's own __new__ must not
+    get in the way (it did, depending on what ran before in the process)."""
+    import pickle
+
+    try:
+        raise errors.ResourceExceeded("capturing ran out of device memory")
+    except errors.ResourceExceeded as exc:
+        exc.add_note("on worker 'w'")
+        back = pickle.loads(pickle.dumps(exc, protocol=protocol))
+    assert type(back) is errors.ResourceExceeded and isinstance(back, MemoryError)
+    assert back.args == ("capturing ran out of device memory",)
+    assert back.__notes__ == ["on worker 'w'"]
