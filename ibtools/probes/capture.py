@@ -258,9 +258,20 @@ def capture_activations(model: nn.Module, data, layers=None, *, max_rows: int | 
 def _forward(model: nn.Module, model_in: torch.Tensor, inputs: torch.Tensor, data):
     """``model(model_in)``, turning a RuntimeError or IndexError of the forward pass (for
     torch, nearly always data whose shape or type does not fit the model) into a ValueError
-    that names the model, the data's shape and the failing module."""
+    that names the model, the data's shape and the failing module.
+
+    On the CPU the pass runs on :func:`ibtools.estimators._jit.call_threads`'s count: fewer
+    torch threads while other processes keep the cores busy (a thread waiting for a taken
+    core makes every small op of a transformer cost a scheduler slice), the caller's count
+    otherwise, restored afterwards (``IBTOOLS_THREADS=torch`` keeps it always)."""
+    from ibtools.estimators._jit import call_threads
+
     try:
-        model(model_in)
+        if model_in.device.type == "cpu":
+            with call_threads():
+                model(model_in)
+        else:
+            model(model_in)
     except (RuntimeError, IndexError) as exc:
         if isinstance(exc, torch.OutOfMemoryError):
             raise
