@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ibtools import results as results_io
-from ibtools.errors import InputTypeError
+from ibtools.errors import InputError, InputTypeError
 from ibtools.reports.plots import (
     plot_estimator_agreement,
     plot_ib_across_lam,
@@ -43,7 +43,7 @@ class ReportFigure:
 class FigureSpec:
     """One entry of the report's figure registry: when it applies to a prepared table, its
     caption (which may depend on the table) and how to draw it.  Adding a figure to every
-    report is one entry in :data:`FIGURES`."""
+    report is one :func:`register_figure` call (or one entry in :data:`FIGURES`)."""
 
     key: str
     title: str
@@ -66,8 +66,8 @@ def _always(prepared: pd.DataFrame) -> bool:
     return True
 
 
-#: The figures of a report, in order.
-FIGURES = (
+#: The figures of a report, in order (a list: :func:`register_figure` adds to it).
+FIGURES = [
     FigureSpec("information-plane", "Information plane", _always, _plane_caption,
                lambda t, units, step: plot_information_plane(t, units=units)),
     FigureSpec("ib-across-layers", "IB value across layers", _always,
@@ -88,7 +88,24 @@ FIGURES = (
                          "panel per layer; crossing lines mean the ranking of the variants "
                          "depends on the estimator. Each panel's title gives the verdict.",
                lambda t, units, step: plot_estimator_agreement(t, units=units, step=step)),
-)
+]
+
+
+def register_figure(spec: FigureSpec, *, before: str | None = None) -> FigureSpec:
+    """Add ``spec`` to every report's figures: before the figure whose key is ``before``,
+    else last.  A figure with the same key is replaced.  ``spec.make(prepared, units, step)``
+    receives the prepared table (one row per result, units converted, ``variant`` and
+    ``progress`` columns added) and returns a matplotlib Figure."""
+    if not isinstance(spec, FigureSpec):
+        raise InputTypeError(f"spec must be a FigureSpec (key, title, applies, caption, make); "
+                             f"got {type(spec).__name__}")
+    keys = [f.key for f in FIGURES]
+    if before is not None and before not in keys:
+        raise InputError(f"before={before!r} names no registered figure; known: {keys}")
+    FIGURES[:] = [f for f in FIGURES if f.key != spec.key]
+    keys = [f.key for f in FIGURES]
+    FIGURES.insert(keys.index(before) if before is not None else len(FIGURES), spec)
+    return spec
 
 
 @dataclass
