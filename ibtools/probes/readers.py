@@ -36,12 +36,21 @@ from torch import nn
 
 from ibtools.errors import InputError, InputTypeError
 from ibtools.models.checkpoint_format import (
-    MAX_PARAMETERS, is_ibtools_checkpoint, read_checkpoint_fields,
+    MAX_PARAMETERS,
+    is_ibtools_checkpoint,
+    read_checkpoint_fields,
 )
-from ibtools.probes.architectures import UntrustedCodeError, build_architecture, choose_architecture
+from ibtools.probes.architectures import (
+    UntrustedCodeError,
+    build_architecture,
+    choose_architecture,
+)
 from ibtools.probes.checkpoints import (
-    load_state_dict_reported, read_checkpoint, unwrap_state_dict,
+    load_state_dict_reported,
+    read_checkpoint,
+    unwrap_state_dict,
 )
+from ibtools.registry import insert_ordered
 
 __all__ = ["CheckpointReader", "LoadRequest", "READERS", "register_reader", "find_reader",
            "load_hf_directory", "build_and_load"]
@@ -234,13 +243,7 @@ def register_reader(reader: CheckpointReader, *, before: str | None = None) -> C
                                                                                None))):
         raise InputTypeError(f"reader={reader!r} is not a checkpoint reader: it needs a non-empty "
                              f"'name' and 'claims(request)' / 'read(request)' methods")
-    names = [r.name for r in READERS]
-    if before is not None and before not in names:
-        raise InputError(f"before={before!r} names no registered reader; known: {names}")
-    READERS[:] = [r for r in READERS if r.name != reader.name]
-    names = [r.name for r in READERS]
-    READERS.insert(names.index(before) if before is not None else len(READERS), reader)
-    return reader
+    return insert_ordered(READERS, reader, lambda r: r.name, before=before, what="reader")
 
 
 def find_reader(request: LoadRequest) -> CheckpointReader:

@@ -11,7 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ibtools import results as results_io
-from ibtools.errors import InputError, InputTypeError
+from ibtools.errors import InputTypeError
+from ibtools.registry import insert_ordered
 from ibtools.reports.plots import (
     plot_estimator_agreement,
     plot_ib_across_lam,
@@ -19,7 +20,12 @@ from ibtools.reports.plots import (
     plot_information_plane,
 )
 from ibtools.reports.summary import collect_caveats, describe_run, summarize
-from ibtools.reports.table import aggregate_seeds, check_units, prepare_table, select_step
+from ibtools.reports.table import (
+    aggregate_seeds,
+    check_units,
+    prepare_table,
+    select_step,
+)
 
 DEFAULT_TITLE = "Information-bottleneck analysis"
 
@@ -99,13 +105,7 @@ def register_figure(spec: FigureSpec, *, before: str | None = None) -> FigureSpe
     if not isinstance(spec, FigureSpec):
         raise InputTypeError(f"spec must be a FigureSpec (key, title, applies, caption, make); "
                              f"got {type(spec).__name__}")
-    keys = [f.key for f in FIGURES]
-    if before is not None and before not in keys:
-        raise InputError(f"before={before!r} names no registered figure; known: {keys}")
-    FIGURES[:] = [f for f in FIGURES if f.key != spec.key]
-    keys = [f.key for f in FIGURES]
-    FIGURES.insert(keys.index(before) if before is not None else len(FIGURES), spec)
-    return spec
+    return insert_ordered(FIGURES, spec, lambda f: f.key, before=before, what="figure")
 
 
 @dataclass
