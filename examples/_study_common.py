@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from ibtools.results import write_atomic
+
+from _study_runs import say, usable_cores
 
 #: Columns of summary.csv that name one group of seeds.
 GROUP_KEYS = ["model", "norm", "lam", "variant", "layer", "layer_index", "setting"]
@@ -31,11 +32,6 @@ QUANTITIES = ["ib_value", "i_ty", "i_prev_t", "i_xt"]
 #: Betas of the sweep: the IB value I(T;Y) - beta * I(T_prev;T) is recomputed from the two
 #: recorded terms at each (no estimator reruns), and every beta is compared as its own family.
 BETA_SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-
-
-def say(message: str) -> None:
-    """Print a progress line at once (the scripts run for minutes, often piped to a log)."""
-    print(message, flush=True)
 
 
 @dataclass(frozen=True)
@@ -70,6 +66,11 @@ def study_arguments(description: str, default_out: str, default_seeds: int,
                         help="torch intra-op threads (default 1: these models and n are small, "
                              "and more threads only add synchronisation, badly so on a busy "
                              "machine)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="training runs trained and analyzed at once, each in its own "
+                             "process on --threads threads (default: the usable cores; "
+                             "quick: 1, which runs everything in this process). The tables "
+                             "do not depend on it")
     parser.add_argument("--final-only", action="store_true",
                         help="analyze only each run's last checkpoint, with every setting "
                              "(the comparisons; no information-plane trajectories)")
@@ -85,93 +86,14 @@ def study_arguments(description: str, default_out: str, default_seeds: int,
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.jobs is None:  # the quick size is over before worker processes pay for themselves
+        args.jobs = 1 if args.quick else usable_cores()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     import torch
 
     torch.set_num_threads(args.threads)
     return args
-
-
-def train_all(variants, seeds, out: Path, train_kwargs: dict, device: str, log=say) -> dict:
-    """Train every (variant, seed) into ``out/checkpoints/<tag>/seed<k>``; skip finished runs.
-
-    A run counts as finished when its ``history.json`` exists: ``train`` writes it last, so
-    an interrupted run is trained again from scratch rather than resumed half-way.
-
-    Returns
-    -------
-    dict
-        ``{(variant tag, seed): [checkpoint paths in step order]}``.
-    """
-    from ibtools.models import train
-
-    model_config = dict(train_kwargs.get("model_config", {}))
-    kwargs = {k: v for k, v in train_kwargs.items() if k != "model_config"}
-    runs = {}
-    for variant in variants:
-        for seed in seeds:
-            run_dir = out / "checkpoints" / variant.tag / f"seed{seed}"
-            if not (run_dir / "history.json").exists():
-                start = time.perf_counter()
-                config = {"norm": variant.norm, **model_config}
-                if not variant.is_baseline:
-                    config["lam"] = variant.lam
-                history = train(variant.model, model_config=config, seed=seed, out_dir=run_dir,
-                                device=None if device == "auto" else device, **kwargs)
-                last = history[-1]
-                metric = ", ".join(f"{k} {last[k]:.3f}" for k in ("test_accuracy", "val_loss")
-                                   if k in last)
-                log(f"[train] {variant.tag} seed {seed}: {time.perf_counter() - start:.1f} s, "
-                    f"{metric}")
-            runs[(variant.tag, seed)] = sorted(run_dir.glob("step_*.pt"))
-    return runs
-
-
-def analyze_all(runs: dict, out: Path, *, folder: str = "analysis", save: bool = True,
-                **analyze_kwargs) -> pd.DataFrame:
-    """``ibtools.analyze`` each run into ``out/<folder>/<tag>/seed<k>`` and join the tables.
-
-    One results directory per run keeps every resumable save small (analyze rewrites its
-    whole table after each step) and lets an interrupted study resume run by run.  With
-    ``save`` the joined table is saved as ``out/results.csv`` (and ``.json``).
-    """
-    import ibtools
-    from ibtools import results as results_io
-
-    tables = []
-    for (tag, seed), checkpoints in runs.items():
-        run_out = out / folder / tag / f"seed{seed}"
-        tables.append(ibtools.analyze([str(c) for c in checkpoints], out_dir=run_out,
-                                      progress=False, **analyze_kwargs))
-    table = results_io.order_columns(pd.concat(tables, ignore_index=True))
-    if save:
-        results_io.save_results(table, out)
-    return table
-
-
-def analyze_study(runs: dict, out: Path, *, every: list, final: list, final_only: bool = False,
-                  **analyze_kwargs) -> pd.DataFrame:
-    """Analyze every checkpoint with the ``every`` settings and each run's last checkpoint
-    with the ``final`` settings too; save and return the joined table.
-
-    The extended settings (KDE's lower bound, KSG at a second k) are what the comparisons at
-    the final checkpoint need; reading them at every checkpoint would double the run time
-    for the information plane alone.  ``final_only`` analyzes only the last checkpoints,
-    with both lists (no trajectories).
-    """
-    from ibtools import results as results_io
-
-    last = {key: checkpoints[-1:] for key, checkpoints in runs.items()}
-    if final_only:
-        table = analyze_all(last, out, folder="analysis_final_all", save=False,
-                            estimators=[*every, *final], **analyze_kwargs)
-    else:
-        parts = [analyze_all(runs, out, save=False, estimators=every, **analyze_kwargs)]
-        if final:
-            parts.append(analyze_all(last, out, folder="analysis_final", save=False,
-                                     estimators=final, **analyze_kwargs))
-        table = results_io.order_columns(pd.concat(parts, ignore_index=True))
-    results_io.save_results(table, out)
-    return table
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> Path:

@@ -37,8 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _study_common import (  # noqa: E402
-    Variant, analyze_study, study_arguments, train_all, write_outputs)
+from _study_common import Variant, study_arguments, write_outputs  # noqa: E402
+from _study_runs import analyze_study, train_all  # noqa: E402
 
 LAMS = (0.5, 1.0, 2.0, 4.0)
 FULL_VARIANTS = ([Variant("mlp", "layer", 0.0), Variant("mlp", "batch", 0.0)]
@@ -92,7 +92,7 @@ def main() -> None:
     seeds = list(range(args.seeds))
 
     start = time.perf_counter()
-    runs = train_all(variants, seeds, out, training, args.device)
+    runs = train_all(variants, seeds, out, training, args.device, jobs=args.jobs)
     trained = time.perf_counter()
     n_checkpoints = sum(len(c) for c in runs.values())
     print(f"[study] {len(runs)} runs, {n_checkpoints} checkpoints in {trained - start:.1f} s; "
@@ -101,7 +101,8 @@ def main() -> None:
           flush=True)
     table = analyze_study(runs, out, every=estimators, final=[] if args.quick else FINAL_ESTIMATORS,
                           final_only=args.final_only, data="digits", betas=[BETA],
-                          reference="previous", max_samples=450, seed=0, device=args.device)
+                          reference="previous", max_samples=450, seed=0, device=args.device,
+                          jobs=args.jobs)
     analyzed = time.perf_counter()
     print(f"[study] analysis: {len(table)} rows in {analyzed - trained:.1f} s", flush=True)
     written = write_outputs(

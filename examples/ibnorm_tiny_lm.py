@@ -31,8 +31,8 @@ from ibtools import results as results_io
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _study_common import (  # noqa: E402
-    Variant, analyze_study, study_arguments, train_all, write_outputs)
+from _study_common import Variant, study_arguments, write_outputs  # noqa: E402
+from _study_runs import analyze_study, train_all  # noqa: E402
 
 FULL_VARIANTS = [Variant("gpt", "layer", 0.0), Variant("gpt", "ib-T", 1.0), Variant("gpt", "ib-T", 4.0),
                  Variant("llama", "rms", 0.0), Variant("llama", "ib-T", 1.0),
@@ -97,7 +97,7 @@ def main() -> None:
         mine = [v for v in variants if v.model == model]
         runs.update(train_all(mine, seeds, out, dict(training, data=data,
                                                      model_config=SIZES[size][model]),
-                              args.device))
+                              args.device, jobs=args.jobs))
     trained = time.perf_counter()
     print(f"[study] {len(runs)} runs in {trained - start:.1f} s; analyzing with "
           f"{len(estimators)} estimator settings", flush=True)
@@ -108,7 +108,8 @@ def main() -> None:
                                     final=[] if args.quick else FINAL_ESTIMATORS,
                                     final_only=args.final_only, data=data,
                                     layers=LAYERS[model], betas=[BETA], reference="previous",
-                                    max_samples=max_samples, seed=0, device=args.device))
+                                    max_samples=max_samples, seed=0, device=args.device,
+                                    jobs=args.jobs))
     table = results_io.order_columns(pd.concat(tables, ignore_index=True))
     results_io.save_results(table, out)
     analyzed = time.perf_counter()
