@@ -51,12 +51,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _study_common import Variant, say, write_csv
+from _study_common import BETA_SWEEP, Variant, say, write_csv
 
 VARIANTS = (Variant("mlp", "layer", 0.0), Variant("mlp", "ib-T", 1.0), Variant("mlp", "ib-T", 4.0))
 QUICK_VARIANTS = (Variant("mlp", "layer", 0.0), Variant("mlp", "ib-T", 1.0))
@@ -243,7 +244,8 @@ def summarize(seeds_table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(parts).reset_index()
 
 
-def compare(seeds_table: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+def compare(seeds_table: pd.DataFrame, steps: pd.DataFrame,
+            quantities=QUANTITIES) -> pd.DataFrame:
     """IBNorm-T against LayerNorm per (comparison, sigma, variant, layer, quantity); one
     Holm family over every cell.  Unmatched variants at matched accuracy are not tested."""
     from ibtools import compare as cmp
@@ -258,7 +260,7 @@ def compare(seeds_table: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
                     ["norm", "lam"], sort=False):
                 for (layer, index), g in mine.groupby(["layer", "layer_index"], sort=False):
                     b = base[base["layer"] == layer]
-                    for q in QUANTITIES:
+                    for q in quantities:
                         keys = {"comparison": kind, "sigma": sigma, "norm": norm, "lam": lam,
                                 "layer": layer, "layer_index": index, "quantity": q,
                                 "step": int(g["step"].iloc[0]),
@@ -275,6 +277,58 @@ def compare(seeds_table: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
         table = pd.concat([table, extra], ignore_index=True)
     return table.rename(columns={"mean_a": "ib_mean", "sd_a": "ib_sd", "mean_b": "baseline_mean",
                                  "sd_b": "baseline_sd", "n_a": "n_ib", "n_b": "n_baseline"})
+
+
+#: The two IB values of the beta sweep: the study's layer-wise one (compression measured
+#: against the layer before) and the classic Lagrangian (compression against the input).
+IB_KINDS = {"layerwise": "i_prev_t", "classic": "i_xt"}
+
+
+def beta_sweep(seeds_table: pd.DataFrame, steps: pd.DataFrame, betas=BETA_SWEEP) -> pd.DataFrame:
+    """The IB value's comparison at every beta, both kinds, from the recorded terms.
+
+    The IB value is ``i_ty - beta * i_prev_t`` (``layerwise``, the study's) or
+    ``i_ty - beta * i_xt`` (``classic``) of every seed's row, so the sweep needs no new
+    estimates.  Each (kind, beta) is its own Holm family over the IB-value cells of both
+    comparisons, the family a study at that beta would test; the main comparison's family
+    also holds the three terms, so its beta = 0.1 verdicts can differ from this one's.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :func:`compare`'s columns with ``quantity == "ib_value"`` plus ``ib_kind`` and
+        ``beta``, one row per (kind, beta, comparison, sigma, variant, layer).
+    """
+    parts = []
+    for kind, term in IB_KINDS.items():
+        for beta in betas:
+            beta = float(beta)
+            if not beta >= 0:
+                raise ValueError(f"betas: every beta must be >= 0, got {beta!r}")
+            at_beta = seeds_table.assign(ib_value=seeds_table["i_ty"] - beta * seeds_table[term])
+            parts.append(compare(at_beta, steps, quantities=("ib_value",))
+                         .assign(ib_kind=kind, beta=beta))
+    return pd.concat(parts, ignore_index=True)
+
+
+def retable(folder: Path, prefix: str = "noisy_") -> dict:
+    """Recompute the comparison and the beta sweep from ``<prefix>seeds.csv`` and
+    ``<prefix>accuracy.csv`` in ``folder`` (no training, no estimates): writes
+    ``<prefix>beta_sweep.csv`` and returns ``{"comparison": ..., "beta_sweep": ...}``.
+
+    The comparison is returned, not written: it is the check that the shipped seeds
+    reproduce the shipped ``<prefix>comparison.csv``.
+    """
+    paths = {name: folder / f"{prefix}{name}.csv" for name in ("seeds", "accuracy")}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"--retable: {folder} lacks {', '.join(missing)}; a run of "
+                                f"this script writes them")
+    seeds_table = pd.read_csv(paths["seeds"])
+    steps = pd.read_csv(paths["accuracy"])
+    sweep = beta_sweep(seeds_table, steps)
+    write_csv(sweep, folder / f"{prefix}beta_sweep.csv")
+    return {"comparison": compare(seeds_table, steps), "beta_sweep": sweep}
 
 
 def paths_check(out: Path) -> pd.DataFrame:
@@ -327,7 +381,26 @@ def main(argv=None) -> int:
     parser.add_argument("--paths-check", action="store_true",
                         help="only tabulate the runs measured at several --n-paths "
                              "(paths_check.csv; noisy_paths_check.csv with --data-dir)")
+    parser.add_argument("--retable", type=Path, default=None, metavar="DIR",
+                        help="only recompute the tables from DIR's noisy_seeds.csv and "
+                             "noisy_accuracy.csv (e.g. docs/data): writes noisy_beta_sweep.csv "
+                             "and checks the comparison against noisy_comparison.csv")
     args = parser.parse_args(argv)
+    if args.retable is not None:
+        tables = retable(args.retable)
+        shipped = args.retable / "noisy_comparison.csv"
+        if shipped.exists():
+            old, new = pd.read_csv(shipped), tables["comparison"]
+            same = (len(old) == len(new) and (old["verdict"] == new["verdict"]).all()
+                    and all(np.allclose(old[c], new[c], rtol=1e-9, atol=1e-12, equal_nan=True)
+                            for c in ("diff", "p", "p_adj")))
+            say(f"[noisy] comparison recomputed from the seeds: "
+                f"{'equal to' if same else 'DIFFERS from'} {shipped}")
+            if not same:
+                return 1
+        counts = tables["beta_sweep"].groupby(["ib_kind", "comparison", "beta", "verdict"]).size()
+        say(counts.unstack(fill_value=0).to_string())
+        return 0
     if args.paths_check:
         check = paths_check(args.out)
         if check.empty or check["n_paths"].nunique() < 2:
@@ -373,6 +446,7 @@ def main(argv=None) -> int:
     seeds_table = measure_all(out, cfg, variants, seeds, steps, args.device, layers)
     summary = summarize(seeds_table)
     comparison = compare(seeds_table, steps)
+    sweep = beta_sweep(seeds_table, steps)
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     env = describe_environment(args.device)
     env["run"] = {"wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
@@ -386,6 +460,7 @@ def main(argv=None) -> int:
     suffix = cfg["analysis_dir"].removeprefix("analysis")
     files = {f"seeds{suffix}.csv": seeds_table, f"accuracy{suffix}.csv": steps,
              f"summary{suffix}.csv": summary, f"comparison{suffix}.csv": comparison,
+             f"beta_sweep{suffix}.csv": sweep,
              f"environment{suffix}.json": env}
     from ibtools.results import write_atomic
 

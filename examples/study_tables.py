@@ -471,6 +471,42 @@ def t_noisy_paths(path: Path) -> str:
     return markdown(header, rows)
 
 
+def t_noisy_beta_counts(path: Path) -> str:
+    """The noisy IB value across beta: per kind (layer-wise I(T;Y) - beta I(T_prev;T), or
+    classic I(T;Y) - beta I(X;T)), comparison and beta, the signs of the mean differences and
+    the verdicts (one Holm family per kind and beta)."""
+    df = pd.read_csv(path)
+    verdicts = ["higher", "lower", "no difference", "below effect size", "not matched"]
+    rows = []
+    for (kind, comparison), part in df.groupby(["ib_kind", "comparison"], sort=False):
+        rows += _noisy_beta_rows(kind, comparison, part, verdicts)
+    return markdown(["IB value", "comparison", "β", "diff > 0", "diff < 0", *verdicts, "cells"],
+                    rows)
+
+
+def _noisy_beta_rows(kind: str, comparison: str, part: pd.DataFrame, verdicts: list) -> list:
+    rows = []
+    for beta, g in part.groupby("beta", sort=True):
+        tested = g[g["verdict"] != "not matched"]
+        v = g["verdict"].value_counts()
+        rows.append([kind, comparison, f"{beta:g}", str(int((tested["diff"] > 0).sum())),
+                     str(int((tested["diff"] < 0).sum()))]
+                    + [str(int(v.get(k, 0))) for k in verdicts] + [str(len(g))])
+    return rows
+
+
+def t_noisy_beta_cells(path: Path, kind: str = "layerwise",
+                       comparison: str = "matched noise") -> str:
+    """The layer-wise noisy IB value's difference at matched noise per (sigma, variant,
+    layer) and beta, with the verdict of that beta's family (H, L, n, e)."""
+    df = pd.read_csv(path)
+    df = df[(df["ib_kind"] == kind) & (df["comparison"] == comparison)]
+    return grid(df, ["sigma", "norm", "lam", "layer"], "beta",
+                lambda r: f"{r['diff']:+.3f} {_mark(r['verdict'])}",
+                lambda sigma, norm, lam, layer: f"σ={sigma:g}, {variant_label(norm, lam)}, {layer}",
+                "σ, variant, layer", lambda beta: f"β={beta:g}")
+
+
 TABLES.update({
     "noisy_paths": (t_noisy_paths, "noisy_paths_check.csv",
                     "Noisy networks: noise paths per input K, levels and differences"),
@@ -482,6 +518,10 @@ TABLES.update({
                     "Noisy networks: IBNorm-T minus LayerNorm, matched noise and accuracy"),
     "noisy_verdicts": (t_noisy_verdicts, "noisy_comparison.csv",
                        "Noisy networks: verdict counts"),
+    "noisy_beta": (t_noisy_beta_counts, "noisy_beta_sweep.csv",
+                   "Noisy networks: the IB value across beta, counts"),
+    "noisy_beta_cells": (t_noisy_beta_cells, "noisy_beta_sweep.csv",
+                         "Noisy networks: the layer-wise IB value across beta, matched noise"),
 })
 
 

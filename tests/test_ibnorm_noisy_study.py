@@ -127,6 +127,62 @@ def test_noisy_study_quick_end_to_end_and_resume(noisy, tmp_path):
     assert "K=3" in _load("study_tables").render(data, ["noisy_paths"])["noisy_paths"]
 
 
+def _check_beta_sweep(sweep: pd.DataFrame, seeds: pd.DataFrame, comparison: pd.DataFrame):
+    """The sweep's difference at every beta is the terms' combination, each (kind, beta) is
+    one Holm family, and at the study's beta the layer-wise differences are the comparison's."""
+    from ibtools.compare import MIN_EFFECT_NATS as floor
+
+    assert set(sweep["ib_kind"]) == {"layerwise", "classic"}
+    assert sorted(sweep["beta"].unique()) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    final = seeds[seeds["checkpoint"] == "final"]
+    means = final.groupby(["sigma", "norm", "lam", "layer"])[["i_ty", "i_prev_t", "i_xt"]].mean()
+    rows = sweep[sweep["comparison"] == "matched noise"]
+    for r in rows.sample(n=min(12, len(rows)), random_state=0).to_dict("records"):
+        term = {"layerwise": "i_prev_t", "classic": "i_xt"}[r["ib_kind"]]
+        a = means.loc[(r["sigma"], r["norm"], r["lam"], r["layer"])]
+        b = means.loc[(r["sigma"], "layer", 0.0, r["layer"])]
+        expected = (a["i_ty"] - b["i_ty"]) - r["beta"] * (a[term] - b[term])
+        assert r["diff"] == pytest.approx(expected, abs=1e-9)
+    tested = sweep[sweep["verdict"] != "not matched"]
+    assert (tested.loc[tested["diff"].abs() < floor, "verdict"] == "below effect size").all()
+    for _, family in tested.groupby(["ib_kind", "beta"]):
+        # Holm inside each family: the smallest p is multiplied by the family's size
+        smallest = family.loc[family["p"].idxmin()]
+        assert smallest["p_adj"] == pytest.approx(min(1.0, smallest["p"] * len(family)))
+    at = sweep[(sweep["ib_kind"] == "layerwise") & (sweep["beta"] == 0.1)]
+    ib = comparison[comparison["quantity"] == "ib_value"]
+    keys = ["comparison", "sigma", "norm", "lam", "layer"]
+    joined = at.merge(ib, on=keys, suffixes=("", "_main"))
+    assert len(joined) == len(ib) and np.allclose(joined["diff"], joined["diff_main"], atol=1e-12)
+
+
+def test_noisy_beta_sweep_of_the_quick_run(noisy, tmp_path):
+    out = tmp_path / "run"
+    assert noisy.main(["--quick", "--out", str(out)]) == 0
+    _check_beta_sweep(pd.read_csv(out / "beta_sweep.csv"), pd.read_csv(out / "seeds.csv"),
+                      pd.read_csv(out / "comparison.csv"))
+
+
+def test_noisy_retable_reproduces_the_shipped_comparison_and_sweep(noisy, tmp_path, capsys):
+    data = EXAMPLES.parent / "docs" / "data"
+    for name in ("seeds", "accuracy", "comparison"):
+        (tmp_path / f"noisy_{name}.csv").write_bytes((data / f"noisy_{name}.csv").read_bytes())
+    assert noisy.main(["--retable", str(tmp_path)]) == 0
+    assert "equal to" in capsys.readouterr().out
+    sweep = pd.read_csv(tmp_path / "noisy_beta_sweep.csv")
+    pd.testing.assert_frame_equal(sweep, pd.read_csv(data / "noisy_beta_sweep.csv"))
+    _check_beta_sweep(sweep, pd.read_csv(data / "noisy_seeds.csv"),
+                      pd.read_csv(data / "noisy_comparison.csv"))
+    # a comparison that no longer follows from the seeds is reported, with a failing status
+    bad = pd.read_csv(tmp_path / "noisy_comparison.csv")
+    bad.loc[0, "diff"] += 0.5
+    bad.to_csv(tmp_path / "noisy_comparison.csv", index=False)
+    assert noisy.main(["--retable", str(tmp_path)]) == 1
+    assert "DIFFERS from" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="noisy_seeds.csv"):
+        noisy.main(["--retable", str(tmp_path / "empty")])
+
+
 def test_noisy_study_rejects_one_seed(noisy, tmp_path, capsys):
     with pytest.raises(SystemExit):
         noisy.main(["--quick", "--seeds", "1", "--out", str(tmp_path)])
