@@ -83,6 +83,31 @@ def test_mlp_digits_quick(tmp_path):
     assert "[train]" not in again
     assert len(pd.read_csv(out / "results.csv")) == len(results)
 
+    # two worker processes train and analyze the same runs into the same numbers, in the
+    # same row order (only wall times, paths and file stamps differ)
+    parallel = tmp_path / "mlp_jobs2"
+    _run("ibnorm_mlp_digits.py", parallel, "--no-report", "--jobs", "2")
+    other = pd.read_csv(parallel / "results.csv")
+    volatile = ["seconds", "checkpoint", "checkpoint_path", "checkpoint_fingerprint"]
+    pd.testing.assert_frame_equal(other.drop(columns=volatile), results.drop(columns=volatile))
+
+
+def test_run_parallel_keeps_item_order_and_raises_the_first_failure():
+    import operator
+
+    sys.path.insert(0, str(EXAMPLES))
+    from _study_runs import run_parallel
+
+    items = [(float(i), 4.0) for i in range(7)]
+    done = []
+    # more items than workers; results come back in item order whatever finishes first
+    assert run_parallel(operator.truediv, 2, items, done=lambda i, r: done.append(i)) == [
+        i / 4 for i in range(7)]
+    assert sorted(done) == list(range(7))
+    assert run_parallel(operator.truediv, 1, items[:2]) == [0.0, 0.25]
+    with pytest.raises(ZeroDivisionError):
+        run_parallel(operator.truediv, 2, [(1.0, 2.0), (1.0, 0.0), (3.0, 4.0)])
+
 
 def test_tiny_lm_quick(tmp_path):
     out = tmp_path / "lm"
