@@ -95,8 +95,9 @@ QUICK_DETERMINISTIC = ["binning:bin_width=0.5", "kde:noise_var=0.1"]
 
 
 def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """CPU time of this process and of its finished worker processes (``--jobs``)."""
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def has_noise_option(model: str) -> bool:
@@ -132,15 +133,54 @@ def train_run(model: str, spec: dict, variant: Variant, seed: int, noise_std: fl
     return max(folder.glob("step_*.pt"))
 
 
-def study(out: Path, sizes: dict, norms, seeds, noise_stds, device: str,
-          models=("gpt", "vit"), deterministic=tuple(DETERMINISTIC)) -> tuple[pd.DataFrame,
-                                                                             pd.DataFrame]:
-    """Train and analyze every (model, mode, variant, seed); the joined results table and
-    the per-seed metrics.  The modes are ``deterministic`` and ``noisy-<sigma>`` per noise
-    std in ``noise_stds``."""
+def _run_one(model: str, spec: dict, variant: Variant, seed: int, mode: str, noise_std: float,
+             trained_noise: bool, layers: list, out: Path, device: str,
+             deterministic: tuple) -> tuple[pd.DataFrame, dict]:
+    """Train (or reuse) and analyze one (model, mode, variant, seed): its rows and metrics.
+    A worker task of :func:`study`."""
     import ibtools
 
-    tables, metrics = [], []
+    if device == "cpu":
+        torch.set_num_threads(1)
+    noisy = noise_std > 0
+    # the fallback's noisy rows read the deterministic network through a channel
+    train_mode = mode if noisy and trained_noise else "deterministic"
+    folder = out / "checkpoints" / model / train_mode / variant.tag / f"seed{seed}"
+    final = train_run(model, spec, variant, seed, noise_std if train_mode == mode else 0.0,
+                      folder, device)
+    _, info = ibtools.load_model(final)
+    metric = {"model": model, "mode": mode, "norm": variant.norm, "lam": variant.lam,
+              "seed": seed, "step": info["meta"]["step"],
+              spec["metric"]: info["meta"][spec["metric"]]}
+    kwargs = {"estimators": list(spec.get("estimators", deterministic))}
+    if noisy:
+        kwargs = {"estimators": ["mixture:mc_tolerance=0.02"]}
+        if not trained_noise:
+            kwargs["noise_std"] = noise_std
+    start, cpu = time.perf_counter(), cpu_seconds()
+    run_out = out / "analysis" / model / mode / variant.tag / f"seed{seed}"
+    table = ibtools.analyze([str(final)], data=spec["data"], layers=layers, betas=[BETA],
+                            reference="previous", max_samples=spec["max_samples"], seed=0,
+                            device=device, out_dir=run_out, progress=False, **kwargs)
+    say(f"[analyze] {model} {mode} {variant.tag} seed {seed}: "
+        f"{time.perf_counter() - start:.1f} s wall, {cpu_seconds() - cpu:.1f} s CPU")
+    # every input its own mixture component (or bin, or kernel): the value says only that
+    # the sample is too small for this sigma or resolution
+    ceiling = np.log(table["n_samples"].astype(float))
+    return table.assign(study_mode=mode, at_ceiling=table["i_xt"] >= 0.98 * ceiling), metric
+
+
+def study(out: Path, sizes: dict, norms, seeds, noise_stds, device: str,
+          models=("gpt", "vit"), deterministic=tuple(DETERMINISTIC),
+          jobs: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and analyze every (model, mode, variant, seed); the joined results table and
+    the per-seed metrics.  The modes are ``deterministic`` and ``noisy-<sigma>`` per noise
+    std in ``noise_stds``.  ``jobs`` > 1 runs that many (model, mode, variant, seed) at once
+    in worker processes (CPU only); every run is seeded on its own and the tables are in the
+    same order, so they do not depend on it."""
+    from _study_runs import run_parallel
+
+    items = []
     for model in models:
         spec = sizes[model]
         depth = spec["config"][DEPTH_KEY[model]]
@@ -148,40 +188,13 @@ def study(out: Path, sizes: dict, norms, seeds, noise_stds, device: str,
         trained_noise = has_noise_option(model)
         for mode, noise_std in [("deterministic", 0.0)] + [(f"noisy-{s:g}", s)
                                                             for s in noise_stds]:
-            noisy = noise_std > 0
             for norm, lam in norms:
-                variant = Variant(model, norm, lam)
                 for seed in seeds:
-                    # the fallback's noisy rows read the deterministic network through a channel
-                    train_mode = mode if noisy and trained_noise else "deterministic"
-                    folder = out / "checkpoints" / model / train_mode / variant.tag / f"seed{seed}"
-                    final = train_run(model, spec, variant, seed,
-                                      noise_std if train_mode == mode else 0.0, folder, device)
-                    _, info = ibtools.load_model(final)
-                    metrics.append({"model": model, "mode": mode, "norm": norm, "lam": lam,
-                                    "seed": seed, "step": info["meta"]["step"],
-                                    spec["metric"]: info["meta"][spec["metric"]]})
-                    kwargs = {"estimators": list(spec.get("estimators", deterministic))}
-                    if noisy:
-                        kwargs = {"estimators": ["mixture:mc_tolerance=0.02"]}
-                        if not trained_noise:
-                            kwargs["noise_std"] = noise_std
-                    start, cpu = time.perf_counter(), cpu_seconds()
-                    run_out = out / "analysis" / model / mode / variant.tag / f"seed{seed}"
-                    table = ibtools.analyze([str(final)], data=spec["data"], layers=layers,
-                                            betas=[BETA], reference="previous",
-                                            max_samples=spec["max_samples"], seed=0,
-                                            device=device, out_dir=run_out, progress=False,
-                                            **kwargs)
-                    say(f"[analyze] {model} {mode} {variant.tag} seed {seed}: "
-                        f"{time.perf_counter() - start:.1f} s wall, "
-                        f"{cpu_seconds() - cpu:.1f} s CPU")
-                    # every input its own mixture component (or bin, or kernel): the value
-                    # says only that the sample is too small for this sigma or resolution
-                    ceiling = np.log(table["n_samples"].astype(float))
-                    tables.append(table.assign(study_mode=mode,
-                                               at_ceiling=table["i_xt"] >= 0.98 * ceiling))
-    return pd.concat(tables, ignore_index=True), pd.DataFrame(metrics)
+                    items.append((model, spec, Variant(model, norm, lam), seed, mode, noise_std,
+                                  trained_noise, layers, out, device, tuple(deterministic)))
+    results = run_parallel(_run_one, jobs, items)
+    return (pd.concat([table for table, _ in results], ignore_index=True),
+            pd.DataFrame([metric for _, metric in results]))
 
 
 def summarize(table: pd.DataFrame, metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -219,7 +232,13 @@ def main(argv=None) -> int:
     parser.add_argument("--noise-std", type=float, nargs="+", default=None,
                         help="std(s) of the noisy modes' Gaussian noise after every block "
                              "(default 1 and 4; quick 1): one noisy mode per value")
+    parser.add_argument("--no-noisy", action="store_true",
+                        help="the deterministic mode only (no noisy modes)")
     parser.add_argument("--models", default="gpt,vit", help="comma-separated: gpt, vit")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="runs trained and analyzed at once in worker processes, one "
+                             "thread each (CPU only; default: the usable cores on a CPU, "
+                             "1 with --quick or on a GPU)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="also write gpu_*.csv and gpu_environment.json here")
     args = parser.parse_args(argv)
@@ -233,10 +252,21 @@ def main(argv=None) -> int:
     noise_stds = args.noise_std or ([1.0] if args.quick else [1.0, 4.0])
     if not all(s > 0 for s in noise_stds):
         parser.error(f"--noise-std must all be > 0, got {noise_stds}")
+    if args.no_noisy:
+        if args.noise_std:
+            parser.error("--no-noisy and --noise-std contradict each other; give one")
+        noise_stds = []
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     unknown = [m for m in models if m not in FULL]
     if unknown or not models:
         parser.error(f"--models {args.models!r}: accepted names are {sorted(FULL)}")
+    from _study_runs import usable_cores
+
+    jobs = args.jobs if args.jobs is not None else (
+        usable_cores() if device == "cpu" and not args.quick else 1)
+    if jobs < 1 or (jobs > 1 and device != "cpu"):
+        parser.error(f"--jobs {jobs}: accepted is an int >= 1, and 1 on a GPU (one device "
+                     f"runs one job at a time here)")
     if device == "cpu":
         torch.set_num_threads(1)
     if device.startswith("cuda"):
@@ -254,7 +284,7 @@ def main(argv=None) -> int:
     start, cpu = time.perf_counter(), cpu_seconds()
     table, metrics = study(out, sizes, QUICK_NORMS if args.quick else NORMS,
                            list(range(seeds_n)), noise_stds, device, models,
-                           QUICK_DETERMINISTIC if args.quick else DETERMINISTIC)
+                           QUICK_DETERMINISTIC if args.quick else DETERMINISTIC, jobs=jobs)
     summary, comparison = summarize(table, metrics)
     ceiling = table.assign(model=table["model"].astype(str).str.split(":").str[-1]).groupby(
         ["model", "study_mode", "setting", "layer"], sort=False)["at_ceiling"].mean().reset_index()
@@ -262,6 +292,7 @@ def main(argv=None) -> int:
     env["run"] = {"wall_seconds": round(time.perf_counter() - start, 1),
                   "cpu_seconds": round(cpu_seconds() - cpu, 1), "quick": args.quick,
                   "seeds": seeds_n, "noise_std": noise_stds, "models": list(models),
+                  "jobs": jobs,
                   "train_time_noise": {m: has_noise_option(m) for m in models},
                   "sizes": {m: sizes[m] for m in models}}
     files = {"results.csv": table, "metrics.csv": metrics, "summary.csv": summary,
