@@ -35,7 +35,8 @@ Every IBNorm-T cell (model, mode, variant, layer, setting) is compared with Laye
 Writes into OUT: ``checkpoints/``, ``analysis/`` (a rerun resumes both), ``results.csv``,
 ``metrics.csv`` (validation loss or test accuracy per seed), ``summary.csv``,
 ``comparison.csv``, ``ceiling.csv``, ``environment.json`` (with the GPU's name); with
-``--data-dir`` also ``gpu_*.csv`` and ``gpu_environment.json`` there.
+``--data-dir`` also ``<NAME>_*.csv`` and ``<NAME>_environment.json`` there (``--data-name``,
+default ``gpu``).
 
 Sized for under 10 minutes of one H200 (54 training runs of a few hundred steps, one
 analysis per run's final checkpoint; an estimate until it has run on one); on a CPU the full
@@ -240,7 +241,10 @@ def main(argv=None) -> int:
                              "thread each (CPU only; default: the usable cores on a CPU, "
                              "1 with --quick or on a GPU)")
     parser.add_argument("--data-dir", type=Path, default=None,
-                        help="also write gpu_*.csv and gpu_environment.json here")
+                        help="also write NAME_*.csv and NAME_environment.json here")
+    parser.add_argument("--data-name", default="gpu",
+                        help="NAME of the --data-dir files (default gpu; e.g. cpu_vit for a "
+                             "CPU run of one model)")
     args = parser.parse_args(argv)
     device = args.device or ("cpu" if args.quick else default_device())
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -256,6 +260,8 @@ def main(argv=None) -> int:
         if args.noise_std:
             parser.error("--no-noisy and --noise-std contradict each other; give one")
         noise_stds = []
+    if not args.data_name.replace("_", "").isalnum():
+        parser.error(f"--data-name {args.data_name!r}: accepted are letters, digits and '_'")
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     unknown = [m for m in models if m not in FULL]
     if unknown or not models:
@@ -303,8 +309,8 @@ def main(argv=None) -> int:
     if args.data_dir is not None:
         args.data_dir.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.csv", "summary.csv", "comparison.csv", "ceiling.csv"):
-            write_csv(files[name], args.data_dir / f"gpu_{name}")
-        write_atomic(args.data_dir / "gpu_environment.json",
+            write_csv(files[name], args.data_dir / f"{args.data_name}_{name}")
+        write_atomic(args.data_dir / f"{args.data_name}_environment.json",
                      json.dumps(env, indent=2, default=str) + "\n")
     from ibtools import compare
 

@@ -24,7 +24,7 @@ import pandas as pd
 DATA_DIR = Path(__file__).resolve().parents[1] / "docs" / "data"
 NORM_LABELS = {"layer": "LayerNorm", "batch": "BatchNorm", "rms": "RMSNorm",
                "ib-S": "IBNorm-S", "ib-L": "IBNorm-L", "ib-T": "IBNorm-T"}
-MODEL_LABELS = {"gpt": "GPT", "llama": "LLaMA", "mlp": "MLP"}
+MODEL_LABELS = {"gpt": "GPT", "llama": "LLaMA", "mlp": "MLP", "vit": "ViT"}
 
 
 def setting_label(setting: str) -> str:
@@ -523,6 +523,80 @@ TABLES.update({
     "noisy_beta_cells": (t_noisy_beta_cells, "noisy_beta_sweep.csv",
                          "Noisy networks: the layer-wise IB value across beta, matched noise"),
 })
+
+
+# -- larger models (examples/ibnorm_gpu_study.py --data-dir docs/data --data-name NAME) ----
+
+MODE_ORDER = {"deterministic": 0}
+
+
+def _mode_key(mode: str) -> tuple:
+    """deterministic first, then the noisy modes by sigma."""
+    return (MODE_ORDER.get(mode, 1), float(mode.split("-", 1)[1]) if "-" in mode else 0.0)
+
+
+def t_large_metrics(path: Path) -> str:
+    """Per mode and variant: the task metric (validation loss in nats per byte for the LM,
+    test accuracy for the ViT) as mean ± sd over seeds, and the seeds."""
+    df = pd.read_csv(path)
+    rows = []
+    for model, part in df.groupby("model", sort=False):
+        metric = next(m for m in ("val_loss", "test_accuracy")
+                      if m in part and part[m].notna().any())
+        for mode in sorted(part["mode"].unique(), key=_mode_key):
+            for (norm, lam), g in part[part["mode"] == mode].groupby(["norm", "lam"], sort=False):
+                rows.append([MODEL_LABELS.get(model, model), mode, variant_label(norm, lam),
+                             metric.replace("_", " "), pm(g[metric].mean(), g[metric].std(ddof=1)),
+                             str(len(g)), str(int(g["step"].iloc[0]))])
+    return markdown(["model", "mode", "variant", "metric", "mean ± sd", "seeds", "steps"], rows)
+
+
+def t_large_diffs(path: Path) -> str:
+    """IBNorm-T minus LayerNorm per mode, variant, layer and setting: the IB value's
+    difference with its verdict (Welch, Holm over all cells, 0.01-nat minimum effect), the
+    terms' mean differences, and the share of rows at the ln n ceiling (both variants)."""
+    comparison = pd.read_csv(path)
+    summary = pd.read_csv(path.with_name(path.name.replace("_comparison", "_summary")))
+    ceiling = pd.read_csv(path.with_name(path.name.replace("_comparison", "_ceiling")))
+    means = summary.set_index(["mode", "norm", "lam", "layer", "setting"])
+    at_ceiling = ceiling.set_index(["study_mode", "setting", "layer"])["at_ceiling"]
+    rows = []
+    comparison = comparison.assign(_mode=comparison["mode"].map(_mode_key))
+    for r in comparison.sort_values(["_mode", "lam", "layer_index"], kind="mergesort").to_dict(
+            "records"):
+        key = (r["mode"], r["norm"], r["lam"], r["layer"], r["setting"])
+        base = means.loc[(r["mode"], "layer", 0.0, r["layer"], r["setting"])]
+        mine = means.loc[key]
+        rows.append([r["mode"], variant_label(r["norm"], r["lam"]), r["layer"],
+                     setting_label(r["setting"]), f"{r['diff']:+.3f} {_mark(r['verdict'])}",
+                     f"{mine['i_xt_mean'] - base['i_xt_mean']:+.3f}",
+                     f"{mine['i_ty_mean'] - base['i_ty_mean']:+.3f}",
+                     f"{at_ceiling.get((r['mode'], r['setting'], r['layer']), float('nan')):.2f}"])
+    return markdown(["mode", "variant", "layer", "setting", "Δ IB value", "Δ I(X;T)",
+                     "Δ I(T;Y)", "at ceiling"], rows)
+
+
+def t_large_levels(path: Path) -> str:
+    """LayerNorm's own levels per mode, layer and setting (mean over seeds): the scale the
+    differences of ``*_diffs`` are read against."""
+    df = pd.read_csv(path)
+    df = df[df["norm"] == "layer"].assign(_mode=df["mode"].map(_mode_key))
+    rows = [[r["mode"], r["layer"], setting_label(r["setting"]), pm(r["i_xt_mean"], r["i_xt_sd"]),
+             pm(r["i_ty_mean"], r["i_ty_sd"]), pm(r["ib_value_mean"], r["ib_value_sd"])]
+            for r in df.sort_values(["_mode", "layer_index"], kind="mergesort").to_dict("records")]
+    return markdown(["mode", "layer", "setting", "I(X;T)", "I(T;Y)", "IB value"], rows)
+
+
+for _name, _label in (("cpu_vit", "ViT on digits, CPU run of the larger-model study"),
+                      ("cpu_gpt", "6-block GPT, CPU run of the larger-model study"),
+                      ("gpu", "Larger models on a GPU")):
+    TABLES.update({
+        f"{_name}_metrics": (t_large_metrics, f"{_name}_metrics.csv", f"{_label}: task metric"),
+        f"{_name}_levels": (t_large_levels, f"{_name}_summary.csv",
+                            f"{_label}: LayerNorm's levels"),
+        f"{_name}_diffs": (t_large_diffs, f"{_name}_comparison.csv",
+                           f"{_label}: IBNorm-T minus LayerNorm"),
+    })
 
 
 def _class_counts(data_dir: Path) -> Path:

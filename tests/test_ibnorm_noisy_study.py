@@ -219,12 +219,45 @@ def _check_gpu_run(out: Path, noisy_mode: str) -> pd.DataFrame:
 
 
 def test_gpu_study_quick_on_cpu(gpu, tmp_path):
-    out = tmp_path / "gpu"
-    assert gpu.main(["--quick", "--models", "vit", "--out", str(out)]) == 0
+    out, data = tmp_path / "gpu", tmp_path / "data"
+    assert gpu.main(["--quick", "--models", "vit", "--out", str(out), "--data-dir", str(data),
+                     "--data-name", "cpu_vit"]) == 0
     results = _check_gpu_run(out, "trained-noise")
+    # the doc's tables print from the --data-dir files: one diffs row per compared cell, and
+    # its I(X;T) column is the difference of the seed means
+    study_tables = _load("study_tables")
+    tables = study_tables.render(data, ["cpu_vit_metrics", "cpu_vit_levels", "cpu_vit_diffs"])
+    comparison = pd.read_csv(data / "cpu_vit_comparison.csv")
+    diff_rows = tables["cpu_vit_diffs"].splitlines()[2:]
+    assert len(diff_rows) == len(comparison)
+    summary = pd.read_csv(data / "cpu_vit_summary.csv").set_index(
+        ["mode", "norm", "layer", "setting"])
+    first = comparison.assign(_mode=comparison["mode"].map(study_tables._mode_key)).sort_values(
+        ["_mode", "lam", "layer_index"], kind="mergesort").iloc[0]
+    expected = (summary.loc[(first["mode"], "ib-T", first["layer"], first["setting"]), "i_xt_mean"]
+                - summary.loc[(first["mode"], "layer", first["layer"], first["setting"]),
+                              "i_xt_mean"])
+    assert diff_rows[0].split(" | ")[5] == f"{expected:+.3f}"
+    assert len(tables["cpu_vit_metrics"].splitlines()) == 2 + 2 * 2  # modes x variants
+    with pytest.raises(SystemExit):
+        gpu.main(["--quick", "--data-name", "../x", "--out", str(tmp_path)])
     assert (results.loc[results["study_mode"] == "noisy-1", "noise_std"] == 1.0).all()
     metrics = pd.read_csv(out / "metrics.csv")
     assert len(metrics) == 2 * 2 * 2 and metrics["test_accuracy"].between(0, 1).all()
+
+    # two worker processes (the script as users run it) give the same rows in the same order
+    import subprocess
+
+    parallel = tmp_path / "gpu_jobs2"
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "ibnorm_gpu_study.py"), "--quick",
+                           "--models", "vit", "--jobs", "2", "--out", str(parallel)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    volatile = ["seconds", "checkpoint", "checkpoint_path", "checkpoint_fingerprint"]
+    pd.testing.assert_frame_equal(pd.read_csv(parallel / "results.csv").drop(columns=volatile),
+                                  results.drop(columns=volatile))
+    env = json.loads((parallel / "environment.json").read_text(encoding="utf-8"))
+    assert env["run"]["jobs"] == 2 and env["run"]["cpu_seconds"] > 0
 
 
 def test_gpu_study_falls_back_to_analysis_time_noise(gpu, tmp_path, monkeypatch):
@@ -243,3 +276,9 @@ def test_gpu_study_names_bad_arguments(gpu, tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu.main(["--quick", "--noise-std", "0", "--out", str(tmp_path)])
     assert "--noise-std must all be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu.main(["--quick", "--no-noisy", "--noise-std", "2", "--out", str(tmp_path)])
+    assert "--no-noisy and --noise-std contradict" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu.main(["--quick", "--jobs", "0", "--out", str(tmp_path)])
+    assert "--jobs 0" in capsys.readouterr().err
