@@ -29,6 +29,13 @@ Each with LayerNorm, IBNorm-T lambda=1 and IBNorm-T lambda=4, ``--seeds`` seeds,
   nearest neighbour 15-24, so noise of std 0.1 leaves every input its own mixture component
   and I(X;T) at ln n; sigma 1 and 4 bracket the scale where inputs start to merge.
   ``ceiling.csv`` gives the share of rows at that ceiling per model, mode, setting and layer.
+  Trained networks can outgrow such noise: their residual streams are not bounded, and a
+  CPU run of the ViT put every cell at sigma 1 and 4 at the ceiling (``docs/ibnorm-study.md``);
+- ``channel-<S>``, one per ``--channel-std`` (none by default): the deterministic networks,
+  unchanged, read through an analysis-time Gaussian channel of std S at every block output
+  (``analyze(noise_std=S)``, mixture estimator, ``mode = analysis-noise``).  A network cannot
+  outgrow a channel it never trained with, so S can be set against the measured scale of the
+  block outputs.
 
 Every IBNorm-T cell (model, mode, variant, layer, setting) is compared with LayerNorm by
 :mod:`ibtools.compare` (Welch over seeds, Holm over all cells, minimum effect 0.01 nat).
@@ -173,10 +180,12 @@ def _run_one(model: str, spec: dict, variant: Variant, seed: int, mode: str, noi
 
 def study(out: Path, sizes: dict, norms, seeds, noise_stds, device: str,
           models=("gpt", "vit"), deterministic=tuple(DETERMINISTIC),
-          jobs: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+          jobs: int = 1, channel_stds=()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train and analyze every (model, mode, variant, seed); the joined results table and
-    the per-seed metrics.  The modes are ``deterministic`` and ``noisy-<sigma>`` per noise
-    std in ``noise_stds``.  ``jobs`` > 1 runs that many (model, mode, variant, seed) at once
+    the per-seed metrics.  The modes are ``deterministic``, ``noisy-<sigma>`` per noise
+    std in ``noise_stds`` (trained with noise) and ``channel-<S>`` per std in
+    ``channel_stds`` (the deterministic networks read through an analysis-time Gaussian
+    channel: no training of their own).  ``jobs`` > 1 runs that many (model, mode, variant, seed) at once
     in worker processes (CPU only); every run is seeded on its own and the tables are in the
     same order, so they do not depend on it."""
     from _study_runs import run_parallel
@@ -186,9 +195,10 @@ def study(out: Path, sizes: dict, norms, seeds, noise_stds, device: str,
         spec = sizes[model]
         depth = spec["config"][DEPTH_KEY[model]]
         layers = [f"{LAYER_PREFIX[model]}.{i}" for i in range(depth)]
-        trained_noise = has_noise_option(model)
-        for mode, noise_std in [("deterministic", 0.0)] + [(f"noisy-{s:g}", s)
-                                                            for s in noise_stds]:
+        modes = ([("deterministic", 0.0, False)]
+                 + [(f"noisy-{s:g}", s, has_noise_option(model)) for s in noise_stds]
+                 + [(f"channel-{s:g}", s, False) for s in channel_stds])
+        for mode, noise_std, trained_noise in modes:
             for norm, lam in norms:
                 for seed in seeds:
                     items.append((model, spec, Variant(model, norm, lam), seed, mode, noise_std,
@@ -234,7 +244,11 @@ def main(argv=None) -> int:
                         help="std(s) of the noisy modes' Gaussian noise after every block "
                              "(default 1 and 4; quick 1): one noisy mode per value")
     parser.add_argument("--no-noisy", action="store_true",
-                        help="the deterministic mode only (no noisy modes)")
+                        help="no trained-noise modes (the deterministic mode, and the "
+                             "channel modes of --channel-std)")
+    parser.add_argument("--channel-std", type=float, nargs="+", default=(),
+                        help="also read the deterministic networks through an analysis-time "
+                             "Gaussian channel of each std (modes channel-<S>; no training)")
     parser.add_argument("--models", default="gpt,vit", help="comma-separated: gpt, vit")
     parser.add_argument("--jobs", type=int, default=None,
                         help="runs trained and analyzed at once in worker processes, one "
@@ -260,6 +274,8 @@ def main(argv=None) -> int:
         if args.noise_std:
             parser.error("--no-noisy and --noise-std contradict each other; give one")
         noise_stds = []
+    if not all(s > 0 for s in args.channel_std):
+        parser.error(f"--channel-std must all be > 0, got {list(args.channel_std)}")
     if not args.data_name.replace("_", "").isalnum():
         parser.error(f"--data-name {args.data_name!r}: accepted are letters, digits and '_'")
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
@@ -290,7 +306,8 @@ def main(argv=None) -> int:
     start, cpu = time.perf_counter(), cpu_seconds()
     table, metrics = study(out, sizes, QUICK_NORMS if args.quick else NORMS,
                            list(range(seeds_n)), noise_stds, device, models,
-                           QUICK_DETERMINISTIC if args.quick else DETERMINISTIC, jobs=jobs)
+                           QUICK_DETERMINISTIC if args.quick else DETERMINISTIC, jobs=jobs,
+                           channel_stds=tuple(args.channel_std))
     summary, comparison = summarize(table, metrics)
     ceiling = table.assign(model=table["model"].astype(str).str.split(":").str[-1]).groupby(
         ["model", "study_mode", "setting", "layer"], sort=False)["at_ceiling"].mean().reset_index()
@@ -298,6 +315,7 @@ def main(argv=None) -> int:
     env["run"] = {"wall_seconds": round(time.perf_counter() - start, 1),
                   "cpu_seconds": round(cpu_seconds() - cpu, 1), "quick": args.quick,
                   "seeds": seeds_n, "noise_std": noise_stds, "models": list(models),
+                  "channel_std": list(args.channel_std),
                   "jobs": jobs,
                   "train_time_noise": {m: has_noise_option(m) for m in models},
                   "sizes": {m: sizes[m] for m in models}}

@@ -269,6 +269,22 @@ def test_gpu_study_falls_back_to_analysis_time_noise(gpu, tmp_path, monkeypatch)
     assert not (out / "checkpoints" / "vit" / "noisy").exists()
 
 
+def test_gpu_study_channel_mode_reads_the_deterministic_nets(gpu, tmp_path):
+    out = tmp_path / "gpu"
+    assert gpu.main(["--quick", "--models", "vit", "--no-noisy", "--channel-std", "2",
+                     "--out", str(out)]) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["study_mode"]) == {"deterministic", "channel-2"}
+    channel = results[results["study_mode"] == "channel-2"]
+    assert set(channel["mode"]) == {"analysis-noise"} and (channel["noise_std"] == 2.0).all()
+    # no training of its own: the channel rows read the deterministic checkpoints
+    assert [p.name for p in (out / "checkpoints" / "vit").iterdir()] == ["deterministic"]
+    det = results[results["study_mode"] == "deterministic"]
+    assert set(channel["checkpoint_fingerprint"]) == set(det["checkpoint_fingerprint"])
+    # a channel keeps the values below the deterministic ceiling ln n for I(X;T)
+    assert (channel["i_xt"] < np.log(channel["n_samples"])).all()
+
+
 def test_gpu_study_names_bad_arguments(gpu, tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu.main(["--quick", "--models", "resnet", "--out", str(tmp_path)])
@@ -279,6 +295,9 @@ def test_gpu_study_names_bad_arguments(gpu, tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu.main(["--quick", "--no-noisy", "--noise-std", "2", "--out", str(tmp_path)])
     assert "--no-noisy and --noise-std contradict" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu.main(["--quick", "--channel-std", "0", "--out", str(tmp_path)])
+    assert "--channel-std must all be > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         gpu.main(["--quick", "--jobs", "0", "--out", str(tmp_path)])
     assert "--jobs 0" in capsys.readouterr().err
