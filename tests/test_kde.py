@@ -157,6 +157,21 @@ def test_saturation_flagged_for_tiny_noise_only():
     assert any("saturated" in f for f in mi.flags)
 
 
+def test_saturated_discrete_mi_names_the_entropy_it_goes_to():
+    # every row its own kernel: the MI with a discrete variable is that variable's plug-in
+    # entropy whichever side (Y of I(T;Y), or token ids X of I(X;T)) it is
+    rng = np.random.default_rng(8)
+    t = rng.normal(size=(300, 5))
+    labels = rng.integers(0, 7, size=300)
+    counts = np.bincount(labels) / 300
+    h = float(-(counts * np.log(counts)).sum())
+    r = KDE(noise_var=1e-4).mutual_information(t, labels)
+    assert r.value == pytest.approx(h, abs=1e-3)
+    said = [f for f in r.flags if "plug-in entropy of the discrete variable" in f]
+    assert said and f"({h:.4f} nats)" in said[0]
+    assert not any("I(T;Y)" in f for f in r.flags)
+
+
 def test_chunked_equals_unchunked():
     rng = np.random.default_rng(7)
     t = rng.normal(size=(257, 4))

@@ -306,7 +306,9 @@ class KDE(Estimator):
             details["per_class"] = cond["per_class"]
         flags = self._saturation_flags(whole)
         if flags:
-            flags.append(f"with every sample its own kernel, I(T;Y) goes to the plug-in label "
-                         f"entropy H(Y) = {h_labels:.4f} nats whatever T holds")
+            # the discrete side is Y for I(T;Y) and X for I(X;T) on token ids: name neither
+            flags.append(f"with every sample its own kernel, the MI goes to the plug-in "
+                         f"entropy of the discrete variable ({h_labels:.4f} nats) whatever T "
+                         f"holds")
         return self._pick(mi_upper, mi_lower), details, flags
 
