@@ -41,7 +41,9 @@ Every IBNorm-T cell (model, mode, variant, layer, setting) is compared with Laye
 :mod:`ibtools.compare` (Welch over seeds, Holm over all cells, minimum effect 0.01 nat).
 Writes into OUT: ``checkpoints/``, ``analysis/`` (a rerun resumes both), ``results.csv``,
 ``metrics.csv`` (validation loss or test accuracy per seed), ``summary.csv``,
-``comparison.csv``, ``ceiling.csv``, ``environment.json`` (with the GPU's name); with
+``comparison.csv``, ``ceiling.csv``, ``scale.csv`` (per run and layer: the block outputs'
+per-coordinate sd and median nearest-neighbour distance, the scale a channel's S is read
+against), ``environment.json`` (with the GPU's name); with
 ``--data-dir`` also ``<NAME>_*.csv`` and ``<NAME>_environment.json`` there (``--data-name``,
 default ``gpu``).
 
@@ -141,11 +143,32 @@ def train_run(model: str, spec: dict, variant: Variant, seed: int, noise_std: fl
     return max(folder.glob("step_*.pt"))
 
 
+def block_scale(net, spec: dict, layers: list, device: str) -> list[dict]:
+    """Per measured layer, the scale an analysis-time channel is read against: the block
+    output's per-coordinate sd (mean over coordinates) and the median distance from a row
+    to its nearest other row, on the measured data (``max_samples`` rows, seed 0; noise
+    included for a network that adds it in evaluation)."""
+    from ibtools.probes import capture_activations, load_dataset
+
+    data = load_dataset(spec["data"], model=net, max_samples=spec["max_samples"], seed=0)
+    acts = capture_activations(net, data, layers, max_rows=spec["max_samples"], seed=0,
+                               device=device)
+    rows = []
+    for layer in layers:
+        t = torch.as_tensor(acts[layer]).reshape(len(acts[layer]), -1).double()
+        d = torch.cdist(t, t)
+        d.fill_diagonal_(float("inf"))
+        rows.append({"layer": layer, "dim": t.shape[1], "n_rows": t.shape[0],
+                     "coord_sd": float(t.std(dim=0).mean()),
+                     "nn_distance_median": float(d.min(dim=1).values.median())})
+    return rows
+
+
 def _run_one(model: str, spec: dict, variant: Variant, seed: int, mode: str, noise_std: float,
              trained_noise: bool, layers: list, out: Path, device: str,
-             deterministic: tuple) -> tuple[pd.DataFrame, dict]:
-    """Train (or reuse) and analyze one (model, mode, variant, seed): its rows and metrics.
-    A worker task of :func:`study`."""
+             deterministic: tuple) -> tuple[pd.DataFrame, dict, list]:
+    """Train (or reuse) and analyze one (model, mode, variant, seed): its rows, metrics and
+    :func:`block_scale` rows.  A worker task of :func:`study`."""
     import ibtools
 
     if device == "cpu":
@@ -156,7 +179,7 @@ def _run_one(model: str, spec: dict, variant: Variant, seed: int, mode: str, noi
     folder = out / "checkpoints" / model / train_mode / variant.tag / f"seed{seed}"
     final = train_run(model, spec, variant, seed, noise_std if train_mode == mode else 0.0,
                       folder, device)
-    _, info = ibtools.load_model(final)
+    net, info = ibtools.load_model(final)
     metric = {"model": model, "mode": mode, "norm": variant.norm, "lam": variant.lam,
               "seed": seed, "step": info["meta"]["step"],
               spec["metric"]: info["meta"][spec["metric"]]}
@@ -175,7 +198,10 @@ def _run_one(model: str, spec: dict, variant: Variant, seed: int, mode: str, noi
     # every input its own mixture component (or bin, or kernel): the value says only that
     # the sample is too small for this sigma or resolution
     ceiling = np.log(table["n_samples"].astype(float))
-    return table.assign(study_mode=mode, at_ceiling=table["i_xt"] >= 0.98 * ceiling), metric
+    keys = {"model": model, "mode": mode, "norm": variant.norm, "lam": variant.lam, "seed": seed}
+    scale = [dict(keys, **row) for row in block_scale(net, spec, layers, device)]
+    return (table.assign(study_mode=mode, at_ceiling=table["i_xt"] >= 0.98 * ceiling), metric,
+            scale)
 
 
 def study(out: Path, sizes: dict, norms, seeds, noise_stds, device: str,
@@ -204,8 +230,9 @@ def study(out: Path, sizes: dict, norms, seeds, noise_stds, device: str,
                     items.append((model, spec, Variant(model, norm, lam), seed, mode, noise_std,
                                   trained_noise, layers, out, device, tuple(deterministic)))
     results = run_parallel(_run_one, jobs, items)
-    return (pd.concat([table for table, _ in results], ignore_index=True),
-            pd.DataFrame([metric for _, metric in results]))
+    return (pd.concat([table for table, _, _ in results], ignore_index=True),
+            pd.DataFrame([metric for _, metric, _ in results]),
+            pd.DataFrame([row for _, _, rows in results for row in rows]))
 
 
 def summarize(table: pd.DataFrame, metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -304,7 +331,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sizes = QUICK if args.quick else FULL
     start, cpu = time.perf_counter(), cpu_seconds()
-    table, metrics = study(out, sizes, QUICK_NORMS if args.quick else NORMS,
+    table, metrics, scale = study(out, sizes, QUICK_NORMS if args.quick else NORMS,
                            list(range(seeds_n)), noise_stds, device, models,
                            QUICK_DETERMINISTIC if args.quick else DETERMINISTIC, jobs=jobs,
                            channel_stds=tuple(args.channel_std))
@@ -320,13 +347,14 @@ def main(argv=None) -> int:
                   "train_time_noise": {m: has_noise_option(m) for m in models},
                   "sizes": {m: sizes[m] for m in models}}
     files = {"results.csv": table, "metrics.csv": metrics, "summary.csv": summary,
-             "comparison.csv": comparison, "ceiling.csv": ceiling}
+             "comparison.csv": comparison, "ceiling.csv": ceiling, "scale.csv": scale}
     for name, df in files.items():
         write_csv(df, out / name)
     write_atomic(out / "environment.json", json.dumps(env, indent=2, default=str) + "\n")
     if args.data_dir is not None:
         args.data_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.csv", "summary.csv", "comparison.csv", "ceiling.csv"):
+        for name in ("metrics.csv", "summary.csv", "comparison.csv", "ceiling.csv",
+                     "scale.csv"):
             write_csv(files[name], args.data_dir / f"{args.data_name}_{name}")
         write_atomic(args.data_dir / f"{args.data_name}_environment.json",
                      json.dumps(env, indent=2, default=str) + "\n")

@@ -239,6 +239,11 @@ def test_gpu_study_quick_on_cpu(gpu, tmp_path):
                               "i_xt_mean"])
     assert diff_rows[0].split(" | ")[5] == f"{expected:+.3f}"
     assert len(tables["cpu_vit_metrics"].splitlines()) == 2 + 2 * 2  # modes x variants
+    # the scale a channel is read against: one row per run and block, positive
+    scale = pd.read_csv(data / "cpu_vit_scale.csv")
+    assert len(scale) == 2 * 2 * 2 * 2  # modes x variants x seeds x blocks
+    assert (scale["coord_sd"] > 0).all() and (scale["nn_distance_median"] > 0).all()
+    assert (scale["n_rows"] == gpu.QUICK["vit"]["max_samples"]).all()
     with pytest.raises(SystemExit):
         gpu.main(["--quick", "--data-name", "../x", "--out", str(tmp_path)])
     assert (results.loc[results["study_mode"] == "noisy-1", "noise_std"] == 1.0).all()
