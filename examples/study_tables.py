@@ -558,21 +558,22 @@ def t_large_diffs(path: Path) -> str:
     comparison = pd.read_csv(path)
     summary = pd.read_csv(path.with_name(path.name.replace("_comparison", "_summary")))
     ceiling = pd.read_csv(path.with_name(path.name.replace("_comparison", "_ceiling")))
-    means = summary.set_index(["mode", "norm", "lam", "layer", "setting"])
-    at_ceiling = ceiling.set_index(["study_mode", "setting", "layer"])["at_ceiling"]
+    means = summary.set_index(["model", "mode", "norm", "lam", "layer", "setting"])
+    at_ceiling = ceiling.set_index(["model", "study_mode", "setting", "layer"])["at_ceiling"]
     rows = []
     comparison = comparison.assign(_mode=comparison["mode"].map(_mode_key))
-    for r in comparison.sort_values(["_mode", "lam", "layer_index"], kind="mergesort").to_dict(
-            "records"):
-        key = (r["mode"], r["norm"], r["lam"], r["layer"], r["setting"])
-        base = means.loc[(r["mode"], "layer", 0.0, r["layer"], r["setting"])]
+    for r in comparison.sort_values(["model", "_mode", "lam", "layer_index"],
+                                    kind="mergesort").to_dict("records"):
+        key = (r["model"], r["mode"], r["norm"], r["lam"], r["layer"], r["setting"])
+        base = means.loc[(r["model"], r["mode"], "layer", 0.0, r["layer"], r["setting"])]
         mine = means.loc[key]
-        rows.append([r["mode"], variant_label(r["norm"], r["lam"]), r["layer"],
+        rows.append([MODEL_LABELS.get(r["model"], r["model"]), r["mode"],
+                     variant_label(r["norm"], r["lam"]), r["layer"],
                      setting_label(r["setting"]), f"{r['diff']:+.3f} {_mark(r['verdict'])}",
                      f"{mine['i_xt_mean'] - base['i_xt_mean']:+.3f}",
                      f"{mine['i_ty_mean'] - base['i_ty_mean']:+.3f}",
-                     f"{at_ceiling.get((r['mode'], r['setting'], r['layer']), float('nan')):.2f}"])
-    return markdown(["mode", "variant", "layer", "setting", "Δ IB value", "Δ I(X;T)",
+                     f"{at_ceiling.get((r['model'], r['mode'], r['setting'], r['layer']), float('nan')):.2f}"])
+    return markdown(["model", "mode", "variant", "layer", "setting", "Δ IB value", "Δ I(X;T)",
                      "Δ I(T;Y)", "at ceiling"], rows)
 
 
@@ -581,13 +582,33 @@ def t_large_levels(path: Path) -> str:
     differences of ``*_diffs`` are read against."""
     df = pd.read_csv(path)
     df = df[df["norm"] == "layer"].assign(_mode=df["mode"].map(_mode_key))
-    rows = [[r["mode"], r["layer"], setting_label(r["setting"]), pm(r["i_xt_mean"], r["i_xt_sd"]),
+    rows = [[MODEL_LABELS.get(r["model"], r["model"]), r["mode"], r["layer"],
+             setting_label(r["setting"]), pm(r["i_xt_mean"], r["i_xt_sd"]),
              pm(r["i_ty_mean"], r["i_ty_sd"]), pm(r["ib_value_mean"], r["ib_value_sd"])]
-            for r in df.sort_values(["_mode", "layer_index"], kind="mergesort").to_dict("records")]
-    return markdown(["mode", "layer", "setting", "I(X;T)", "I(T;Y)", "IB value"], rows)
+            for r in df.sort_values(["model", "_mode", "layer_index"],
+                                    kind="mergesort").to_dict("records")]
+    return markdown(["model", "mode", "layer", "setting", "I(X;T)", "I(T;Y)", "IB value"], rows)
+
+
+def t_large_scale(path: Path) -> str:
+    """Per mode, variant and layer (means over seeds): the block output's per-coordinate sd
+    and the median distance from a measured row to its nearest other row, with their
+    ranges over seeds."""
+    df = pd.read_csv(path)
+    df = df.assign(_mode=df["mode"].map(_mode_key))
+    rows = []
+    for (model, _, mode, lam, norm, layer), g in df.groupby(
+            ["model", "_mode", "mode", "lam", "norm", "layer"], sort=True):
+        rows.append([MODEL_LABELS.get(model, model), mode, variant_label(norm, lam), layer,
+                     f"{g['coord_sd'].mean():.2f} ({g['coord_sd'].min():.2f}-{g['coord_sd'].max():.2f})",
+                     f"{g['nn_distance_median'].mean():.1f} ({g['nn_distance_median'].min():.1f}-"
+                     f"{g['nn_distance_median'].max():.1f})", str(int(g["dim"].iloc[0]))])
+    return markdown(["model", "mode", "variant", "layer", "coordinate sd (seed range)",
+                     "nearest-neighbour distance (seed range)", "dimensions"], rows)
 
 
 for _name, _label in (("cpu_vit", "ViT on digits, CPU run of the larger-model study"),
+                      ("cpu_vit_channel", "ViT on digits read through a channel, CPU run"),
                       ("cpu_gpt", "6-block GPT, CPU run of the larger-model study"),
                       ("gpu", "Larger models on a GPU")):
     TABLES.update({
@@ -596,6 +617,8 @@ for _name, _label in (("cpu_vit", "ViT on digits, CPU run of the larger-model st
                             f"{_label}: LayerNorm's levels"),
         f"{_name}_diffs": (t_large_diffs, f"{_name}_comparison.csv",
                            f"{_label}: IBNorm-T minus LayerNorm"),
+        f"{_name}_scale": (t_large_scale, f"{_name}_scale.csv",
+                           f"{_label}: the block outputs' scale"),
     })
 
 

@@ -237,7 +237,7 @@ def test_gpu_study_quick_on_cpu(gpu, tmp_path):
     expected = (summary.loc[(first["mode"], "ib-T", first["layer"], first["setting"]), "i_xt_mean"]
                 - summary.loc[(first["mode"], "layer", first["layer"], first["setting"]),
                               "i_xt_mean"])
-    assert diff_rows[0].split(" | ")[5] == f"{expected:+.3f}"
+    assert diff_rows[0].split(" | ")[6] == f"{expected:+.3f}"
     assert len(tables["cpu_vit_metrics"].splitlines()) == 2 + 2 * 2  # modes x variants
     # the scale a channel is read against: one row per run and block, positive
     scale = pd.read_csv(data / "cpu_vit_scale.csv")
