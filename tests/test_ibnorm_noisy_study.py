@@ -244,8 +244,6 @@ def test_gpu_study_quick_on_cpu(gpu, tmp_path):
     assert len(scale) == 2 * 2 * 2 * 2  # modes x variants x seeds x blocks
     assert (scale["coord_sd"] > 0).all() and (scale["nn_distance_median"] > 0).all()
     assert (scale["n_rows"] == gpu.QUICK["vit"]["max_samples"]).all()
-    with pytest.raises(SystemExit):
-        gpu.main(["--quick", "--data-name", "../x", "--out", str(tmp_path)])
     assert (results.loc[results["study_mode"] == "noisy-1", "noise_std"] == 1.0).all()
     metrics = pd.read_csv(out / "metrics.csv")
     assert len(metrics) == 2 * 2 * 2 and metrics["test_accuracy"].between(0, 1).all()
@@ -290,19 +288,15 @@ def test_gpu_study_channel_mode_reads_the_deterministic_nets(gpu, tmp_path):
     assert (channel["i_xt"] < np.log(channel["n_samples"])).all()
 
 
-def test_gpu_study_names_bad_arguments(gpu, tmp_path, capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "resnet"], "--models 'resnet'"),
+    (["--noise-std", "0"], "--noise-std must all be > 0"),
+    (["--no-noisy", "--noise-std", "2"], "--no-noisy and --noise-std contradict"),
+    (["--channel-std", "0"], "--channel-std must all be > 0"),
+    (["--jobs", "0"], "--jobs 0"),
+    (["--data-name", "../x"], "--data-name '../x'"),
+])
+def test_gpu_study_names_bad_arguments(gpu, tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit):
-        gpu.main(["--quick", "--models", "resnet", "--out", str(tmp_path)])
-    assert "--models 'resnet'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        gpu.main(["--quick", "--noise-std", "0", "--out", str(tmp_path)])
-    assert "--noise-std must all be > 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        gpu.main(["--quick", "--no-noisy", "--noise-std", "2", "--out", str(tmp_path)])
-    assert "--no-noisy and --noise-std contradict" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        gpu.main(["--quick", "--channel-std", "0", "--out", str(tmp_path)])
-    assert "--channel-std must all be > 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        gpu.main(["--quick", "--jobs", "0", "--out", str(tmp_path)])
-    assert "--jobs 0" in capsys.readouterr().err
+        gpu.main(["--quick", *argv, "--out", str(tmp_path)])
+    assert message in capsys.readouterr().err
