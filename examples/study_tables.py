@@ -13,6 +13,7 @@ reads, then prints the tables.  ``--list`` names the tables and their files.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import re
 import sys
@@ -29,10 +30,12 @@ MODEL_LABELS = {"gpt": "GPT", "llama": "LLaMA", "mlp": "MLP", "vit": "ViT"}
 
 def setting_label(setting: str) -> str:
     """Short column label of an estimator setting: ``kde(noise_var=0.01)`` -> ``KDE 0.01``."""
-    m = re.fullmatch(r"(\w+)\((.*)\)", str(setting))
+    m = re.fullmatch(r"(\w+)\((.*)\)(?:@noise_std=(.+))?", str(setting))
     if not m:
         return str(setting)
     method, params = m.group(1), dict(p.split("=", 1) for p in m.group(2).split(",") if "=" in p)
+    if m.group(3) is not None:  # read through an analysis-time channel of std S
+        return f"{setting_label(f'{method}()')} S={m.group(3)}"
     if method == "binning":
         return f"binning {params.get('bin_width', params.get('n_bins', ''))}".strip()
     if method in ("kde", "mixture"):
@@ -535,10 +538,15 @@ def _mode_key(mode: str) -> tuple:
     return (MODE_ORDER.get(mode, 1), float(mode.split("-", 1)[1]) if "-" in mode else 0.0)
 
 
+def _modes(df: pd.DataFrame, channel: bool, column: str = "mode") -> pd.DataFrame:
+    """The rows of the channel modes (``channel-<S>``) or of every other mode."""
+    return df[df[column].astype(str).str.startswith("channel-") == channel]
+
+
 def t_large_metrics(path: Path) -> str:
     """Per mode and variant: the task metric (validation loss in nats per byte for the LM,
     test accuracy for the ViT) as mean ± sd over seeds, and the seeds."""
-    df = pd.read_csv(path)
+    df = _modes(pd.read_csv(path), channel=False)  # a channel reads the deterministic nets
     rows = []
     for model, part in df.groupby("model", sort=False):
         metric = next(m for m in ("val_loss", "test_accuracy")
@@ -551,11 +559,11 @@ def t_large_metrics(path: Path) -> str:
     return markdown(["model", "mode", "variant", "metric", "mean ± sd", "seeds", "steps"], rows)
 
 
-def t_large_diffs(path: Path) -> str:
+def t_large_diffs(path: Path, channel: bool = False) -> str:
     """IBNorm-T minus LayerNorm per mode, variant, layer and setting: the IB value's
     difference with its verdict (Welch, Holm over all cells, 0.01-nat minimum effect), the
     terms' mean differences, and the share of rows at the ln n ceiling (both variants)."""
-    comparison = pd.read_csv(path)
+    comparison = _modes(pd.read_csv(path), channel)
     summary = pd.read_csv(path.with_name(path.name.replace("_comparison", "_summary")))
     ceiling = pd.read_csv(path.with_name(path.name.replace("_comparison", "_ceiling")))
     means = summary.set_index(["model", "mode", "norm", "lam", "layer", "setting"])
@@ -577,10 +585,10 @@ def t_large_diffs(path: Path) -> str:
                      "Δ I(T;Y)", "at ceiling"], rows)
 
 
-def t_large_levels(path: Path) -> str:
+def t_large_levels(path: Path, channel: bool = False) -> str:
     """LayerNorm's own levels per mode, layer and setting (mean over seeds): the scale the
     differences of ``*_diffs`` are read against."""
-    df = pd.read_csv(path)
+    df = _modes(pd.read_csv(path), channel)
     df = df[df["norm"] == "layer"].assign(_mode=df["mode"].map(_mode_key))
     rows = [[MODEL_LABELS.get(r["model"], r["model"]), r["mode"], r["layer"],
              setting_label(r["setting"]), pm(r["i_xt_mean"], r["i_xt_sd"]),
@@ -593,8 +601,9 @@ def t_large_levels(path: Path) -> str:
 def t_large_scale(path: Path) -> str:
     """Per mode, variant and layer (means over seeds): the block output's per-coordinate sd
     and the median distance from a measured row to its nearest other row, with their
-    ranges over seeds."""
-    df = pd.read_csv(path)
+    ranges over seeds (channel modes left out: they read the deterministic networks)."""
+    # a channel mode reads the deterministic networks: their rows would repeat those
+    df = _modes(pd.read_csv(path), channel=False)
     df = df.assign(_mode=df["mode"].map(_mode_key))
     rows = []
     for (model, _, mode, lam, norm, layer), g in df.groupby(
@@ -611,14 +620,25 @@ for _name, _label in (("cpu_vit", "ViT on digits, CPU run of the larger-model st
                       ("cpu_vit_channel", "ViT on digits read through a channel, CPU run"),
                       ("cpu_gpt", "6-block GPT, CPU run of the larger-model study"),
                       ("gpu", "Larger models on a GPU")):
+    if not _name.endswith("_channel"):
+        TABLES.update({
+            f"{_name}_metrics": (t_large_metrics, f"{_name}_metrics.csv",
+                                 f"{_label}: task metric"),
+            f"{_name}_levels": (t_large_levels, f"{_name}_summary.csv",
+                                f"{_label}: LayerNorm's levels"),
+            f"{_name}_diffs": (t_large_diffs, f"{_name}_comparison.csv",
+                               f"{_label}: IBNorm-T minus LayerNorm"),
+            f"{_name}_scale": (t_large_scale, f"{_name}_scale.csv",
+                               f"{_label}: the block outputs' scale"),
+        })
+    # the channel modes (the deterministic nets read through an analysis-time channel)
+    _channel = _name if _name.endswith("_channel") else f"{_name}_channel"
     TABLES.update({
-        f"{_name}_metrics": (t_large_metrics, f"{_name}_metrics.csv", f"{_label}: task metric"),
-        f"{_name}_levels": (t_large_levels, f"{_name}_summary.csv",
-                            f"{_label}: LayerNorm's levels"),
-        f"{_name}_diffs": (t_large_diffs, f"{_name}_comparison.csv",
-                           f"{_label}: IBNorm-T minus LayerNorm"),
-        f"{_name}_scale": (t_large_scale, f"{_name}_scale.csv",
-                           f"{_label}: the block outputs' scale"),
+        f"{_channel}_levels": (functools.partial(t_large_levels, channel=True),
+                               f"{_name}_summary.csv", f"{_label}: LayerNorm's levels, channel"),
+        f"{_channel}_diffs": (functools.partial(t_large_diffs, channel=True),
+                              f"{_name}_comparison.csv",
+                              f"{_label}: IBNorm-T minus LayerNorm, channel"),
     })
 
 
