@@ -68,9 +68,9 @@ def study_arguments(description: str, default_out: str, default_seeds: int,
                              "machine)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="training runs trained and analyzed at once, each in its own "
-                             "process on --threads threads (default: the usable cores; "
-                             "quick: 1, which runs everything in this process). The tables "
-                             "do not depend on it")
+                             "process on --threads threads (default: the usable cores on a "
+                             "CPU; 1 with --quick or another --device, which runs everything "
+                             "in this process). The tables do not depend on it")
     parser.add_argument("--final-only", action="store_true",
                         help="analyze only each run's last checkpoint, with every setting "
                              "(the comparisons; no information-plane trajectories)")
@@ -86,8 +86,9 @@ def study_arguments(description: str, default_out: str, default_seeds: int,
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
-    if args.jobs is None:  # the quick size is over before worker processes pay for themselves
-        args.jobs = 1 if args.quick else usable_cores()
+    if args.jobs is None:  # the quick size is over before worker processes pay for themselves;
+        # on a GPU one process keeps the device busy (several would each hold a CUDA context)
+        args.jobs = 1 if args.quick or args.device != "cpu" else usable_cores()
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     import torch

@@ -109,6 +109,34 @@ def test_run_parallel_keeps_item_order_and_raises_the_first_failure():
         run_parallel(operator.truediv, 2, [(1.0, 2.0), (1.0, 0.0), (3.0, 4.0)])
 
 
+@pytest.mark.parametrize("argv, expected", [
+    ([], "cores"), (["--quick"], 1), (["--device", "cuda"], 1), (["--device", "auto"], 1),
+    (["--jobs", "3"], 3), (["--quick", "--jobs", "2"], 2)])
+def test_study_jobs_default_to_the_cores_on_a_cpu_only(monkeypatch, argv, expected):
+    sys.path.insert(0, str(EXAMPLES))
+    import torch
+    from _study_common import study_arguments
+    from _study_runs import usable_cores
+
+    monkeypatch.setattr(sys, "argv", ["study", *argv])
+    threads = torch.get_num_threads()
+    try:
+        args = study_arguments("test", "out", default_seeds=10)
+    finally:
+        torch.set_num_threads(threads)  # study_arguments sets --threads for the process
+    assert args.jobs == (usable_cores() if expected == "cores" else expected)
+
+
+def test_study_jobs_rejects_zero(monkeypatch, capsys):
+    sys.path.insert(0, str(EXAMPLES))
+    from _study_common import study_arguments
+
+    monkeypatch.setattr(sys, "argv", ["study", "--jobs", "0"])
+    with pytest.raises(SystemExit):
+        study_arguments("test", "out", default_seeds=10)
+    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_tiny_lm_quick(tmp_path):
     out = tmp_path / "lm"
     _run("ibnorm_tiny_lm.py", out)
