@@ -70,7 +70,8 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
             split="test", out_dir=None, overwrite=False, progress=None, arch_kwargs=None,
             trust_pickle=False, threads="auto", lock_timeout=None, trust_code=False,
             memory_budget="auto", spill_dir=None, batch_size=64, strict=True, executor=None,
-            noise_std=None, reduce=None, noise_paths=DEFAULT_NOISE_PATHS):
+            noise_std=None, reduce=None, noise_paths=DEFAULT_NOISE_PATHS,
+            noise_scale="absolute"):
     """Estimate information quantities of chosen layers of one or more checkpoints.
 
     Parameters
@@ -173,6 +174,12 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         a model trained with noise (``noise_std`` in its config) is measured as a noisy
         network, the mixture estimator's I(X;T) from noise paths per input
         (:func:`ibtools.noisy.noisy_network_information`), and refuses this channel on top.
+    noise_scale : "absolute" or "layer"
+        The units of ``noise_std``: the layer's own (default), or its scale on the sample
+        (``"layer"``: each layer is divided by its root-mean-square coordinate deviation
+        before the channel, so a layer and any multiple of it read alike; settings are
+        labelled ``@noise_rel=S``).  Two networks whose layers differ in scale only are
+        compared on equal terms only this way.
     noise_paths : int
         Noise paths per input (K >= 2, default 8) from which a network trained with noise has
         h(T_l|X) estimated; recorded in config.json.
@@ -202,7 +209,8 @@ def analyze(checkpoints, arch=None, data="digits", layers=None, estimators=None,
         seed=seed, pool=pool, ci=ci, split=split, arch=arch, data=data, layers=layers,
         arch_kwargs=arch_kwargs, trust_pickle=trust_pickle, trust_code=trust_code,
         strict=strict, threads=threads, noise_std=noise_std, noise_paths=noise_paths,
-        memory_budget=memory_budget, spill_dir=spill_dir, batch_size=batch_size, reduce=reduce)
+        memory_budget=memory_budget, spill_dir=spill_dir, batch_size=batch_size, reduce=reduce,
+        noise_scale=noise_scale)
     if executor is not None:  # workers resolve "auto" and check CUDA on their own machines
         from ibtools import distributed
 

@@ -109,7 +109,7 @@ class AnalysisSettings:
                        data="digits", layers=None, arch_kwargs=None, trust_pickle=False,
                        trust_code=False, strict=True, threads="auto", noise_std=None,
                        noise_paths=DEFAULT_NOISE_PATHS, memory_budget="auto", spill_dir=None,
-                       batch_size=64, reduce=None) -> AnalysisSettings:
+                       batch_size=64, reduce=None, noise_scale="absolute") -> AnalysisSettings:
         """The settings of :func:`ibtools.analyze`'s keyword arguments, each checked."""
         from ibtools import inputs as inputs_io
         from ibtools import noise_channel
@@ -120,7 +120,8 @@ class AnalysisSettings:
                                       else list(DEFAULT_ESTIMATORS))
         if not specs:
             raise InputError("estimators is empty; give at least one estimator spec")
-        specs = noise_channel.expand_specs(specs, noise_channel.check_noise_std(noise_std))
+        specs = noise_channel.expand_specs(specs, noise_channel.check_noise_std(noise_std),
+                                           noise_channel.check_noise_scale(noise_scale))
         betas = _check_betas(betas)
         if reference not in REFERENCES:
             raise InputError(f"reference={reference!r} is not accepted; use one of "

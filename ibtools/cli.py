@@ -118,6 +118,11 @@ def main():
               help="Read every measured layer through a Gaussian channel T + N(0, S^2 I) "
               "(finite MI at S instead of ln n); repeatable (a sweep). mixture/kde take "
               "noise_var = S^2, other estimators sampled seeded noise.")
+@click.option("--noise-scale", "noise_scale", type=click.Choice(["absolute", "layer"]),
+              default="absolute", show_default=True,
+              help="Units of --noise-std: the layer's own, or its scale on the sample ('layer': "
+              "S times each layer's RMS coordinate deviation, so a layer and a multiple of it "
+              "read alike).")
 @click.option("--noise-paths", "noise_paths", type=int, default=8, show_default=True,
               help="Noise paths per input from which a network trained with noise (noise_std "
               "in its blocks) has h(T|X) estimated for the mixture estimator's rows.")
@@ -180,7 +185,7 @@ def main():
 def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, max_samples,
             pool, ci, split, device, seed, out_dir, config_file, overwrite, threads, trust_pickle,
             trust_code, report, progress, arch_args, strict, memory_budget, spill_dir,
-            batch_size, workers, scheduler, noise_std, reduce, noise_paths):
+            batch_size, workers, scheduler, noise_std, reduce, noise_paths, noise_scale):
     """Estimate I(X;T), I(T_prev;T), I(T;Y) and IB values per layer of CHECKPOINTS.
 
     Writes results.csv, results.json and config.json into --out after every step; rerunning
@@ -194,7 +199,8 @@ def analyze(ctx, checkpoints, arch, data, layers, estimators, betas, reference, 
             "betas": list(betas) or None, "reference": reference, "max_samples": max_samples,
             "pool": pool, "ci": "auto" if ci else None, "split": split, "device": device,
             "seed": seed, "noise_std": list(noise_std) or None,
-            "reduce": reduce_from_cli(reduce), "noise_paths": noise_paths}
+            "reduce": reduce_from_cli(reduce), "noise_paths": noise_paths,
+            "noise_scale": noise_scale}
     if config_file:
         conf = _read_config(config_file)
         unknown = sorted(set(conf) - set(opts))

@@ -50,19 +50,28 @@ MODE_MEANINGS = {
 }
 
 
+#: ``noise_scale`` values: S in the layer's own units, or in units of its scale (S times the
+#: layer's root-mean-square coordinate deviation on the sample, :func:`layer_scale`).
+NOISE_SCALES = ("absolute", "layer")
+#: The label marker of each scale (a row's setting ends in ``<marker>S``).
+_MARKERS = {"absolute": "@noise_std=", "layer": "@noise_rel="}
+
+
 @dataclass(frozen=True)
 class ChannelSpec(EstimatorSpec):
-    """An estimator setting applied to layers read through the channel of std ``noise_std``."""
+    """An estimator setting applied to layers read through the channel of std ``noise_std``
+    (``scale="layer"``: ``noise_std`` times each layer's own scale)."""
 
     noise_std: float = 0.0
+    scale: str = "absolute"
 
     @property
     def label(self) -> str:
-        return f"{super().label}@noise_std={self.noise_std:g}"
+        return f"{super().label}{_MARKERS[self.scale]}{self.noise_std:g}"
 
     @property
     def spec_string(self) -> str:
-        return f"{super().spec_string}@noise_std={self.noise_std!r}"
+        return f"{super().spec_string}{_MARKERS[self.scale]}{self.noise_std!r}"
 
 
 def check_noise_std(noise_std) -> list | None:
@@ -90,9 +99,22 @@ def check_noise_std(noise_std) -> list | None:
     return out
 
 
-def expand_specs(specs: list, noise_std: list | None) -> list:
-    """One :class:`ChannelSpec` per (setting, S); mixture's and KDE's ``noise_var`` is S^2."""
+def check_noise_scale(noise_scale) -> str:
+    """``noise_scale`` of :func:`ibtools.analyze`, one of :data:`NOISE_SCALES`."""
+    if noise_scale not in NOISE_SCALES:
+        raise InputError(f"noise_scale={noise_scale!r} is not accepted; use 'absolute' (S in "
+                         f"the layer's units) or 'layer' (S times each layer's own scale, so "
+                         f"a layer and a multiple of it read alike)")
+    return noise_scale
+
+
+def expand_specs(specs: list, noise_std: list | None, scale: str = "absolute") -> list:
+    """One :class:`ChannelSpec` per (setting, S); mixture's and KDE's ``noise_var`` is S^2
+    (on layers divided by their scale when ``scale="layer"``)."""
     if noise_std is None:
+        if scale != "absolute":
+            raise InputError(f"noise_scale={scale!r} needs noise_std (the channel's S); give "
+                             f"noise_std or leave noise_scale at 'absolute'")
         return list(specs)
     out = []
     for s in noise_std:
@@ -105,7 +127,7 @@ def expand_specs(specs: list, noise_std: list | None) -> list:
                         f"layer's own units, but transform={settings['transform']!r} would "
                         f"rescale the activations first; drop the transform")
                 settings["noise_var"] = float(f"{s * s:.12g}")
-            out.append(ChannelSpec(spec.method, settings, noise_std=s))
+            out.append(ChannelSpec(spec.method, settings, noise_std=s, scale=scale))
     return out
 
 
@@ -120,8 +142,9 @@ def label_modes(rows: list) -> list:
     label, else the model's train-time std its checkpoint columns carry (0: deterministic)."""
     for r in rows:
         setting = str(r.get("setting", ""))
-        if "@noise_std=" in setting:
-            r["noise_std"] = float(setting.rsplit("@noise_std=", 1)[1])
+        marker = next((m for m in _MARKERS.values() if m in setting), None)
+        if marker is not None:
+            r["noise_std"] = float(setting.rsplit(marker, 1)[1])
             r["mode"] = "analysis-noise"
             continue
         std = r.get("noise_std")
@@ -139,11 +162,26 @@ def layer_noise(noise_std: float, seed: int, index: int, like: torch.Tensor) -> 
     return (noise_std * z).to(device=like.device, dtype=like.dtype)
 
 
+def layer_scale(t: torch.Tensor) -> float:
+    """A layer's scale on the sample: the root of its coordinates' mean variance over rows
+    (1.0 for a constant layer, which no channel can tell apart anyway)."""
+    rows = t.reshape(t.shape[0], -1).double()
+    scale = float(rows.var(dim=0, unbiased=False).mean().sqrt()) if rows.shape[0] > 1 else 0.0
+    return scale if scale > 0 and math.isfinite(scale) else 1.0
+
+
 def channel_view(spec, est, t, t_prev, index: int, seed: int):
     """``(t, t_prev, chain)`` to estimate from: the layers as the channel presents them and
-    the estimator object (or callable) for I(T_prev;T).  Unchanged for a plain spec."""
+    the estimator object (or callable) for I(T_prev;T).  Unchanged for a plain spec.  With
+    ``scale="layer"`` each noised layer is first divided by :func:`layer_scale` (a bijection,
+    so no information changes) and the channel of std S is read on that: S in units of the
+    layer's own scale.  X (T_prev of the first layer) is never noised nor scaled."""
     if not isinstance(spec, ChannelSpec):
         return t, t_prev, est
+    if spec.scale == "layer":
+        t = t.float() / layer_scale(t)
+        if index > 0:
+            t_prev = t_prev.float() / layer_scale(t_prev)
     if spec.method in CHANNEL_METHODS:
         if index == 0:  # T_prev is X, observed without a channel: I(X; T+Z)
             return t, t_prev, est
@@ -186,7 +224,8 @@ _TAGS = {"analysis-noise": "analysis noise σ={:g}", "trained-noise": "noisy net
 def report_labels(prepared) -> None:
     """Tag a prepared table's labels with each row's mode (in place), so figure titles and
     legends say which numbers are finite MI at sigma and which are resolution-dependent:
-    ``setting_label`` gets ``[deterministic]``, ``[analysis noise σ=S]`` or ``[noisy net]``,
+    ``setting_label`` gets ``[deterministic]``, ``[analysis noise σ=S]`` (``σ=S × layer
+    scale`` for a layer-relative channel) or ``[noisy net]``,
     and a noisy network's ``variant`` its ``noisy net σ=S`` (sigma belongs to the model).
     A table of deterministic rows only is left as it was."""
     if "mode" not in prepared.columns:
@@ -199,8 +238,11 @@ def report_labels(prepared) -> None:
     labels, variants = [], []
     for label, variant, mode, std in zip(prepared["setting_label"], prepared["variant"], modes,
                                          stds):
-        base = str(label).split("@noise_std=")[0]
+        relative = _MARKERS["layer"] in str(label)
+        base = str(label).split(_MARKERS["layer" if relative else "absolute"])[0]
         tag = _TAGS[mode].format(float(std)) if mode in _TAGS else "deterministic"
+        if relative and mode == "analysis-noise":
+            tag += " × layer scale"
         labels.append(f"{base} [{tag}]")
         variants.append(f"{variant}, noisy net σ={float(std):g}" if mode == "trained-noise"
                         else variant)

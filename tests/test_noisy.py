@@ -116,6 +116,74 @@ def test_cli_noise_std_sweep_and_bad_value(tmp_path):
     assert bad.exit_code == 2 and "noise_std" in bad.output
 
 
+def test_layer_relative_channel_reads_a_layer_and_a_multiple_of_it_alike():
+    x, y = _digits()
+    model = nn.Sequential(nn.Linear(64, 12), nn.Tanh(), nn.Linear(12, 6))
+    torch.manual_seed(1)
+    big = nn.Sequential(nn.Linear(64, 12), nn.Tanh(), nn.Linear(12, 6))
+    big.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        big[2].weight.mul_(10.0)
+        big[2].bias.mul_(10.0)
+    kw = dict(data=(x, y), layers=["1", "2"], estimators=["kde", "binning:n_bins=4"],
+              reference="previous", noise_std=0.5, max_samples=200, progress=False)
+    rel = ibtools.analyze({"m": model, "big": big}, noise_scale="layer", **kw)
+    assert all("@noise_rel=0.5" in s for s in rel["setting"])
+    assert set(rel["mode"]) == {"analysis-noise"} and (rel["noise_std"] == 0.5).all()
+    by = rel.set_index(["model", "layer", "setting"]).sort_index()
+    for q in ("i_xt", "i_ty", "i_prev_t"):
+        a, b = by.loc["m", q], by.loc["big", q]
+        assert a.to_numpy() == pytest.approx(b.to_numpy(), abs=1e-6)
+    # the absolute channel reads the tenfold layer as more information (fewer rows merge)
+    absolute = ibtools.analyze({"m": model, "big": big}, **kw).set_index(
+        ["model", "layer", "setting"])
+    kde = "kde(noise_var=0.25)@noise_std=0.5"
+    assert absolute.loc[("big", "2", kde), "i_xt"] > absolute.loc[("m", "2", kde), "i_xt"] + 0.5
+    # and the relative channel at S is the absolute channel at S x the layer's scale
+    with torch.no_grad():
+        t = model[:3](x)
+    scale = float(t.double().var(dim=0, unbiased=False).mean().sqrt())
+    from ibtools.noise_channel import layer_scale
+
+    assert layer_scale(t) == pytest.approx(scale)
+    direct = ibtools.estimators.kde.KDE(noise_var=(0.5 * scale) ** 2,
+                                        deterministic=True).mutual_information(x, t)
+    rel_kde = by.loc[("m", "2", "kde(noise_var=0.25)@noise_rel=0.5"), "i_xt"]
+    assert rel_kde == pytest.approx(direct.value, abs=1e-6)
+
+
+def test_noise_scale_is_checked_and_needs_a_channel():
+    x, y = _digits(50)
+    with pytest.raises(ValueError, match="noise_scale='rms'"):
+        ibtools.analyze([_mlp()], data=(x, y), noise_std=0.1, noise_scale="rms",
+                        max_samples=50, progress=False)
+    with pytest.raises(ValueError, match="noise_scale='layer' needs noise_std"):
+        ibtools.analyze([_mlp()], data=(x, y), noise_scale="layer", max_samples=50,
+                        progress=False)
+
+
+def test_cli_noise_scale_layer(tmp_path):
+    from click.testing import CliRunner
+
+    from ibtools.cli import main
+
+    path = tmp_path / "m.pt"
+    ibtools.save_model(_mlp(), path, arch="ibtools:mlp",
+                       arch_kwargs={"widths": [12, 6], "norm": "none"})
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["analyze", str(path), "--estimator", "kde",
+                                    "--noise-std", "0.5", "--noise-scale", "layer",
+                                    "--max-samples", "100", "--out", str(out), "--no-report"])
+    assert res.exit_code == 0, res.output
+    table = ibtools.load_results(out)
+    assert all(s.endswith("@noise_rel=0.5") for s in table["setting"])
+    # a resume with the other scale is refused: its settings are other rows
+    again = CliRunner().invoke(main, ["analyze", str(path), "--estimator", "kde",
+                                      "--noise-std", "0.5", "--max-samples", "100",
+                                      "--out", str(out), "--no-report"])
+    assert again.exit_code != 0 and "estimators" in again.output
+
+
 class _LinearNoisy(nn.Module):
     """x -> A1 x + Z1 -> A2 (.) + Z2, noise of std sigma after each map."""
 
