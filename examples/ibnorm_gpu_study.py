@@ -34,8 +34,11 @@ Each with LayerNorm, IBNorm-T lambda=1 and IBNorm-T lambda=4, ``--seeds`` seeds,
 - ``channel-<S>``, one per ``--channel-std`` (none by default): the deterministic networks,
   unchanged, read through an analysis-time Gaussian channel of std S at every block output
   (``analyze(noise_std=S)``, mixture estimator, ``mode = analysis-noise``).  A network cannot
-  outgrow a channel it never trained with, so S can be set against the measured scale of the
-  block outputs.
+  outgrow a channel it never trained with, but a fixed S reads a larger layer as more
+  information;
+- ``relchannel-<S>``, one per ``--channel-rel``: the same with S in units of each block
+  output's own scale (``noise_scale="layer"``), so networks whose layers differ only by a
+  factor read alike.
 
 Every IBNorm-T cell (model, mode, variant, layer, setting) is compared with LayerNorm by
 :mod:`ibtools.compare` (Welch over seeds, Holm over all cells, minimum effect 0.01 nat).
@@ -189,6 +192,8 @@ def _run_one(model: str, spec: dict, variant: Variant, seed: int, mode: str, noi
         kwargs = {"estimators": ["mixture:mc_tolerance=0.02"]}
         if not trained_noise:
             kwargs["noise_std"] = noise_std
+            if mode.startswith("relchannel-"):  # S in units of each layer's own scale
+                kwargs["noise_scale"] = "layer"
     start, cpu = time.perf_counter(), cpu_seconds()
     run_out = out / "analysis" / model / mode / variant.tag / f"seed{seed}"
     table = ibtools.analyze([str(final)], data=spec["data"], layers=layers, betas=[BETA],
@@ -207,12 +212,15 @@ def _run_one(model: str, spec: dict, variant: Variant, seed: int, mode: str, noi
 
 def study(out: Path, sizes: dict, norms, seeds, noise_stds, device: str,
           models=("gpt", "vit"), deterministic=tuple(DETERMINISTIC),
-          jobs: int = 1, channel_stds=()) -> tuple[pd.DataFrame, pd.DataFrame]:
+          jobs: int = 1, channel_stds=(), relative_stds=()) -> tuple[pd.DataFrame,
+                                                                     pd.DataFrame,
+                                                                     pd.DataFrame]:
     """Train and analyze every (model, mode, variant, seed); the joined results table and
     the per-seed metrics.  The modes are ``deterministic``, ``noisy-<sigma>`` per noise
     std in ``noise_stds`` (trained with noise) and ``channel-<S>`` per std in
     ``channel_stds`` (the deterministic networks read through an analysis-time Gaussian
-    channel: no training of their own).  ``jobs`` > 1 runs that many (model, mode, variant, seed) at once
+    channel: no training of their own) and ``relchannel-<S>`` per std in ``relative_stds``
+    (the same channel with S in units of each layer's scale, ``noise_scale="layer"``).  ``jobs`` > 1 runs that many (model, mode, variant, seed) at once
     in worker processes (CPU only); every run is seeded on its own and the tables are in the
     same order, so they do not depend on it."""
     from _study_runs import run_parallel
@@ -224,7 +232,8 @@ def study(out: Path, sizes: dict, norms, seeds, noise_stds, device: str,
         layers = [f"{LAYER_PREFIX[model]}.{i}" for i in range(depth)]
         modes = ([("deterministic", 0.0, False)]
                  + [(f"noisy-{s:g}", s, has_noise_option(model)) for s in noise_stds]
-                 + [(f"channel-{s:g}", s, False) for s in channel_stds])
+                 + [(f"channel-{s:g}", s, False) for s in channel_stds]
+                 + [(f"relchannel-{s:g}", s, False) for s in relative_stds])
         for mode, noise_std, trained_noise in modes:
             for norm, lam in norms:
                 for seed in seeds:
@@ -277,6 +286,9 @@ def main(argv=None) -> int:
     parser.add_argument("--channel-std", type=float, nargs="+", default=(),
                         help="also read the deterministic networks through an analysis-time "
                              "Gaussian channel of each std (modes channel-<S>; no training)")
+    parser.add_argument("--channel-rel", type=float, nargs="+", default=(),
+                        help="the same channel with S in units of each layer's own scale "
+                             "(modes relchannel-<S>; analyze(noise_scale='layer'))")
     parser.add_argument("--models", default="gpt,vit", help="comma-separated: gpt, vit")
     parser.add_argument("--jobs", type=int, default=None,
                         help="runs trained and analyzed at once in worker processes, one "
@@ -302,8 +314,9 @@ def main(argv=None) -> int:
         if args.noise_std:
             parser.error("--no-noisy and --noise-std contradict each other; give one")
         noise_stds = []
-    if not all(s > 0 for s in args.channel_std):
-        parser.error(f"--channel-std must all be > 0, got {list(args.channel_std)}")
+    for flag, values in (("--channel-std", args.channel_std), ("--channel-rel", args.channel_rel)):
+        if not all(s > 0 for s in values):
+            parser.error(f"{flag} must all be > 0, got {list(values)}")
     if not args.data_name.replace("_", "").isalnum():
         parser.error(f"--data-name {args.data_name!r}: accepted are letters, digits and '_'")
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
@@ -335,7 +348,8 @@ def main(argv=None) -> int:
     table, metrics, scale = study(out, sizes, QUICK_NORMS if args.quick else NORMS,
                            list(range(seeds_n)), noise_stds, device, models,
                            QUICK_DETERMINISTIC if args.quick else DETERMINISTIC, jobs=jobs,
-                           channel_stds=tuple(args.channel_std))
+                           channel_stds=tuple(args.channel_std),
+                           relative_stds=tuple(args.channel_rel))
     summary, comparison = summarize(table, metrics)
     ceiling = table.assign(model=table["model"].astype(str).str.split(":").str[-1]).groupby(
         ["model", "study_mode", "setting", "layer"], sort=False)["at_ceiling"].mean().reset_index()
@@ -343,7 +357,7 @@ def main(argv=None) -> int:
     env["run"] = {"wall_seconds": round(time.perf_counter() - start, 1),
                   "cpu_seconds": round(cpu_seconds() - cpu, 1), "quick": args.quick,
                   "seeds": seeds_n, "noise_std": noise_stds, "models": list(models),
-                  "channel_std": list(args.channel_std),
+                  "channel_std": list(args.channel_std), "channel_rel": list(args.channel_rel),
                   "jobs": jobs,
                   "train_time_noise": {m: has_noise_option(m) for m in models},
                   "sizes": {m: sizes[m] for m in models}}

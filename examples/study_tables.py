@@ -30,12 +30,13 @@ MODEL_LABELS = {"gpt": "GPT", "llama": "LLaMA", "mlp": "MLP", "vit": "ViT"}
 
 def setting_label(setting: str) -> str:
     """Short column label of an estimator setting: ``kde(noise_var=0.01)`` -> ``KDE 0.01``."""
-    m = re.fullmatch(r"(\w+)\((.*)\)(?:@noise_std=(.+))?", str(setting))
+    m = re.fullmatch(r"(\w+)\((.*)\)(?:@noise_(std|rel)=(.+))?", str(setting))
     if not m:
         return str(setting)
     method, params = m.group(1), dict(p.split("=", 1) for p in m.group(2).split(",") if "=" in p)
-    if m.group(3) is not None:  # read through an analysis-time channel of std S
-        return f"{setting_label(f'{method}()')} S={m.group(3)}"
+    if m.group(4) is not None:  # read through an analysis-time channel of std S
+        unit = " x scale" if m.group(3) == "rel" else ""
+        return f"{setting_label(f'{method}()')} S={m.group(4)}{unit}"
     if method == "binning":
         return f"binning {params.get('bin_width', params.get('n_bins', ''))}".strip()
     if method in ("kde", "mixture"):
@@ -531,16 +532,22 @@ TABLES.update({
 # -- larger models (examples/ibnorm_gpu_study.py --data-dir docs/data --data-name NAME) ----
 
 MODE_ORDER = {"deterministic": 0}
+#: Mode families after the deterministic one: trained noise, absolute and relative channels.
+MODE_FAMILIES = {"noisy": 1, "channel": 2, "relchannel": 3}
 
 
 def _mode_key(mode: str) -> tuple:
-    """deterministic first, then the noisy modes by sigma."""
-    return (MODE_ORDER.get(mode, 1), float(mode.split("-", 1)[1]) if "-" in mode else 0.0)
+    """deterministic first, then each noisy family by sigma."""
+    if "-" not in mode:
+        return (MODE_ORDER.get(mode, 9), 0.0)
+    family, value = mode.split("-", 1)
+    return (MODE_FAMILIES.get(family, 9), float(value))
 
 
 def _modes(df: pd.DataFrame, channel: bool, column: str = "mode") -> pd.DataFrame:
-    """The rows of the channel modes (``channel-<S>``) or of every other mode."""
-    return df[df[column].astype(str).str.startswith("channel-") == channel]
+    """The rows of the channel modes (``channel-<S>``, ``relchannel-<S>``) or of every
+    other mode."""
+    return df[df[column].astype(str).str.contains("channel-") == channel]
 
 
 def t_large_metrics(path: Path) -> str:

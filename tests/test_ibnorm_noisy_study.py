@@ -275,9 +275,12 @@ def test_gpu_study_falls_back_to_analysis_time_noise(gpu, tmp_path, monkeypatch)
 def test_gpu_study_channel_mode_reads_the_deterministic_nets(gpu, tmp_path):
     out = tmp_path / "gpu"
     assert gpu.main(["--quick", "--models", "vit", "--no-noisy", "--channel-std", "2",
-                     "--out", str(out)]) == 0
+                     "--channel-rel", "0.5", "--out", str(out)]) == 0
     results = pd.read_csv(out / "results.csv")
-    assert set(results["study_mode"]) == {"deterministic", "channel-2"}
+    assert set(results["study_mode"]) == {"deterministic", "channel-2", "relchannel-0.5"}
+    relative = results[results["study_mode"] == "relchannel-0.5"]
+    assert relative["setting"].str.endswith("@noise_rel=0.5").all()
+    assert set(relative["mode"]) == {"analysis-noise"}
     channel = results[results["study_mode"] == "channel-2"]
     assert set(channel["mode"]) == {"analysis-noise"} and (channel["noise_std"] == 2.0).all()
     # no training of its own: the channel rows read the deterministic checkpoints
@@ -293,6 +296,7 @@ def test_gpu_study_channel_mode_reads_the_deterministic_nets(gpu, tmp_path):
     (["--noise-std", "0"], "--noise-std must all be > 0"),
     (["--no-noisy", "--noise-std", "2"], "--no-noisy and --noise-std contradict"),
     (["--channel-std", "0"], "--channel-std must all be > 0"),
+    (["--channel-rel", "-1"], "--channel-rel must all be > 0"),
     (["--jobs", "0"], "--jobs 0"),
     (["--data-name", "../x"], "--data-name '../x'"),
 ])
