@@ -94,25 +94,31 @@ def test_noise_std_bad_values_are_refused():
                         noise_std=0.1, max_samples=50, progress=False)
 
 
-def test_cli_noise_std_sweep_and_bad_value(tmp_path):
+def _saved_mlp(tmp_path):
+    path = tmp_path / "m.pt"
+    ibtools.save_model(_mlp(), path, arch="ibtools:mlp",
+                       arch_kwargs={"widths": [12, 6], "norm": "none"})
+    return path
+
+
+def _cli_analyze(path, out, *args):
     from click.testing import CliRunner
 
     from ibtools.cli import main
 
-    model = _mlp()
-    path = tmp_path / "m.pt"
-    ibtools.save_model(model, path, arch="ibtools:mlp",
-                       arch_kwargs={"widths": [12, 6], "norm": "none"})
-    out = tmp_path / "run"
-    res = CliRunner().invoke(main, ["analyze", str(path), "--estimator", "mixture",
-                                    "--noise-std", "0.2", "--noise-std", "0.5",
-                                    "--max-samples", "100", "--out", str(out), "--no-report"])
+    return CliRunner().invoke(main, ["analyze", str(path), *args, "--max-samples", "100",
+                                     "--out", str(out), "--no-report"])
+
+
+def test_cli_noise_std_sweep_and_bad_value(tmp_path):
+    path, out = _saved_mlp(tmp_path), tmp_path / "run"
+    res = _cli_analyze(path, out, "--estimator", "mixture", "--noise-std", "0.2",
+                       "--noise-std", "0.5")
     assert res.exit_code == 0, res.output
     table = ibtools.load_results(out)
     assert sorted(set(table["noise_std"])) == [0.2, 0.5]
     assert json.loads((out / "config.json").read_text())["settings"]["noise_std"] == [0.2, 0.5]
-    bad = CliRunner().invoke(main, ["analyze", str(path), "--noise-std", "-1",
-                                    "--out", str(tmp_path / "bad"), "--no-report"])
+    bad = _cli_analyze(path, tmp_path / "bad", "--noise-std", "-1")
     assert bad.exit_code == 2 and "noise_std" in bad.output
 
 
@@ -163,24 +169,14 @@ def test_noise_scale_is_checked_and_needs_a_channel():
 
 
 def test_cli_noise_scale_layer(tmp_path):
-    from click.testing import CliRunner
-
-    from ibtools.cli import main
-
-    path = tmp_path / "m.pt"
-    ibtools.save_model(_mlp(), path, arch="ibtools:mlp",
-                       arch_kwargs={"widths": [12, 6], "norm": "none"})
-    out = tmp_path / "run"
-    res = CliRunner().invoke(main, ["analyze", str(path), "--estimator", "kde",
-                                    "--noise-std", "0.5", "--noise-scale", "layer",
-                                    "--max-samples", "100", "--out", str(out), "--no-report"])
+    path, out = _saved_mlp(tmp_path), tmp_path / "run"
+    res = _cli_analyze(path, out, "--estimator", "kde", "--noise-std", "0.5",
+                       "--noise-scale", "layer")
     assert res.exit_code == 0, res.output
     table = ibtools.load_results(out)
     assert all(s.endswith("@noise_rel=0.5") for s in table["setting"])
     # a resume with the other scale is refused: its settings are other rows
-    again = CliRunner().invoke(main, ["analyze", str(path), "--estimator", "kde",
-                                      "--noise-std", "0.5", "--max-samples", "100",
-                                      "--out", str(out), "--no-report"])
+    again = _cli_analyze(path, out, "--estimator", "kde", "--noise-std", "0.5")
     assert again.exit_code != 0 and "estimators" in again.output
 
 
